@@ -1,0 +1,357 @@
+//! One capability model for the driver and the operator.
+//!
+//! The driver advertises exactly the [`Capabilities`] its configuration produces
+//! ([`DriverFeatures::capabilities`]), and the operator deploys exactly the sidecars those
+//! capabilities need ([`Capabilities::controller_sidecars`]). Because both read this one
+//! type they cannot disagree: a switched-off feature is neither advertised nor served by a
+//! sidecar. For a third-party driver the operator builds the same type from the CR.
+//!
+//! The names serialise as the CSI spec's enum names (`CREATE_DELETE_VOLUME`, ...), so a
+//! user declaring a third-party driver's capabilities writes what the driver's docs say.
+
+use std::collections::BTreeSet;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `PluginCapability` (Identity service).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PluginCapability {
+    ControllerService,
+    VolumeAccessibilityConstraints,
+    GroupControllerService,
+    /// `VolumeExpansion.ONLINE`: volumes grow while published.
+    OnlineExpansion,
+    /// `VolumeExpansion.OFFLINE`: volumes grow only while not published.
+    OfflineExpansion,
+}
+
+/// `ControllerServiceCapability.RPC.Type`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ControllerCapability {
+    CreateDeleteVolume,
+    PublishUnpublishVolume,
+    ListVolumes,
+    GetCapacity,
+    CreateDeleteSnapshot,
+    ListSnapshots,
+    CloneVolume,
+    PublishReadonly,
+    ExpandVolume,
+    ListVolumesPublishedNodes,
+    GetVolume,
+    SingleNodeMultiWriter,
+    ModifyVolume,
+    GetSnapshot,
+}
+
+/// `NodeServiceCapability.RPC.Type`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NodeCapability {
+    StageUnstageVolume,
+    GetVolumeStats,
+    ExpandVolume,
+    SingleNodeMultiWriter,
+    VolumeMountGroup,
+}
+
+/// `GroupControllerServiceCapability.RPC.Type`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum GroupControllerCapability {
+    CreateDeleteGetVolumeGroupSnapshot,
+}
+
+/// `CSIDriver.spec.volumeLifecycleModes` values.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub enum VolumeLifecycleMode {
+    Persistent,
+    Ephemeral,
+}
+
+impl VolumeLifecycleMode {
+    /// The string Kubernetes uses in `CSIDriver.spec.volumeLifecycleModes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Persistent => "Persistent",
+            Self::Ephemeral => "Ephemeral",
+        }
+    }
+}
+
+/// Everything a CSI driver can do, in the spec's terms.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Capabilities {
+    pub plugin: BTreeSet<PluginCapability>,
+    pub controller: BTreeSet<ControllerCapability>,
+    pub node: BTreeSet<NodeCapability>,
+    pub group_controller: BTreeSet<GroupControllerCapability>,
+    /// Empty means the Kubernetes default, `[Persistent]`.
+    pub lifecycle_modes: BTreeSet<VolumeLifecycleMode>,
+}
+
+/// A kubernetes-csi sidecar container.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sidecar {
+    Provisioner,
+    Attacher,
+    Resizer,
+    Snapshotter,
+    LivenessProbe,
+    NodeDriverRegistrar,
+}
+
+impl Sidecar {
+    /// Container name, also the upstream image name without the `csi-` prefix quirks.
+    pub fn container_name(self) -> &'static str {
+        match self {
+            Self::Provisioner => "csi-provisioner",
+            Self::Attacher => "csi-attacher",
+            Self::Resizer => "csi-resizer",
+            Self::Snapshotter => "csi-snapshotter",
+            Self::LivenessProbe => "liveness-probe",
+            Self::NodeDriverRegistrar => "node-driver-registrar",
+        }
+    }
+}
+
+/// A sidecar and the capability that made it necessary, for status and for humans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SidecarNeed {
+    pub sidecar: Sidecar,
+    pub reason: String,
+}
+
+impl Capabilities {
+    pub fn has_controller_service(&self) -> bool {
+        self.plugin.contains(&PluginCapability::ControllerService)
+    }
+
+    /// Volumes are topology-constrained: the provisioner needs its Topology feature gate.
+    pub fn has_topology(&self) -> bool {
+        self.plugin
+            .contains(&PluginCapability::VolumeAccessibilityConstraints)
+    }
+
+    /// `CSIDriver.spec.attachRequired`: only drivers with ControllerPublishVolume need the
+    /// attach/detach dance (and the attacher sidecar).
+    pub fn attach_required(&self) -> bool {
+        self.controller
+            .contains(&ControllerCapability::PublishUnpublishVolume)
+    }
+
+    /// Volumes can grow (controller side, node side, or both).
+    pub fn can_expand(&self) -> bool {
+        self.controller.contains(&ControllerCapability::ExpandVolume)
+            || self.node.contains(&NodeCapability::ExpandVolume)
+    }
+
+    pub fn can_snapshot(&self) -> bool {
+        self.controller
+            .contains(&ControllerCapability::CreateDeleteSnapshot)
+    }
+
+    pub fn can_report_capacity(&self) -> bool {
+        self.controller.contains(&ControllerCapability::GetCapacity)
+    }
+
+    pub fn can_group_snapshot(&self) -> bool {
+        self.group_controller
+            .contains(&GroupControllerCapability::CreateDeleteGetVolumeGroupSnapshot)
+    }
+
+    /// The sidecars the controller pod needs, in a stable order, each with its reason.
+    /// The liveness probe is always there: it probes the driver's `Probe`.
+    pub fn controller_sidecars(&self) -> Vec<SidecarNeed> {
+        let need = |sidecar, reason: &str| SidecarNeed {
+            sidecar,
+            reason: reason.to_owned(),
+        };
+        let mut out = Vec::new();
+        if self
+            .controller
+            .contains(&ControllerCapability::CreateDeleteVolume)
+        {
+            out.push(need(Sidecar::Provisioner, "CREATE_DELETE_VOLUME"));
+        }
+        if self.attach_required() {
+            out.push(need(Sidecar::Attacher, "PUBLISH_UNPUBLISH_VOLUME"));
+        }
+        if self.can_expand() {
+            out.push(need(Sidecar::Resizer, "EXPAND_VOLUME"));
+        }
+        if self.can_snapshot() {
+            out.push(need(Sidecar::Snapshotter, "CREATE_DELETE_SNAPSHOT"));
+        }
+        out.push(need(Sidecar::LivenessProbe, "always: probes the driver"));
+        out
+    }
+
+    /// The sidecars every node pod carries.
+    pub fn node_sidecars(&self) -> Vec<SidecarNeed> {
+        vec![
+            SidecarNeed {
+                sidecar: Sidecar::NodeDriverRegistrar,
+                reason: "always: registers the driver with kubelet".to_owned(),
+            },
+            SidecarNeed {
+                sidecar: Sidecar::LivenessProbe,
+                reason: "always: probes the driver".to_owned(),
+            },
+        ]
+    }
+}
+
+/// The switches of Plinth's built-in driver. Each feature that is off is neither
+/// advertised nor served (its RPCs answer UNIMPLEMENTED).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DriverFeatures {
+    pub snapshots: bool,
+    pub expansion: bool,
+    pub clones: bool,
+    pub ephemeral: bool,
+    pub capacity: bool,
+    pub topology: bool,
+    pub group_snapshots: bool,
+}
+
+impl Default for DriverFeatures {
+    /// Everything the built-in driver supports.
+    fn default() -> Self {
+        Self {
+            snapshots: true,
+            expansion: true,
+            clones: true,
+            ephemeral: true,
+            capacity: true,
+            topology: true,
+            group_snapshots: true,
+        }
+    }
+}
+
+impl DriverFeatures {
+    /// What the built-in driver advertises with these switches.
+    pub fn capabilities(&self) -> Capabilities {
+        use ControllerCapability as C;
+        let mut caps = Capabilities::default();
+        caps.plugin.insert(PluginCapability::ControllerService);
+        if self.topology {
+            caps.plugin
+                .insert(PluginCapability::VolumeAccessibilityConstraints);
+        }
+        caps.controller.extend([
+            C::CreateDeleteVolume,
+            C::ListVolumes,
+            C::GetVolume,
+            C::SingleNodeMultiWriter,
+        ]);
+        caps.node.extend([
+            NodeCapability::StageUnstageVolume,
+            NodeCapability::GetVolumeStats,
+            NodeCapability::SingleNodeMultiWriter,
+        ]);
+        if self.capacity {
+            caps.controller.insert(C::GetCapacity);
+        }
+        if self.snapshots {
+            caps.controller
+                .extend([C::CreateDeleteSnapshot, C::ListSnapshots, C::GetSnapshot]);
+        }
+        if self.clones {
+            caps.controller.insert(C::CloneVolume);
+        }
+        if self.expansion {
+            caps.plugin.insert(PluginCapability::OnlineExpansion);
+            caps.controller.insert(C::ExpandVolume);
+            caps.node.insert(NodeCapability::ExpandVolume);
+        }
+        if self.group_snapshots {
+            caps.plugin.insert(PluginCapability::GroupControllerService);
+            caps.group_controller
+                .insert(GroupControllerCapability::CreateDeleteGetVolumeGroupSnapshot);
+        }
+        caps.lifecycle_modes.insert(VolumeLifecycleMode::Persistent);
+        if self.ephemeral {
+            caps.lifecycle_modes.insert(VolumeLifecycleMode::Ephemeral);
+        }
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecars(features: DriverFeatures) -> Vec<Sidecar> {
+        features
+            .capabilities()
+            .controller_sidecars()
+            .into_iter()
+            .map(|n| n.sidecar)
+            .collect()
+    }
+
+    #[test]
+    fn everything_on_needs_every_controller_sidecar_but_the_attacher() {
+        assert_eq!(
+            sidecars(DriverFeatures::default()),
+            [
+                Sidecar::Provisioner,
+                Sidecar::Resizer,
+                Sidecar::Snapshotter,
+                Sidecar::LivenessProbe
+            ]
+        );
+        assert!(!DriverFeatures::default().capabilities().attach_required());
+    }
+
+    #[test]
+    fn switching_a_feature_off_removes_its_capability_and_its_sidecar() {
+        let off = DriverFeatures {
+            snapshots: false,
+            expansion: false,
+            ..DriverFeatures::default()
+        };
+        let caps = off.capabilities();
+        assert!(!caps.can_snapshot());
+        assert!(!caps.can_expand());
+        assert!(!caps.plugin.contains(&PluginCapability::OnlineExpansion));
+        assert_eq!(sidecars(off), [Sidecar::Provisioner, Sidecar::LivenessProbe]);
+    }
+
+    #[test]
+    fn third_party_capabilities_parse_from_spec_names() {
+        let caps: Capabilities = serde_json::from_str(
+            r#"{"plugin":["CONTROLLER_SERVICE"],
+                "controller":["CREATE_DELETE_VOLUME","PUBLISH_UNPUBLISH_VOLUME"],
+                "lifecycleModes":["Persistent"]}"#,
+        )
+        .unwrap();
+        assert!(caps.attach_required());
+        let names: Vec<_> = caps
+            .controller_sidecars()
+            .into_iter()
+            .map(|n| n.sidecar.container_name())
+            .collect();
+        assert_eq!(names, ["csi-provisioner", "csi-attacher", "liveness-probe"]);
+    }
+}

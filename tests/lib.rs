@@ -1,1 +1,178 @@
-//! Helpers shared by the end-to-end suites.
+//! Helpers shared by the end-to-end suites: reaching the cluster, installing the CRD,
+//! running the operator in-process, and bounded waits that say what they waited for.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::Reporter;
+use kube::{Client, CustomResourceExt};
+use plinth_operator::crd::CsiDeployment;
+use plinth_operator::metrics::Metrics;
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Field manager of what the suite itself writes (CRD, namespaces, test CRs).
+pub const TEST_MANAGER: &str = "plinth-e2e";
+
+/// Connects to the cluster named by KUBECONFIG (or in-cluster config) and checks that the
+/// API server answers; the error says how to point the suite at a cluster.
+pub async fn connect() -> anyhow::Result<Client> {
+    let hint = "the e2e suite needs a reachable cluster: KUBECONFIG=/path/to/kubeconfig \
+                cargo test -p plinth-e2e -- --ignored --test-threads=1";
+    let client = Client::try_default()
+        .await
+        .with_context(|| format!("no Kubernetes configuration found; {hint}"))?;
+    let version = tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
+        .await
+        .map_err(|_| anyhow::anyhow!("the API server did not answer within 10 s; {hint}"))?
+        .with_context(|| format!("the API server refused the version request; {hint}"))?;
+    eprintln!("e2e: cluster version {}", version.git_version);
+    Ok(client)
+}
+
+/// Installs (or updates) the CsiDeployment CRD from the operator's types and waits until
+/// the API server serves it.
+pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = CsiDeployment::crd();
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(TEST_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .context("applying the CsiDeployment CRD")?;
+    wait_for(
+        &format!("CRD {name} to be Established"),
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let crd = api.get(&name).await?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                Ok(if established { Some(()) } else { None })
+            }
+        },
+    )
+    .await
+}
+
+/// Creates `name` if it does not exist.
+pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    api.patch(
+        name,
+        &PatchParams::apply(TEST_MANAGER),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})),
+    )
+    .await
+    .with_context(|| format!("creating namespace {name}"))?;
+    Ok(())
+}
+
+/// The operator's controller running inside the test process (same code as
+/// `plinth-operator run`, without leader election and HTTP server).
+pub struct Operator {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Operator {
+    pub fn start(client: Client) -> Self {
+        let (tx, rx) = oneshot::channel::<()>();
+        let reporter = Reporter {
+            controller: "plinth-operator".into(),
+            instance: Some("e2e".into()),
+        };
+        let task = tokio::spawn(plinth_operator::reconcile::controller::run(
+            client,
+            Metrics::default(),
+            reporter,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the controller after its in-flight reconciles.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+}
+
+/// Polls `probe` every 250 ms until it returns `Some`, for at most `timeout`. The error
+/// names what was awaited and the last error the probe returned, if any.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    let mut last_error = None;
+    loop {
+        match probe().await {
+            Ok(Some(value)) => {
+                eprintln!("e2e: {what}: after {:?}", started.elapsed());
+                return Ok(value);
+            }
+            Ok(None) => {}
+            Err(err) => last_error = Some(format!("{err:#}")),
+        }
+        if started.elapsed() >= timeout {
+            match last_error {
+                Some(err) => {
+                    bail!("timed out after {timeout:?} waiting for {what} (last error: {err})")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The `p`-th percentile (0..=100) of `samples`, nearest rank.
+pub fn percentile(samples: &[Duration], p: usize) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = (p * sorted.len()).div_ceil(100).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let samples: Vec<Duration> = [5, 1, 4, 2, 3].into_iter().map(ms).collect();
+        assert_eq!(percentile(&samples, 50), ms(3));
+        assert_eq!(percentile(&samples, 99), ms(5));
+        assert_eq!(percentile(&samples, 0), ms(1));
+        assert_eq!(percentile(&[], 50), Duration::ZERO);
+    }
+}

@@ -96,9 +96,13 @@ impl VolumeLifecycleMode {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Capabilities {
+    /// Identity service `PluginCapability` values (`CONTROLLER_SERVICE`, ...).
     pub plugin: BTreeSet<PluginCapability>,
+    /// Controller service capabilities (`CREATE_DELETE_VOLUME`, ...).
     pub controller: BTreeSet<ControllerCapability>,
+    /// Node service capabilities (`STAGE_UNSTAGE_VOLUME`, ...).
     pub node: BTreeSet<NodeCapability>,
+    /// Group controller service capabilities.
     pub group_controller: BTreeSet<GroupControllerCapability>,
     /// Empty means the Kubernetes default, `[Persistent]`.
     pub lifecycle_modes: BTreeSet<VolumeLifecycleMode>,
@@ -119,6 +123,16 @@ pub enum Sidecar {
 }
 
 impl Sidecar {
+    /// Every sidecar, for whoever must cover them all (the operator's RBAC, image lists).
+    pub const ALL: [Sidecar; 6] = [
+        Self::Provisioner,
+        Self::Attacher,
+        Self::Resizer,
+        Self::Snapshotter,
+        Self::LivenessProbe,
+        Self::NodeDriverRegistrar,
+    ];
+
     /// Container name, also the upstream image name without the `csi-` prefix quirks.
     pub fn container_name(self) -> &'static str {
         match self {
@@ -131,6 +145,17 @@ impl Sidecar {
         }
     }
 }
+
+// A new `Sidecar` variant must be added to `Sidecar::ALL`: this exhaustive match stops
+// compiling until someone looks at the list.
+const _: fn(Sidecar) = |s| match s {
+    Sidecar::Provisioner
+    | Sidecar::Attacher
+    | Sidecar::Resizer
+    | Sidecar::Snapshotter
+    | Sidecar::LivenessProbe
+    | Sidecar::NodeDriverRegistrar => {}
+};
 
 /// A sidecar and the capability that made it necessary, for status and for humans.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -159,7 +184,8 @@ impl Capabilities {
 
     /// Volumes can grow (controller side, node side, or both).
     pub fn can_expand(&self) -> bool {
-        self.controller.contains(&ControllerCapability::ExpandVolume)
+        self.controller
+            .contains(&ControllerCapability::ExpandVolume)
             || self.node.contains(&NodeCapability::ExpandVolume)
     }
 
@@ -249,6 +275,19 @@ impl Default for DriverFeatures {
 }
 
 impl DriverFeatures {
+    /// The features on in both: what was asked for, limited to what a build serves.
+    pub fn intersection(self, other: Self) -> Self {
+        Self {
+            snapshots: self.snapshots && other.snapshots,
+            expansion: self.expansion && other.expansion,
+            clones: self.clones && other.clones,
+            ephemeral: self.ephemeral && other.ephemeral,
+            capacity: self.capacity && other.capacity,
+            topology: self.topology && other.topology,
+            group_snapshots: self.group_snapshots && other.group_snapshots,
+        }
+    }
+
     /// What the built-in driver advertises with these switches.
     pub fn capabilities(&self) -> Capabilities {
         use ControllerCapability as C;
@@ -335,7 +374,10 @@ mod tests {
         assert!(!caps.can_snapshot());
         assert!(!caps.can_expand());
         assert!(!caps.plugin.contains(&PluginCapability::OnlineExpansion));
-        assert_eq!(sidecars(off), [Sidecar::Provisioner, Sidecar::LivenessProbe]);
+        assert_eq!(
+            sidecars(off),
+            [Sidecar::Provisioner, Sidecar::LivenessProbe]
+        );
     }
 
     #[test]

@@ -1,0 +1,388 @@
+//! Command line and environment configuration of `plinth-driver`.
+//!
+//! [`Cli`] is what clap parses; [`Config::from_cli`] turns it into a validated [`Config`]
+//! so that nothing downstream re-checks flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::capabilities::DriverFeatures;
+
+/// The driver name Kubernetes knows the built-in driver by.
+pub const DEFAULT_DRIVER_NAME: &str = "local.csi.plinth.dev";
+/// The topology key whose value is the node ID.
+pub const DEFAULT_TOPOLOGY_KEY: &str = "topology.local.csi.plinth.dev/node";
+
+/// Which CSI services this process serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Identity, Controller and Node on the local pool (standalone and conformance runs).
+    AllInOne,
+    /// Identity and Controller (the StatefulSet pod).
+    Controller,
+    /// Identity and Node (the DaemonSet pod).
+    Node,
+}
+
+impl Mode {
+    pub fn serves_controller(self) -> bool {
+        matches!(self, Self::AllInOne | Self::Controller)
+    }
+
+    pub fn serves_node(self) -> bool {
+        matches!(self, Self::AllInOne | Self::Node)
+    }
+}
+
+/// A [`DriverFeatures`] switch, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Feature {
+    Snapshots,
+    Expansion,
+    Clones,
+    Ephemeral,
+    Capacity,
+    Topology,
+    GroupSnapshots,
+}
+
+impl Feature {
+    fn set(self, features: &mut DriverFeatures, on: bool) {
+        let slot = match self {
+            Self::Snapshots => &mut features.snapshots,
+            Self::Expansion => &mut features.expansion,
+            Self::Clones => &mut features.clones,
+            Self::Ephemeral => &mut features.ephemeral,
+            Self::Capacity => &mut features.capacity,
+            Self::Topology => &mut features.topology,
+            Self::GroupSnapshots => &mut features.group_snapshots,
+        };
+        *slot = on;
+    }
+}
+
+/// The features this build can actually serve. A feature outside this set is never
+/// advertised, whatever the flags say: advertising an RPC that answers UNIMPLEMENTED
+/// would make the CO deploy a sidecar that can only fail.
+pub fn served_features() -> DriverFeatures {
+    DriverFeatures {
+        snapshots: false,
+        expansion: false,
+        clones: false,
+        ephemeral: false,
+        capacity: true,
+        topology: true,
+        group_snapshots: false,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Plinth's CSI driver: local volumes as sparse image files on loop devices.
+#[derive(Debug, Parser)]
+#[command(name = "plinth-driver", version, about)]
+pub struct Cli {
+    /// CSI endpoint: `unix:///path/csi.sock` or an absolute socket path.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+
+    /// This node's ID (reported by NodeGetInfo and used as topology segment).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Directory holding the volume images and their metadata.
+    #[arg(long, env = "PLINTH_POOL", default_value = "/var/lib/plinth/pool")]
+    pub pool: PathBuf,
+
+    /// Space kept free in the pool's filesystem (e.g. `1GiB`, `512M`, `1073741824`).
+    #[arg(long, env = "PLINTH_POOL_RESERVE", default_value = "0", value_parser = parse_size)]
+    pub pool_reserve: u64,
+
+    /// Name reported by GetPluginInfo; must match the CSIDriver object.
+    #[arg(long, env = "CSI_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
+    pub driver_name: String,
+
+    #[arg(long, env = "PLINTH_MODE", value_enum, default_value = "all-in-one")]
+    pub mode: Mode,
+
+    /// Features to switch off (comma separated); switched-off features are neither
+    /// advertised nor served.
+    #[arg(long, env = "PLINTH_DISABLE", value_enum, value_delimiter = ',')]
+    pub disable: Vec<Feature>,
+
+    /// NodeGetInfo.max_volumes_per_node; 0 means no limit.
+    #[arg(long, env = "PLINTH_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
+    pub max_volumes_per_node: i64,
+
+    /// Topology key reported for this node and set on every volume.
+    #[arg(long, env = "PLINTH_TOPOLOGY_KEY", default_value = DEFAULT_TOPOLOGY_KEY)]
+    pub topology_key: String,
+
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+
+    #[arg(long, env = "PLINTH_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// How long in-flight calls may run after SIGTERM before the driver exits anyway.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub shutdown_grace_seconds: Duration,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub node_id: String,
+    pub pool: PathBuf,
+    pub pool_reserve: u64,
+    pub driver_name: String,
+    pub mode: Mode,
+    /// What is advertised and served: the flags, limited to [`served_features`].
+    pub features: DriverFeatures,
+    pub max_volumes_per_node: i64,
+    pub topology_key: String,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("endpoint {0:?}: only unix:// endpoints with an absolute path are supported")]
+    Endpoint(String),
+    #[error("--node-id (or NODE_ID / KUBE_NODE_NAME) is required")]
+    MissingNodeId,
+    #[error("--{flag} {value:?}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+impl Config {
+    /// `kube_node_name` is the fallback for the node ID (the downward API's usual name).
+    pub fn from_cli(cli: Cli, kube_node_name: Option<String>) -> Result<Self, ConfigError> {
+        let socket = parse_endpoint(&cli.endpoint)?;
+        let node_id = cli
+            .node_id
+            .or(kube_node_name)
+            .filter(|id| !id.is_empty())
+            .ok_or(ConfigError::MissingNodeId)?;
+        check_label_value("node-id", &node_id)?;
+        if !is_valid_driver_name(&cli.driver_name) {
+            return Err(ConfigError::Invalid {
+                flag: "driver-name",
+                value: cli.driver_name,
+                reason: "must be a DNS subdomain of at most 63 characters",
+            });
+        }
+        if !cli.pool.is_absolute() {
+            return Err(ConfigError::Invalid {
+                flag: "pool",
+                value: cli.pool.display().to_string(),
+                reason: "must be an absolute path",
+            });
+        }
+        if cli.max_volumes_per_node < 0 {
+            return Err(ConfigError::Invalid {
+                flag: "max-volumes-per-node",
+                value: cli.max_volumes_per_node.to_string(),
+                reason: "must not be negative",
+            });
+        }
+        if cli.topology_key.is_empty() || cli.topology_key.len() > 253 {
+            return Err(ConfigError::Invalid {
+                flag: "topology-key",
+                value: cli.topology_key,
+                reason: "must be a non-empty label key",
+            });
+        }
+        let mut requested = DriverFeatures::default();
+        for feature in &cli.disable {
+            feature.set(&mut requested, false);
+        }
+        Ok(Self {
+            socket,
+            node_id,
+            pool: cli.pool,
+            pool_reserve: cli.pool_reserve,
+            driver_name: cli.driver_name,
+            mode: cli.mode,
+            features: intersect(requested, served_features()),
+            max_volumes_per_node: cli.max_volumes_per_node,
+            topology_key: cli.topology_key,
+            shutdown_grace: cli.shutdown_grace_seconds,
+        })
+    }
+}
+
+fn intersect(a: DriverFeatures, b: DriverFeatures) -> DriverFeatures {
+    DriverFeatures {
+        snapshots: a.snapshots && b.snapshots,
+        expansion: a.expansion && b.expansion,
+        clones: a.clones && b.clones,
+        ephemeral: a.ephemeral && b.ephemeral,
+        capacity: a.capacity && b.capacity,
+        topology: a.topology && b.topology,
+        group_snapshots: a.group_snapshots && b.group_snapshots,
+    }
+}
+
+/// `unix:///run/csi.sock`, `unix:/run/csi.sock` or `/run/csi.sock`.
+pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf, ConfigError> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    let path = Path::new(path);
+    let bad = || ConfigError::Endpoint(endpoint.to_owned());
+    if !path.is_absolute() || path.file_name().is_none() {
+        return Err(bad());
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(bad());
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Sizes as Kubernetes and humans write them: `1073741824`, `1Gi`, `1GiB`, `500M`, `2G`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 1GiB, 512Mi, 1073741824)"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "K" | "KB" => 1000,
+        "Ki" | "KiB" => 1 << 10,
+        "M" | "MB" => 1000_u64.pow(2),
+        "Mi" | "MiB" => 1 << 20,
+        "G" | "GB" => 1000_u64.pow(3),
+        "Gi" | "GiB" => 1 << 30,
+        "T" | "TB" => 1000_u64.pow(4),
+        "Ti" | "TiB" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} does not fit in 64 bits"))
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Node IDs end up as topology label values: 63 characters, alphanumeric at both ends.
+fn check_label_value(flag: &'static str, value: &str) -> Result<(), ConfigError> {
+    let ok = value.len() <= 63
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            flag,
+            value: value.to_owned(),
+            reason: "must be a valid label value (63 characters, alphanumeric, '-', '_', '.')",
+        })
+    }
+}
+
+fn is_valid_driver_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["plinth-driver", "--node-id", "n1"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn endpoints_accept_unix_urls_and_absolute_paths_only() {
+        assert_eq!(
+            parse_endpoint("unix:///csi/csi.sock").unwrap(),
+            Path::new("/csi/csi.sock")
+        );
+        assert_eq!(
+            parse_endpoint("/csi/csi.sock").unwrap(),
+            Path::new("/csi/csi.sock")
+        );
+        for bad in [
+            "tcp://1.2.3.4:10000",
+            "unix://relative.sock",
+            "csi.sock",
+            "unix:///",
+            "/a/../b.sock",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1Gi").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512M").unwrap(), 512_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn disabled_features_are_off_and_unserved_features_never_on() {
+        let config = Config::from_cli(cli(&["--disable", "capacity,topology"]), None).unwrap();
+        assert!(!config.features.capacity);
+        assert!(!config.features.topology);
+        let config = Config::from_cli(cli(&[]), None).unwrap();
+        assert!(config.features.capacity && config.features.topology);
+        assert_eq!(
+            config.features.snapshots,
+            served_features().snapshots,
+            "a feature this build cannot serve must not be advertised"
+        );
+    }
+
+    #[test]
+    fn node_id_falls_back_to_kube_node_name_and_is_required() {
+        let no_id = Cli::try_parse_from(["plinth-driver"]).unwrap();
+        assert!(matches!(
+            Config::from_cli(no_id, None),
+            Err(ConfigError::MissingNodeId)
+        ));
+        let no_id = Cli::try_parse_from(["plinth-driver"]).unwrap();
+        let config = Config::from_cli(no_id, Some("worker-1".into())).unwrap();
+        assert_eq!(config.node_id, "worker-1");
+        let bad = Cli::try_parse_from(["plinth-driver", "--node-id", "a/b"]).unwrap();
+        assert!(Config::from_cli(bad, None).is_err());
+    }
+}

@@ -1,0 +1,386 @@
+//! The CSI Controller service: volumes in the local pool.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use plinth_csi_proto::v1;
+use tonic::{Request, Response, Status};
+
+use crate::advertise;
+use crate::error::Error;
+use crate::mount::FsType;
+use crate::pool::{self, GRANULARITY, VolumeAccess, VolumeId};
+use crate::state::{Driver, blocking};
+use crate::validate::{self, Access, existing_id};
+
+#[derive(Debug, Clone)]
+pub struct ControllerService {
+    driver: Arc<Driver>,
+}
+
+impl ControllerService {
+    pub fn new(driver: Arc<Driver>) -> Self {
+        Self { driver }
+    }
+
+    /// The segment every volume of this driver is accessible from, when topology is on.
+    fn topology(&self) -> Vec<v1::Topology> {
+        let config = &self.driver.config;
+        if config.features.topology {
+            vec![validate::node_topology(
+                &config.topology_key,
+                &config.node_id,
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn to_proto(&self, volume: &pool::Volume) -> v1::Volume {
+        v1::Volume {
+            capacity_bytes: i64::try_from(volume.size_bytes).unwrap_or(i64::MAX),
+            volume_id: volume.id.to_string(),
+            volume_context: Default::default(),
+            content_source: None,
+            accessible_topology: self.topology(),
+        }
+    }
+
+    async fn create(
+        &self,
+        req: v1::CreateVolumeRequest,
+    ) -> Result<v1::CreateVolumeResponse, Error> {
+        let name = validate::name("name", &req.name)?.to_owned();
+        let caps = validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
+        let capacity = validate::capacity(req.capacity_range.as_ref())?;
+        if req.volume_content_source.is_some() {
+            return Err(Error::InvalidArgument {
+                field: "volume_content_source",
+                reason: "creating volumes from snapshots or volumes is not supported yet".into(),
+            });
+        }
+        let config = &self.driver.config;
+        if config.features.topology {
+            validate::accessibility(
+                req.accessibility_requirements.as_ref(),
+                &config.topology_key,
+                &config.node_id,
+            )?;
+        }
+        let access = caps
+            .first()
+            .map(|c| c.access.volume_access())
+            .ok_or(Error::MissingField("volume_capabilities"))?;
+        let pool = self.driver.pool()?;
+        let key = format!("name:{name}");
+        let request = pool::CreateVolumeRequest {
+            name,
+            capacity: pool::CapacityRange::new(capacity.required, capacity.limit),
+            access,
+            parameters: req.parameters.into_iter().collect::<BTreeMap<_, _>>(),
+            content_source: None,
+        };
+        let (volume, created) = self
+            .driver
+            .exclusive(&key, move || Ok(pool.create_volume(&request)?))
+            .await?;
+        tracing::Span::current().record("volume_id", volume.id.as_str());
+        tracing::info!(?created, size = volume.size_bytes, "CreateVolume done");
+        Ok(v1::CreateVolumeResponse {
+            volume: Some(self.to_proto(&volume)),
+        })
+    }
+
+    async fn delete(
+        &self,
+        req: v1::DeleteVolumeRequest,
+    ) -> Result<v1::DeleteVolumeResponse, Error> {
+        validate::volume_id("volume_id", &req.volume_id)?;
+        // An ID this driver can never have issued names no volume: deleting it is done.
+        let Ok(id) = VolumeId::parse(&req.volume_id) else {
+            return Ok(v1::DeleteVolumeResponse {});
+        };
+        let pool = self.driver.pool()?;
+        let key = id.to_string();
+        self.driver
+            .exclusive(&key, move || Ok(pool.delete_volume(&id)?))
+            .await?;
+        Ok(v1::DeleteVolumeResponse {})
+    }
+
+    async fn validate_capabilities(
+        &self,
+        req: v1::ValidateVolumeCapabilitiesRequest,
+    ) -> Result<v1::ValidateVolumeCapabilitiesResponse, Error> {
+        let id = existing_id(&req.volume_id)?;
+        if req.volume_capabilities.is_empty() {
+            return Err(Error::MissingField("volume_capabilities"));
+        }
+        let volume = self.driver.pool()?.get(&id)?;
+        let refusal = |message: String| v1::ValidateVolumeCapabilitiesResponse {
+            confirmed: None,
+            message,
+        };
+        for cap in &req.volume_capabilities {
+            match validate::capability(cap) {
+                Err(validate::Unsupported(reason)) => return Ok(refusal(reason)),
+                Ok(c) if !c.access.fits(volume.access) => {
+                    return Ok(refusal(format!(
+                        "volume {id} is {}, which cannot serve {}",
+                        describe(volume.access),
+                        describe_request(&c.access)
+                    )));
+                }
+                Ok(_) => {}
+            }
+        }
+        if !req.parameters.is_empty()
+            && req.parameters.iter().collect::<BTreeMap<_, _>>()
+                != volume.parameters.iter().collect::<BTreeMap<_, _>>()
+        {
+            return Ok(refusal(format!(
+                "volume {id} was created with other parameters"
+            )));
+        }
+        Ok(v1::ValidateVolumeCapabilitiesResponse {
+            confirmed: Some(v1::validate_volume_capabilities_response::Confirmed {
+                volume_context: req.volume_context,
+                volume_capabilities: req.volume_capabilities,
+                parameters: req.parameters,
+                mutable_parameters: Default::default(),
+            }),
+            message: String::new(),
+        })
+    }
+
+    /// Pages are ordered by volume ID; a token is the ID the next page starts at, so a
+    /// volume deleted between pages does not invalidate it.
+    fn list(&self, req: &v1::ListVolumesRequest) -> Result<v1::ListVolumesResponse, Error> {
+        let max = usize::try_from(req.max_entries).map_err(|_| Error::InvalidArgument {
+            field: "max_entries",
+            reason: format!("{} is negative", req.max_entries),
+        })?;
+        let start = if req.starting_token.is_empty() {
+            None
+        } else {
+            Some(
+                VolumeId::parse(&req.starting_token)
+                    .map_err(|_| Error::InvalidToken(req.starting_token.clone()))?,
+            )
+        };
+        let volumes = self.driver.pool()?.list();
+        let mut rest = volumes
+            .iter()
+            .filter(|v| start.as_ref().is_none_or(|s| &v.id >= s))
+            .peekable();
+        let page_size = if max == 0 { usize::MAX } else { max };
+        let entries = rest
+            .by_ref()
+            .take(page_size)
+            .map(|v| v1::list_volumes_response::Entry {
+                volume: Some(self.to_proto(v)),
+                status: None,
+            })
+            .collect();
+        let next_token = rest.peek().map(|v| v.id.to_string()).unwrap_or_default();
+        Ok(v1::ListVolumesResponse {
+            entries,
+            next_token,
+        })
+    }
+
+    async fn capacity(
+        &self,
+        req: v1::GetCapacityRequest,
+    ) -> Result<v1::GetCapacityResponse, Error> {
+        let config = &self.driver.config;
+        if !config.features.capacity {
+            return Err(Error::Unimplemented("GetCapacity"));
+        }
+        let none = v1::GetCapacityResponse {
+            available_capacity: 0,
+            maximum_volume_size: Some(0),
+            minimum_volume_size: None,
+        };
+        if config.features.topology
+            && req
+                .accessible_topology
+                .as_ref()
+                .is_some_and(|t| !validate::is_this_node(t, &config.topology_key, &config.node_id))
+        {
+            return Ok(none);
+        }
+        let mut minimum = GRANULARITY;
+        for cap in &req.volume_capabilities {
+            match validate::capability(cap) {
+                Ok(c) => {
+                    if let VolumeAccess::Mount { fs_type } = c.access.volume_access() {
+                        minimum = minimum.max(fs_type.min_size_bytes());
+                    }
+                }
+                // Capacity for volumes this driver cannot make is zero.
+                Err(_) => return Ok(none),
+            }
+        }
+        let pool = self.driver.pool()?;
+        let available = blocking(move || pool.available().map_err(Error::from)).await?;
+        let available = i64::try_from(available).unwrap_or(i64::MAX);
+        Ok(v1::GetCapacityResponse {
+            available_capacity: available,
+            maximum_volume_size: Some(available),
+            minimum_volume_size: Some(i64::try_from(minimum).unwrap_or(i64::MAX)),
+        })
+    }
+
+    fn get(
+        &self,
+        req: &v1::ControllerGetVolumeRequest,
+    ) -> Result<v1::ControllerGetVolumeResponse, Error> {
+        let id = existing_id(&req.volume_id)?;
+        let volume = self.driver.pool()?.get(&id)?;
+        Ok(v1::ControllerGetVolumeResponse {
+            volume: Some(self.to_proto(&volume)),
+            status: Some(Default::default()),
+        })
+    }
+}
+
+fn describe(access: VolumeAccess) -> String {
+    match access {
+        VolumeAccess::Block => "a block volume".into(),
+        VolumeAccess::Mount { fs_type } => format!("an {fs_type} filesystem volume"),
+    }
+}
+
+fn describe_request(access: &Access) -> String {
+    match access {
+        Access::Block => "block access".into(),
+        Access::Mount { fs, .. } => format!(
+            "a {} mount",
+            fs.map_or(FsType::DEFAULT.as_str(), FsType::as_str)
+        ),
+    }
+}
+
+fn unimplemented<T>(rpc: &'static str) -> Result<Response<T>, Status> {
+    Err(Error::Unimplemented(rpc).into())
+}
+
+#[tonic::async_trait]
+impl v1::controller_server::Controller for ControllerService {
+    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name, volume_id))]
+    async fn create_volume(
+        &self,
+        request: Request<v1::CreateVolumeRequest>,
+    ) -> Result<Response<v1::CreateVolumeResponse>, Status> {
+        Ok(Response::new(self.create(request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn delete_volume(
+        &self,
+        request: Request<v1::DeleteVolumeRequest>,
+    ) -> Result<Response<v1::DeleteVolumeResponse>, Status> {
+        Ok(Response::new(self.delete(request.into_inner()).await?))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _request: Request<v1::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<v1::ControllerPublishVolumeResponse>, Status> {
+        unimplemented("ControllerPublishVolume")
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _request: Request<v1::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<v1::ControllerUnpublishVolumeResponse>, Status> {
+        unimplemented("ControllerUnpublishVolume")
+    }
+
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<v1::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<v1::ValidateVolumeCapabilitiesResponse>, Status> {
+        Ok(Response::new(
+            self.validate_capabilities(request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_volumes(
+        &self,
+        request: Request<v1::ListVolumesRequest>,
+    ) -> Result<Response<v1::ListVolumesResponse>, Status> {
+        Ok(Response::new(self.list(request.get_ref())?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_capacity(
+        &self,
+        request: Request<v1::GetCapacityRequest>,
+    ) -> Result<Response<v1::GetCapacityResponse>, Status> {
+        Ok(Response::new(self.capacity(request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn controller_get_capabilities(
+        &self,
+        _request: Request<v1::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<v1::ControllerGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(v1::ControllerGetCapabilitiesResponse {
+            capabilities: advertise::controller_capabilities(&self.driver.caps),
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _request: Request<v1::CreateSnapshotRequest>,
+    ) -> Result<Response<v1::CreateSnapshotResponse>, Status> {
+        unimplemented("CreateSnapshot")
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _request: Request<v1::DeleteSnapshotRequest>,
+    ) -> Result<Response<v1::DeleteSnapshotResponse>, Status> {
+        unimplemented("DeleteSnapshot")
+    }
+
+    async fn list_snapshots(
+        &self,
+        _request: Request<v1::ListSnapshotsRequest>,
+    ) -> Result<Response<v1::ListSnapshotsResponse>, Status> {
+        unimplemented("ListSnapshots")
+    }
+
+    async fn get_snapshot(
+        &self,
+        _request: Request<v1::GetSnapshotRequest>,
+    ) -> Result<Response<v1::GetSnapshotResponse>, Status> {
+        unimplemented("GetSnapshot")
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        _request: Request<v1::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<v1::ControllerExpandVolumeResponse>, Status> {
+        unimplemented("ControllerExpandVolume")
+    }
+
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn controller_get_volume(
+        &self,
+        request: Request<v1::ControllerGetVolumeRequest>,
+    ) -> Result<Response<v1::ControllerGetVolumeResponse>, Status> {
+        Ok(Response::new(self.get(request.get_ref())?))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _request: Request<v1::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<v1::ControllerModifyVolumeResponse>, Status> {
+        unimplemented("ControllerModifyVolume")
+    }
+}

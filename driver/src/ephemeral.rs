@@ -1,0 +1,363 @@
+//! CSI ephemeral inline volumes: a volume that lives exactly as long as one pod.
+//!
+//! Kubelet marks them with `csi.storage.k8s.io/ephemeral: "true"` in the volume context
+//! of NodePublishVolume and never calls CreateVolume, NodeStageVolume or DeleteVolume. So
+//! publish creates the volume in the local pool (named after kubelet's volume ID, which
+//! makes a retried publish find it again), formats and mounts it straight at the target
+//! path; unpublish unmounts, detaches and deletes it. Nothing outlives the pod.
+//!
+//! Volume attributes (the pod spec's `volumeAttributes`):
+//! * `size` — e.g. `256Mi`, `1Gi` (default [`Limits::default_bytes`], at most
+//!   [`Limits::max_bytes`]);
+//! * `fsType` — `ext4` (default) or `xfs`.
+//!
+//! Kubelet adds `csi.storage.k8s.io/*` keys (pod name, namespace, ...); they are
+//! accepted and ignored. Any other key is refused, so a misspelt attribute is an error
+//! rather than a silently ignored wish.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use plinth_csi_proto::v1;
+
+use crate::config::parse_size;
+use crate::error::Error;
+use crate::mount::{FsType, mountinfo};
+use crate::pool::{self, CapacityRange, Created, Pool, VolumeAccess, VolumeId};
+use crate::state::Driver;
+use crate::validate::{self, Access};
+use crate::volume::{NodeAccess, NodeVolumes};
+
+/// The volume-context key kubelet sets on inline volumes.
+pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
+/// Prefix of the keys kubelet adds on its own (pod name, namespace, uid, ...).
+const KUBELET_PREFIX: &str = "csi.storage.k8s.io/";
+pub const SIZE_KEY: &str = "size";
+pub const FS_TYPE_KEY: &str = "fsType";
+/// Pool names of inline volumes: this prefix and kubelet's volume ID.
+const NAME_PREFIX: &str = "ephemeral:";
+/// Parameter recorded on inline volumes, so listings can tell them apart.
+pub const PARAMETER: &str = "plinth.dev/ephemeral";
+
+/// Sizes an inline volume may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Size of an inline volume whose attributes name none.
+    pub default_bytes: u64,
+    /// Largest inline volume: a pod spec alone must not be able to fill the pool.
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_bytes: 1 << 30,
+            max_bytes: 16 << 30,
+        }
+    }
+}
+
+/// An inline volume as the attributes describe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InlineSpec {
+    pub size_bytes: u64,
+    pub fs: FsType,
+}
+
+/// Whether a NodePublishVolume volume context marks an inline volume.
+pub fn is_ephemeral(context: &HashMap<String, String>) -> bool {
+    context.get(EPHEMERAL_KEY).is_some_and(|v| v == "true")
+}
+
+/// Parse and check the volume attributes.
+pub fn spec(context: &HashMap<String, String>, limits: Limits) -> Result<InlineSpec, Error> {
+    let invalid = |reason: String| Error::InvalidArgument {
+        field: "volume_context",
+        reason,
+    };
+    if let Some(key) = context
+        .keys()
+        .filter(|k| !k.starts_with(KUBELET_PREFIX))
+        .find(|k| *k != SIZE_KEY && *k != FS_TYPE_KEY)
+    {
+        return Err(invalid(format!(
+            "unknown volume attribute {key:?} for an inline volume (known: {SIZE_KEY}, {FS_TYPE_KEY})"
+        )));
+    }
+    let size_bytes = match context.get(SIZE_KEY) {
+        None => limits.default_bytes,
+        Some(text) => parse_size(text).map_err(|e| invalid(format!("{SIZE_KEY}: {e}")))?,
+    };
+    if size_bytes == 0 {
+        return Err(invalid(format!("{SIZE_KEY} must not be zero")));
+    }
+    if size_bytes > limits.max_bytes {
+        return Err(Error::OutOfRange(format!(
+            "inline volume size {size_bytes} bytes exceeds this node's limit of {} bytes",
+            limits.max_bytes
+        )));
+    }
+    let fs = context
+        .get(FS_TYPE_KEY)
+        .map_or(Ok(FsType::DEFAULT), |t| t.parse::<FsType>())
+        .map_err(|e| invalid(format!("{FS_TYPE_KEY}: {e}")))?;
+    Ok(InlineSpec { size_bytes, fs })
+}
+
+fn pool_name(kubelet_id: &str) -> Result<String, Error> {
+    let name = format!("{NAME_PREFIX}{kubelet_id}");
+    if name.len() > pool::MAX_NAME_LEN {
+        return Err(Error::InvalidArgument {
+            field: "volume_id",
+            reason: format!(
+                "inline volume IDs may be at most {} bytes",
+                pool::MAX_NAME_LEN - NAME_PREFIX.len()
+            ),
+        });
+    }
+    Ok(name)
+}
+
+/// The pool volume backing kubelet's inline volume `kubelet_id`, if there is one.
+pub fn find(pool: &Pool, kubelet_id: &str) -> Option<pool::Volume> {
+    pool.get_by_name(&pool_name(kubelet_id).ok()?)
+}
+
+/// Create (or find) the inline volume and mount it at `target`. Blocking. Idempotent
+/// for retries with the same attributes; a failed first publish leaves nothing behind.
+#[tracing::instrument(skip(volumes, spec, mount_flags), fields(kubelet_volume_id = %kubelet_id, volume_id))]
+pub fn publish(
+    volumes: &NodeVolumes,
+    kubelet_id: &str,
+    target: &Path,
+    spec: InlineSpec,
+    mount_flags: Vec<String>,
+    readonly: bool,
+) -> Result<VolumeId, Error> {
+    let pool = volumes.pool();
+    let request = pool::CreateVolumeRequest {
+        name: pool_name(kubelet_id)?,
+        capacity: CapacityRange::new(spec.size_bytes, 0),
+        access: VolumeAccess::Mount { fs_type: spec.fs },
+        parameters: BTreeMap::from([(PARAMETER.to_owned(), "true".to_owned())]),
+        content_source: None,
+    };
+    let (volume, created) = pool.create_volume(&request)?;
+    tracing::Span::current().record("volume_id", volume.id.as_str());
+    let access = NodeAccess::Mount {
+        fs_type: Some(spec.fs),
+        mount_flags,
+    };
+    // The target is the only mount: no staging path exists for inline volumes.
+    match volumes.stage(&volume.id, target, &access, readonly) {
+        Ok(outcome) => {
+            tracing::info!(
+                ?created,
+                ?outcome,
+                size = volume.size_bytes,
+                "inline volume published"
+            );
+            Ok(volume.id)
+        }
+        Err(e) => {
+            if created == Created::New
+                && let Err(cleanup) = pool.delete_volume(&volume.id)
+            {
+                tracing::warn!(error = %cleanup, "removing the inline volume after a failed publish");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Unmount and delete the inline volume `kubelet_id` published at `target`. Blocking.
+/// Returns `false` when `kubelet_id` is not an inline volume this driver knows nor one
+/// it already deleted: the caller handles it as a persistent volume's ID.
+#[tracing::instrument(skip(volumes), fields(kubelet_volume_id = %kubelet_id))]
+pub fn unpublish(volumes: &NodeVolumes, kubelet_id: &str, target: &Path) -> Result<bool, Error> {
+    let pool = volumes.pool();
+    let Some(volume) = find(pool, kubelet_id) else {
+        if !is_kubelet_inline_id(kubelet_id) {
+            return Ok(false);
+        }
+        // Not a pool ID, so an inline volume already deleted by an earlier call:
+        // done, unless something else is mounted at the target.
+        let target = crate::volume::resolve_path(target, pool.dir())?;
+        if let Some(entry) = mountinfo::find_mount_point(&mountinfo::read_self()?, &target) {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is mounted from {}, not from inline volume {kubelet_id}",
+                target.display(),
+                entry.source
+            )));
+        }
+        remove_empty_dir(&target);
+        return Ok(true);
+    };
+    volumes.unstage(&volume.id, target)?;
+    if let Ok(resolved) = crate::volume::resolve_path(target, pool.dir()) {
+        remove_empty_dir(&resolved);
+    }
+    pool.delete_volume(&volume.id)?;
+    tracing::info!(volume_id = %volume.id, "inline volume deleted");
+    Ok(true)
+}
+
+/// NodePublishVolume of an inline volume (the caller checked [`is_ephemeral`]).
+pub async fn node_publish(driver: &Driver, req: v1::NodePublishVolumeRequest) -> Result<(), Error> {
+    if !driver.config.features.ephemeral {
+        return Err(Error::InvalidArgument {
+            field: "volume_context",
+            reason: "inline (ephemeral) volumes are switched off on this driver".into(),
+        });
+    }
+    validate::volume_id("volume_id", &req.volume_id)?;
+    let target = validate::path("target_path", &req.target_path, &driver.config.pool)?;
+    let cap = validate::required_capability("volume_capability", req.volume_capability.as_ref())?;
+    let Access::Mount { fs, flags } = cap.access else {
+        return Err(Error::InvalidArgument {
+            field: "volume_capability",
+            reason: "inline volumes are filesystems; block access is not offered for them".into(),
+        });
+    };
+    let mut spec = spec(&req.volume_context, limits(driver))?;
+    // Kubelet passes the pod spec's `fsType` in the capability.
+    if let Some(fs) = fs {
+        if req.volume_context.contains_key(FS_TYPE_KEY) && fs != spec.fs {
+            return Err(Error::InvalidArgument {
+                field: "volume_capability",
+                reason: format!(
+                    "fs_type {fs} contradicts the {FS_TYPE_KEY} attribute {}",
+                    spec.fs
+                ),
+            });
+        }
+        spec.fs = fs;
+    }
+    let readonly = req.readonly || cap.mode.read_only();
+    let volumes = driver.volumes()?;
+    let kubelet_id = req.volume_id.clone();
+    driver
+        .exclusive(&req.volume_id, move || {
+            publish(&volumes, &kubelet_id, &target, spec, flags, readonly).map(drop)
+        })
+        .await
+}
+
+/// NodeUnpublishVolume when `volume_id` is an inline volume; `Ok(false)` leaves the
+/// request to the persistent-volume path.
+pub async fn node_unpublish(
+    driver: &Driver,
+    req: &v1::NodeUnpublishVolumeRequest,
+) -> Result<bool, Error> {
+    validate::volume_id("volume_id", &req.volume_id)?;
+    let target = validate::path("target_path", &req.target_path, &driver.config.pool)?;
+    let volumes = driver.volumes()?;
+    let inline =
+        find(volumes.pool(), &req.volume_id).is_some() || is_kubelet_inline_id(&req.volume_id);
+    if !inline {
+        return Ok(false);
+    }
+    let kubelet_id = req.volume_id.clone();
+    driver
+        .exclusive(&req.volume_id, move || {
+            unpublish(&volumes, &kubelet_id, &target)
+        })
+        .await
+}
+
+/// The configured sizes of inline volumes.
+fn limits(driver: &Driver) -> Limits {
+    let _ = driver;
+    Limits::default()
+}
+
+/// Kubelet names inline volumes `csi-` and the hex SHA-256 of the pod and volume. An
+/// unknown ID of that form is an inline volume a previous unpublish already deleted (a
+/// retry must succeed, or the pod never finishes terminating); any other unknown ID is
+/// left to the persistent path, which answers NOT_FOUND.
+fn is_kubelet_inline_id(id: &str) -> bool {
+    id.strip_prefix("csi-")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The spec makes the plugin remove the target it created; only an empty directory is
+/// removed, never anything holding data.
+fn remove_empty_dir(path: &Path) {
+    match std::fs::remove_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "leaving the target in place"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn attributes_give_size_and_filesystem_with_defaults() {
+        let limits = Limits::default();
+        let ctx = context(&[
+            (EPHEMERAL_KEY, "true"),
+            ("csi.storage.k8s.io/pod.name", "web-0"),
+        ]);
+        assert!(is_ephemeral(&ctx));
+        assert_eq!(
+            spec(&ctx, limits).unwrap(),
+            InlineSpec {
+                size_bytes: limits.default_bytes,
+                fs: FsType::Ext4
+            }
+        );
+        let ctx = context(&[(SIZE_KEY, "512Mi"), (FS_TYPE_KEY, "xfs")]);
+        assert_eq!(
+            spec(&ctx, limits).unwrap(),
+            InlineSpec {
+                size_bytes: 512 << 20,
+                fs: FsType::Xfs
+            }
+        );
+        assert!(!is_ephemeral(&context(&[(EPHEMERAL_KEY, "false")])));
+    }
+
+    #[test]
+    fn bad_attributes_are_refused() {
+        let limits = Limits::default();
+        for bad in [
+            context(&[("sizee", "1Gi")]),
+            context(&[(SIZE_KEY, "lots")]),
+            context(&[(SIZE_KEY, "0")]),
+            context(&[(FS_TYPE_KEY, "btrfs")]),
+        ] {
+            assert!(
+                matches!(spec(&bad, limits), Err(Error::InvalidArgument { .. })),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(matches!(
+            spec(&context(&[(SIZE_KEY, "1Ti")]), limits),
+            Err(Error::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn only_kubelet_shaped_ids_count_as_already_deleted_inline_volumes() {
+        assert!(is_kubelet_inline_id(&format!("csi-{}", "0a".repeat(32))));
+        assert!(!is_kubelet_inline_id("csi-abc"));
+        assert!(!is_kubelet_inline_id("some-volume-id"));
+        assert!(!is_kubelet_inline_id("0123456789abcdef0123456789abcdef"));
+    }
+
+    #[test]
+    fn long_kubelet_ids_are_refused_before_touching_the_pool() {
+        assert!(pool_name(&"a".repeat(118)).is_ok());
+        assert!(pool_name(&"a".repeat(119)).is_err());
+    }
+}

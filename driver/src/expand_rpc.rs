@@ -1,0 +1,99 @@
+//! ControllerExpandVolume and NodeExpandVolume.
+//!
+//! The controller grows the image file ([`crate::pool::Pool::expand_volume`]: shrinking
+//! is OUT_OF_RANGE) and always asks for node expansion: a mounted filesystem must grow,
+//! and an attached raw device must be told its new size. The node refreshes the loop
+//! device and grows the filesystem online ([`crate::grow`]).
+
+use plinth_csi_proto::v1;
+
+use crate::error::Error;
+use crate::pool::{CapacityRange, GRANULARITY, image_size};
+use crate::state::Driver;
+use crate::validate::{self, existing_id};
+use crate::volume;
+
+fn require_feature(driver: &Driver, rpc: &'static str) -> Result<(), Error> {
+    if driver.config.features.expansion {
+        Ok(())
+    } else {
+        Err(Error::Unimplemented(rpc))
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub async fn controller_expand(
+    driver: &Driver,
+    req: v1::ControllerExpandVolumeRequest,
+) -> Result<v1::ControllerExpandVolumeResponse, Error> {
+    require_feature(driver, "ControllerExpandVolume")?;
+    let id = existing_id(&req.volume_id)?;
+    let range = req
+        .capacity_range
+        .as_ref()
+        .ok_or(Error::MissingField("capacity_range"))?;
+    let capacity = validate::capacity(Some(range))?;
+    if capacity.required == 0 && capacity.limit == 0 {
+        return Err(Error::MissingField("capacity_range.required_bytes"));
+    }
+    // The size the range asks for, rounded like CreateVolume and never past the limit.
+    let wanted = image_size(CapacityRange::new(capacity.required, capacity.limit), GRANULARITY)
+        .map_err(|e| Error::OutOfRange(e.to_string()))?;
+    if let Some(cap) = &req.volume_capability {
+        validate::required_capability("volume_capability", Some(cap))?;
+    }
+    let pool = driver.pool()?;
+    let key = id.to_string();
+    let size = driver
+        .exclusive(&key, move || Ok(pool.expand_volume(&id, wanted)?))
+        .await?;
+    if capacity.limit != 0 && size > capacity.limit {
+        // Only possible when the volume was already larger than the limit.
+        return Err(Error::OutOfRange(format!(
+            "the volume is {size} bytes, above capacity_range.limit_bytes {}",
+            capacity.limit
+        )));
+    }
+    tracing::info!(size, "ControllerExpandVolume done");
+    Ok(v1::ControllerExpandVolumeResponse {
+        capacity_bytes: clamp(size),
+        node_expansion_required: true,
+    })
+}
+
+pub async fn node_expand(
+    driver: &Driver,
+    req: v1::NodeExpandVolumeRequest,
+) -> Result<v1::NodeExpandVolumeResponse, Error> {
+    require_feature(driver, "NodeExpandVolume")?;
+    let id = existing_id(&req.volume_id)?;
+    let path = validate::path("volume_path", &req.volume_path, &driver.config.pool)?;
+    if !req.staging_target_path.is_empty() {
+        validate::path("staging_target_path", &req.staging_target_path, &driver.config.pool)?;
+    }
+    if let Some(cap) = &req.volume_capability {
+        validate::required_capability("volume_capability", Some(cap))?;
+    }
+    let capacity = validate::capacity(req.capacity_range.as_ref())?;
+    let pool = driver.pool()?;
+    let key = id.to_string();
+    let grown = driver
+        .exclusive(&key, move || {
+            let path = volume::resolve_path(&path, pool.dir())?;
+            Ok(crate::grow::grow(&pool, &id, &path)?)
+        })
+        .await?;
+    if grown.capacity_bytes < capacity.required {
+        return Err(Error::OutOfRange(format!(
+            "the volume is {} bytes, less than the {} requested: expand it through the controller first",
+            grown.capacity_bytes, capacity.required
+        )));
+    }
+    tracing::info!(capacity = grown.capacity_bytes, fs = ?grown.fs, "NodeExpandVolume done");
+    Ok(v1::NodeExpandVolumeResponse {
+        capacity_bytes: clamp(grown.capacity_bytes),
+    })
+}

@@ -1,0 +1,159 @@
+//! CreateVolume with a content source: restoring a snapshot, cloning a volume.
+//!
+//! The new volume is an independent copy of the source's image (a reflink where the
+//! pool filesystem can, a sparse copy otherwise), at least as large as the source and
+//! grown to the requested size. The copy is made before the volume's metadata is
+//! committed ([`crate::pool::Pool::create_volume_from`]), so a crash never leaves a
+//! committed volume without its data. A volume source is quiesced during the copy
+//! (filesystem frozen, or raw device flushed), as for a snapshot.
+
+use std::path::{Path, PathBuf};
+
+use plinth_csi_proto::v1;
+use v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
+
+use crate::error::Error;
+use crate::freeze;
+use crate::pool::{self, CapacityRange, ContentSource, Pool, PoolError, VolumeAccess, VolumeId};
+use crate::snapshot::{SnapshotError, SnapshotId};
+use crate::state::Driver;
+use crate::validate::{Capability, Capacity, existing_id};
+
+/// A content source resolved to the image to copy.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub content: ContentSource,
+    pub image: PathBuf,
+    pub size_bytes: u64,
+    pub access: VolumeAccess,
+    /// Set for clones: the live volume to quiesce while copying.
+    pub live_volume: Option<VolumeId>,
+}
+
+/// Resolve a request's `volume_content_source`. Sources of a switched-off feature are
+/// INVALID_ARGUMENT (the spec's "unsupported source"); a missing source is NOT_FOUND.
+pub fn resolve(driver: &Driver, source: &v1::VolumeContentSource) -> Result<Source, Error> {
+    let features = driver.config.features;
+    match &source.r#type {
+        Some(SourceType::Snapshot(SnapshotSource { snapshot_id })) => {
+            if !features.snapshots {
+                return Err(unsupported("restoring snapshots is switched off"));
+            }
+            let id = SnapshotId::parse(snapshot_id).map_err(SnapshotError::from)?;
+            let store = driver.snapshots()?;
+            let snapshot = store.get(&id)?;
+            Ok(Source {
+                content: ContentSource::Snapshot {
+                    snapshot_id: id.to_string(),
+                },
+                image: store.image_path(&id),
+                size_bytes: snapshot.size_bytes,
+                access: snapshot.source_access,
+                live_volume: None,
+            })
+        }
+        Some(SourceType::Volume(VolumeSource { volume_id })) => {
+            if !features.clones {
+                return Err(unsupported("cloning volumes is switched off"));
+            }
+            let id = existing_id(volume_id)?;
+            let pool = driver.pool()?;
+            let volume = pool.get(&id)?;
+            Ok(Source {
+                content: ContentSource::Volume {
+                    volume_id: id.to_string(),
+                },
+                image: pool.image_path(&id),
+                size_bytes: volume.size_bytes,
+                access: volume.access,
+                live_volume: Some(id),
+            })
+        }
+        None => Err(Error::MissingField("volume_content_source.type")),
+    }
+}
+
+impl Source {
+    /// The in-flight key of the source, claimed while it is copied.
+    pub fn key(&self) -> String {
+        match &self.content {
+            ContentSource::Snapshot { snapshot_id } => snapshot_id.clone(),
+            ContentSource::Volume { volume_id } => volume_id.clone(),
+        }
+    }
+}
+
+fn unsupported(reason: &str) -> Error {
+    Error::InvalidArgument {
+        field: "volume_content_source",
+        reason: reason.to_owned(),
+    }
+}
+
+/// The new volume's access and capacity: the source's access type (every requested
+/// capability must fit it: data is never reinterpreted as another filesystem or as
+/// raw blocks), and at least the source's size.
+pub fn plan(
+    source: &Source,
+    caps: &[Capability],
+    capacity: Capacity,
+) -> Result<(VolumeAccess, CapacityRange), Error> {
+    if let Some(cap) = caps.iter().find(|c| !c.access.fits(source.access)) {
+        return Err(Error::InvalidArgument {
+            field: "volume_capabilities",
+            reason: format!(
+                "the source holds {:?} data, which cannot be served as {:?}",
+                source.access, cap.access
+            ),
+        });
+    }
+    if capacity.limit != 0 && capacity.limit < source.size_bytes {
+        return Err(Error::OutOfRange(format!(
+            "capacity_range.limit_bytes {} is below the source's size {}",
+            capacity.limit, source.size_bytes
+        )));
+    }
+    Ok((
+        source.access,
+        CapacityRange::new(capacity.required.max(source.size_bytes), capacity.limit),
+    ))
+}
+
+/// Fill a new image at `dest` from `source`. Runs under the pool's lock: it must not
+/// call pool methods that take it (only path and loop-device lookups).
+pub fn populate(pool: &Pool, source: &Source, dest: &Path) -> Result<(), PoolError> {
+    let device = match &source.live_volume {
+        Some(id) => pool.attachment(id)?,
+        None => None,
+    };
+    let quiesced = freeze::quiesce(device.as_ref())?;
+    let method = pool::copy_image(&source.image, dest)?;
+    drop(quiesced);
+    tracing::info!(?method, source = ?source.content, "volume content copied");
+    Ok(())
+}
+
+/// Create the volume `request` describes from `source`: blocking.
+pub fn create(
+    pool: &Pool,
+    request: &pool::CreateVolumeRequest,
+    source: &Source,
+) -> Result<(pool::Volume, pool::Created), Error> {
+    Ok(pool.create_volume_from(request, &|dest: &Path| populate(pool, source, dest))?)
+}
+
+/// The `content_source` a created volume reports.
+pub fn to_proto(content: &ContentSource) -> v1::VolumeContentSource {
+    let r#type = match content {
+        ContentSource::Snapshot { snapshot_id } => SourceType::Snapshot(SnapshotSource {
+            snapshot_id: snapshot_id.clone(),
+        }),
+        ContentSource::Volume { volume_id } => SourceType::Volume(VolumeSource {
+            volume_id: volume_id.clone(),
+        }),
+    };
+    v1::VolumeContentSource {
+        r#type: Some(r#type),
+    }
+}
+

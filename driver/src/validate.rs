@@ -1,0 +1,549 @@
+//! Checks on untrusted request fields, turning CSI messages into the driver's own types.
+//!
+//! Every helper names the offending field in its error, so a CO operator reading the
+//! gRPC status knows what to fix.
+
+use std::path::{Component, Path, PathBuf};
+
+use plinth_csi_proto::v1;
+use v1::volume_capability::{AccessType, access_mode::Mode as ProtoMode};
+
+use crate::error::Error;
+use crate::mount::FsType;
+use crate::pool::{VolumeAccess, VolumeId};
+use crate::volume::NodeAccess;
+
+/// The spec's general size limit for IDs and names.
+pub const MAX_ID_BYTES: usize = 128;
+/// Paths are exempt from the 128-byte limit; the kernel's PATH_MAX bounds them.
+const MAX_PATH_BYTES: usize = 4096;
+
+/// A required string field.
+pub fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
+    if value.is_empty() {
+        Err(Error::MissingField(field))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A plugin-generated volume ID: it names files in the pool, so only a conservative
+/// alphabet is accepted and nothing that could walk out of the pool directory.
+pub fn volume_id<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
+    required(field, value)?;
+    if value.len() > MAX_ID_BYTES {
+        return Err(too_long(field, value.len()));
+    }
+    let safe = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !value.starts_with('.');
+    if !safe {
+        return Err(Error::InvalidArgument {
+            field,
+            reason: format!("{value:?} is not a volume ID of this driver"),
+        });
+    }
+    Ok(value)
+}
+
+/// A volume ID that must name an existing volume: malformed-but-harmless IDs cannot
+/// exist, so they are NOT_FOUND; IDs that try to escape are INVALID_ARGUMENT.
+pub fn existing_id(raw: &str) -> Result<VolumeId, Error> {
+    volume_id("volume_id", raw)?;
+    VolumeId::parse(raw).map_err(|_| Error::VolumeNotFound(raw.to_owned()))
+}
+
+/// A CO-chosen volume name (CreateVolume): any printable text up to 128 bytes.
+pub fn name<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
+    required(field, value)?;
+    if value.len() > MAX_ID_BYTES {
+        return Err(too_long(field, value.len()));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument {
+            field,
+            reason: "must not contain control characters".into(),
+        });
+    }
+    Ok(value)
+}
+
+fn too_long(field: &'static str, len: usize) -> Error {
+    Error::InvalidArgument {
+        field,
+        reason: format!("is {len} bytes long, the limit is {MAX_ID_BYTES}"),
+    }
+}
+
+/// A staging or target path from the CO: absolute, no `..`, no NUL, and never inside
+/// the pool (a path there could overwrite an image or its metadata).
+pub fn path(field: &'static str, value: &str, pool: &Path) -> Result<PathBuf, Error> {
+    required(field, value)?;
+    let invalid = |reason: &str| Error::InvalidArgument {
+        field,
+        reason: format!("{value:?} {reason}"),
+    };
+    if value.len() > MAX_PATH_BYTES {
+        return Err(invalid("is longer than PATH_MAX"));
+    }
+    if value.contains('\0') {
+        return Err(invalid("contains a NUL byte"));
+    }
+    let path = Path::new(value);
+    if !path.is_absolute() {
+        return Err(invalid("is not absolute"));
+    }
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(invalid("contains '..'"));
+    }
+    // `components()` drops `.` and doubled slashes, giving the form we compare and use.
+    let normal: PathBuf = path.components().collect();
+    if normal.parent().is_none() {
+        return Err(invalid("is the root directory"));
+    }
+    if normal.starts_with(pool) || pool.starts_with(&normal) {
+        return Err(invalid("overlaps the volume pool"));
+    }
+    Ok(normal)
+}
+
+/// How the workload sees the volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    Block,
+    /// `fs: None`: the request left fs_type empty (CreateVolume defaults it, the node
+    /// uses the volume's own filesystem).
+    Mount {
+        fs: Option<FsType>,
+        flags: Vec<String>,
+    },
+}
+
+impl Access {
+    /// The access a new volume is created with.
+    pub fn volume_access(&self) -> VolumeAccess {
+        match self {
+            Self::Block => VolumeAccess::Block,
+            Self::Mount { fs, .. } => VolumeAccess::Mount {
+                fs_type: fs.unwrap_or(FsType::DEFAULT),
+            },
+        }
+    }
+
+    /// The same capability as the node-side volume layer takes it.
+    pub fn node_access(&self) -> NodeAccess {
+        match self {
+            Self::Block => NodeAccess::Block,
+            Self::Mount { fs, flags } => NodeAccess::Mount {
+                fs_type: *fs,
+                mount_flags: flags.clone(),
+            },
+        }
+    }
+
+    /// Whether a volume created as `volume` can be used this way: block stays block, and
+    /// a filesystem is never swapped for another (that would need a reformat).
+    pub fn fits(&self, volume: VolumeAccess) -> bool {
+        match (self, volume) {
+            (Self::Block, VolumeAccess::Block) => true,
+            (Self::Mount { fs, .. }, VolumeAccess::Mount { fs_type }) => {
+                fs.is_none_or(|f| f == fs_type)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The access modes a local volume can honour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessMode {
+    SingleNodeWriter,
+    SingleNodeSingleWriter,
+    SingleNodeMultiWriter,
+    SingleNodeReaderOnly,
+}
+
+impl AccessMode {
+    pub fn read_only(self) -> bool {
+        self == Self::SingleNodeReaderOnly
+    }
+
+    /// Several target paths on this node may share the volume. The spec's second
+    /// publish table allows it only for SINGLE_NODE_MULTI_WRITER among the single-node
+    /// modes; the others answer FAILED_PRECONDITION.
+    pub fn multi_publish(self) -> bool {
+        self == Self::SingleNodeMultiWriter
+    }
+}
+
+/// A validated `VolumeCapability`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capability {
+    pub access: Access,
+    pub mode: AccessMode,
+}
+
+/// Why a capability cannot be served; CreateVolume answers INVALID_ARGUMENT with it,
+/// ValidateVolumeCapabilities reports it as the unconfirmed message.
+#[derive(Debug)]
+pub struct Unsupported(pub String);
+
+/// Mount flags are handed to mount(2) as filesystem data: no separators or NULs that
+/// could smuggle in options the driver controls (`ro`, `context=`, ...).
+fn check_mount_flag(flag: &str) -> Result<(), Unsupported> {
+    let ok = !flag.is_empty()
+        && flag
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b',' && b != b'"' && b != b'\\');
+    if ok {
+        Ok(())
+    } else {
+        Err(Unsupported(format!("mount flag {flag:?} is not accepted")))
+    }
+}
+
+pub fn capability(cap: &v1::VolumeCapability) -> Result<Capability, Unsupported> {
+    let mode = cap
+        .access_mode
+        .as_ref()
+        .ok_or_else(|| Unsupported("access_mode is required".into()))?;
+    let mode = match ProtoMode::try_from(mode.mode) {
+        Ok(ProtoMode::SingleNodeWriter) => AccessMode::SingleNodeWriter,
+        Ok(ProtoMode::SingleNodeSingleWriter) => AccessMode::SingleNodeSingleWriter,
+        Ok(ProtoMode::SingleNodeMultiWriter) => AccessMode::SingleNodeMultiWriter,
+        Ok(ProtoMode::SingleNodeReaderOnly) => AccessMode::SingleNodeReaderOnly,
+        Ok(
+            m @ (ProtoMode::MultiNodeReaderOnly
+            | ProtoMode::MultiNodeSingleWriter
+            | ProtoMode::MultiNodeMultiWriter),
+        ) => {
+            return Err(Unsupported(format!(
+                "access mode {} is not supported: local volumes live on one node",
+                m.as_str_name()
+            )));
+        }
+        Ok(ProtoMode::Unknown) | Err(_) => {
+            return Err(Unsupported(format!(
+                "access_mode {} is not a known access mode",
+                mode.mode
+            )));
+        }
+    };
+    let access = match &cap.access_type {
+        None => {
+            return Err(Unsupported(
+                "access_type (block or mount) is required".into(),
+            ));
+        }
+        Some(AccessType::Block(_)) => Access::Block,
+        Some(AccessType::Mount(mount)) => {
+            let fs = match mount.fs_type.as_str() {
+                "" => None,
+                "ext4" => Some(FsType::Ext4),
+                "xfs" => Some(FsType::Xfs),
+                other => {
+                    return Err(Unsupported(format!(
+                        "fs_type {other:?} is not supported (ext4, xfs)"
+                    )));
+                }
+            };
+            if !mount.volume_mount_group.is_empty() {
+                return Err(Unsupported(
+                    "volume_mount_group is not supported (no VOLUME_MOUNT_GROUP capability)".into(),
+                ));
+            }
+            for flag in &mount.mount_flags {
+                check_mount_flag(flag)?;
+            }
+            Access::Mount {
+                fs,
+                flags: mount.mount_flags.clone(),
+            }
+        }
+    };
+    Ok(Capability { access, mode })
+}
+
+/// A required single capability (Node RPCs); unsupported ones are INVALID_ARGUMENT.
+pub fn required_capability(
+    field: &'static str,
+    cap: Option<&v1::VolumeCapability>,
+) -> Result<Capability, Error> {
+    let cap = cap.ok_or(Error::MissingField(field))?;
+    capability(cap).map_err(|Unsupported(reason)| Error::InvalidArgument { field, reason })
+}
+
+/// CreateVolume's list of capabilities: all must be served, and they must agree on
+/// block vs. filesystem (one image cannot be both).
+pub fn capabilities(
+    field: &'static str,
+    caps: &[v1::VolumeCapability],
+) -> Result<Vec<Capability>, Error> {
+    if caps.is_empty() {
+        return Err(Error::MissingField(field));
+    }
+    let parsed = caps
+        .iter()
+        .map(|cap| {
+            capability(cap).map_err(|Unsupported(reason)| Error::InvalidArgument { field, reason })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(first) = parsed.first()
+        && parsed.iter().any(|c| !same_kind(&c.access, &first.access))
+    {
+        return Err(Error::InvalidArgument {
+            field,
+            reason: "capabilities mix block and mount, or two filesystems".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+/// Same volume kind: both block, or the same filesystem (flags may differ per use).
+pub fn same_kind(a: &Access, b: &Access) -> bool {
+    match (a, b) {
+        (Access::Block, Access::Block) => true,
+        (Access::Mount { fs: x, .. }, Access::Mount { fs: y, .. }) => {
+            x.unwrap_or(FsType::DEFAULT) == y.unwrap_or(FsType::DEFAULT)
+        }
+        _ => false,
+    }
+}
+
+/// A `CapacityRange` in bytes; zero means "not set" as in the spec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub required: u64,
+    pub limit: u64,
+}
+
+pub fn capacity(range: Option<&v1::CapacityRange>) -> Result<Capacity, Error> {
+    let Some(range) = range else {
+        return Ok(Capacity::default());
+    };
+    let non_negative = |field: &'static str, value: i64| {
+        u64::try_from(value).map_err(|_| Error::InvalidArgument {
+            field,
+            reason: format!("{value} is negative"),
+        })
+    };
+    let required = non_negative("capacity_range.required_bytes", range.required_bytes)?;
+    let limit = non_negative("capacity_range.limit_bytes", range.limit_bytes)?;
+    if limit != 0 && limit < required {
+        return Err(Error::OutOfRange(format!(
+            "capacity_range.limit_bytes {limit} is below required_bytes {required}"
+        )));
+    }
+    Ok(Capacity { required, limit })
+}
+
+/// This node's topology segment.
+pub fn node_topology(key: &str, node_id: &str) -> v1::Topology {
+    v1::Topology {
+        segments: [(key.to_owned(), node_id.to_owned())].into(),
+    }
+}
+
+/// Whether `topology` names this node. A topology without our key does not constrain
+/// it, but neither does it place the volume here: only an explicit match counts.
+pub fn is_this_node(topology: &v1::Topology, key: &str, node_id: &str) -> bool {
+    topology.segments.get(key).is_some_and(|v| v == node_id)
+}
+
+/// A local volume can only be made where this driver runs. When the CO constrains the
+/// placement and this node is not among the places it names, the spec's answer is
+/// RESOURCE_EXHAUSTED.
+pub fn accessibility(
+    requirement: Option<&v1::TopologyRequirement>,
+    key: &str,
+    node_id: &str,
+) -> Result<(), Error> {
+    let Some(requirement) = requirement else {
+        return Ok(());
+    };
+    let mut named = requirement
+        .requisite
+        .iter()
+        .chain(&requirement.preferred)
+        .peekable();
+    if named.peek().is_none() {
+        return Ok(());
+    }
+    if named.any(|t| is_this_node(t, key, node_id)) {
+        Ok(())
+    } else {
+        Err(Error::TopologyUnsatisfiable(node_id.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use v1::volume_capability::{AccessMode as ProtoAccessMode, BlockVolume, MountVolume};
+
+    fn cap(mode: ProtoMode, access: AccessType) -> v1::VolumeCapability {
+        v1::VolumeCapability {
+            access_mode: Some(ProtoAccessMode { mode: mode as i32 }),
+            access_type: Some(access),
+        }
+    }
+
+    fn mount(fs: &str) -> AccessType {
+        AccessType::Mount(MountVolume {
+            fs_type: fs.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn volume_ids_cannot_escape_the_pool() {
+        for bad in ["../etc", "a/b", "..", ".hidden", "a\0b", "vol id"] {
+            assert!(
+                matches!(
+                    volume_id("volume_id", bad),
+                    Err(Error::InvalidArgument { .. })
+                ),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(matches!(
+            volume_id("volume_id", ""),
+            Err(Error::MissingField("volume_id"))
+        ));
+        assert!(volume_id("volume_id", &"a".repeat(129)).is_err());
+        assert!(volume_id("volume_id", &"a".repeat(128)).is_ok());
+        assert!(volume_id("volume_id", "pvc-1234.abc_D").is_ok());
+    }
+
+    #[test]
+    fn paths_must_be_absolute_clean_and_outside_the_pool() {
+        let pool = Path::new("/var/lib/plinth/pool");
+        let ok = path("target_path", "/var/lib/kubelet/pods/x//mount/", pool).unwrap();
+        assert_eq!(ok, Path::new("/var/lib/kubelet/pods/x/mount"));
+        for bad in [
+            "relative/path",
+            "/var/lib/kubelet/../../etc",
+            "/",
+            "/var/lib/plinth/pool/img",
+            "/var/lib/plinth",
+            "/tmp/a\0b",
+        ] {
+            assert!(path("target_path", bad, pool).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn multi_node_modes_unknown_filesystems_and_missing_parts_are_refused() {
+        assert!(capability(&cap(ProtoMode::MultiNodeMultiWriter, mount("ext4"))).is_err());
+        assert!(capability(&cap(ProtoMode::MultiNodeReaderOnly, mount("ext4"))).is_err());
+        assert!(capability(&cap(ProtoMode::SingleNodeWriter, mount("btrfs"))).is_err());
+        assert!(capability(&cap(ProtoMode::Unknown, mount("ext4"))).is_err());
+        let no_type = v1::VolumeCapability {
+            access_mode: Some(ProtoAccessMode {
+                mode: ProtoMode::SingleNodeWriter as i32,
+            }),
+            access_type: None,
+        };
+        assert!(capability(&no_type).is_err());
+        let ok = capability(&cap(ProtoMode::SingleNodeWriter, mount(""))).unwrap();
+        assert_eq!(
+            ok.access,
+            Access::Mount {
+                fs: None,
+                flags: vec![]
+            }
+        );
+        let block = capability(&cap(
+            ProtoMode::SingleNodeReaderOnly,
+            AccessType::Block(BlockVolume {}),
+        ))
+        .unwrap();
+        assert_eq!(block.access, Access::Block);
+        assert!(block.mode.read_only());
+    }
+
+    #[test]
+    fn mount_flags_cannot_smuggle_options() {
+        let with_flags = |flags: &[&str]| {
+            cap(
+                ProtoMode::SingleNodeWriter,
+                AccessType::Mount(MountVolume {
+                    fs_type: "ext4".into(),
+                    mount_flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+                    ..Default::default()
+                }),
+            )
+        };
+        assert!(capability(&with_flags(&["noatime", "discard"])).is_ok());
+        assert!(capability(&with_flags(&["noatime,rw"])).is_err());
+        assert!(capability(&with_flags(&["a b"])).is_err());
+    }
+
+    #[test]
+    fn mixed_block_and_mount_capabilities_are_refused() {
+        let caps = [
+            cap(ProtoMode::SingleNodeWriter, mount("ext4")),
+            cap(
+                ProtoMode::SingleNodeWriter,
+                AccessType::Block(BlockVolume {}),
+            ),
+        ];
+        assert!(capabilities("volume_capabilities", &caps).is_err());
+        assert!(matches!(
+            capabilities("volume_capabilities", &[]),
+            Err(Error::MissingField(_))
+        ));
+    }
+
+    #[test]
+    fn capacity_ranges_are_checked() {
+        let range = |required_bytes, limit_bytes| v1::CapacityRange {
+            required_bytes,
+            limit_bytes,
+        };
+        assert_eq!(capacity(None).unwrap(), Capacity::default());
+        assert!(matches!(
+            capacity(Some(&range(10, 5))),
+            Err(Error::OutOfRange(_))
+        ));
+        assert!(matches!(
+            capacity(Some(&range(-1, 0))),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert_eq!(
+            capacity(Some(&range(5, 0))).unwrap(),
+            Capacity {
+                required: 5,
+                limit: 0
+            }
+        );
+    }
+
+    #[test]
+    fn topology_requirements_must_name_this_node() {
+        let key = "topology.local.csi.plinth.dev/node";
+        let here = node_topology(key, "n1");
+        let there = node_topology(key, "n2");
+        let req =
+            |requisite: Vec<v1::Topology>, preferred: Vec<v1::Topology>| v1::TopologyRequirement {
+                requisite,
+                preferred,
+            };
+        assert!(accessibility(None, key, "n1").is_ok());
+        assert!(accessibility(Some(&req(vec![], vec![])), key, "n1").is_ok());
+        assert!(
+            accessibility(
+                Some(&req(vec![there.clone(), here.clone()], vec![there.clone()])),
+                key,
+                "n1"
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            accessibility(Some(&req(vec![there.clone()], vec![])), key, "n1"),
+            Err(Error::TopologyUnsatisfiable(_))
+        ));
+        assert!(accessibility(Some(&req(vec![], vec![there])), key, "n1").is_err());
+    }
+}

@@ -1,0 +1,698 @@
+//! Node-side volume operations as library calls: stage, unstage, publish, unpublish,
+//! stats. The node service validates requests, holds a per-volume lock, and maps
+//! [`VolumeError`] to gRPC codes.
+//!
+//! All state lives in the kernel — which loop device backs which image (sysfs) and
+//! what is mounted where (mountinfo) — so every call is idempotent and a restarted
+//! driver continues where the previous one stopped. Calls for different volumes may run
+//! concurrently.
+//!
+//! What stage leaves behind:
+//! * mount access: the image on a loop device, formatted (only when blank) and mounted at
+//!   the staging path;
+//! * block access: the image on a loop device, whose node is bind-mounted onto the file
+//!   `<staging path>/<volume id>` so the staging is visible in mountinfo.
+//!
+//! Publish bind-mounts the staging mount (mount access) or the loop device node (block
+//! access, onto a file the driver creates) at the target path.
+
+mod paths;
+mod template;
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::mount::MsFlags;
+
+use crate::mount::mountinfo::find_mount_point;
+use crate::mount::options::REPORTED_FLAGS;
+use crate::mount::{
+    Detected, FsType, Host, LoopDevice, MountEntry, MountError, MountOptions, RealHost, sys,
+};
+use crate::pool::{Pool, PoolError, VolumeAccess, VolumeId};
+
+pub use paths::resolve as resolve_path;
+pub use template::MAX_TEMPLATES;
+
+/// How the node exposes a volume (from the request's volume capability).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeAccess {
+    /// A filesystem. `fs_type: None` uses the volume's filesystem (ext4 by default).
+    Mount {
+        fs_type: Option<FsType>,
+        mount_flags: Vec<String>,
+    },
+    /// The raw block device.
+    Block,
+}
+
+/// A loop device [`NodeVolumes::attach`] returned.
+struct Attached {
+    dev: LoopDevice,
+    /// Attached by this call (so undone if the call fails).
+    now: bool,
+    /// Filled from a template by this call.
+    content: Option<Detected>,
+}
+
+/// Whether a call changed anything (for logs and tests; both are success).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    AlreadyDone,
+}
+
+/// Usage of a staged or published volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeStats {
+    Filesystem { bytes: Usage, inodes: Usage },
+    Block { total_bytes: u64 },
+}
+
+/// Total / available / used, as CSI `VolumeUsage` reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub total: u64,
+    pub available: u64,
+    pub used: u64,
+}
+
+/// Errors of node-side volume operations. Suggested gRPC codes in brackets.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// [InvalidArgument]
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: PathBuf, reason: &'static str },
+    /// Bad mount flags or filesystem type. [InvalidArgument]
+    #[error("invalid request: {0}")]
+    InvalidRequest(#[source] MountError),
+    /// [NotFound]
+    #[error("volume {0} not found")]
+    VolumeNotFound(VolumeId),
+    /// Publish before stage. [FailedPrecondition]
+    #[error("volume {id} is not staged at {staging:?}")]
+    NotStaged { id: VolumeId, staging: PathBuf },
+    /// Unstage while a publish is still mounted. [FailedPrecondition]
+    #[error("volume {id} is still in use at {mount_point:?}")]
+    StillPublished { id: VolumeId, mount_point: PathBuf },
+    /// The path already holds this volume with other options, or something else.
+    /// [AlreadyExists]
+    #[error("{path:?} is already in use: {reason}")]
+    AlreadyExists { path: PathBuf, reason: String },
+    /// Unpublish of a mount point that is not this volume's. [NotFound]
+    #[error("{path:?} is mounted, but not from volume {id}")]
+    NotOurs { id: VolumeId, path: PathBuf },
+    /// Stats for a path where the volume is not staged or published. [NotFound]
+    #[error("volume {id} is not staged or published at {path:?}")]
+    NotAtPath { id: VolumeId, path: PathBuf },
+    /// The volume holds another filesystem than requested. [FailedPrecondition]
+    #[error("volume {id} holds {found}, {requested} was requested; it is never reformatted")]
+    FsMismatch {
+        id: VolumeId,
+        found: FsType,
+        requested: FsType,
+    },
+    /// The volume holds data that is not a known filesystem. [FailedPrecondition]
+    #[error("volume {id} holds unrecognised data; refusing to format it")]
+    UnknownData { id: VolumeId },
+    /// [by variant: see `PoolError`]
+    #[error(transparent)]
+    Pool(PoolError),
+    /// A host operation failed. [Internal]
+    #[error(transparent)]
+    Host(#[from] MountError),
+}
+
+impl From<PoolError> for VolumeError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::NotFound(id) => Self::VolumeNotFound(id),
+            PoolError::Host(h) => Self::Host(h),
+            other => Self::Pool(other),
+        }
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VolumeError + 'a {
+    move |e| VolumeError::Host(MountError::io(op, path)(e))
+}
+
+/// The node's volume operations over one pool.
+pub struct NodeVolumes {
+    pool: Arc<Pool>,
+    host: Arc<dyn Host>,
+    templates: Option<template::Templates>,
+}
+
+impl std::fmt::Debug for NodeVolumes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeVolumes")
+            .field("pool", &self.pool)
+            .field("templates", &self.templates.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether blank volumes are formatted by copying a cached template image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Formatting {
+    /// Spawn mkfs for every blank volume.
+    Mkfs,
+    /// Copy a per-(fs, size) template formatted once (see [`template`]).
+    Templates,
+}
+
+impl NodeVolumes {
+    /// Real host, template formatting.
+    pub fn new(pool: Arc<Pool>) -> Self {
+        Self::with_host(pool, Arc::new(RealHost), Formatting::Templates)
+    }
+
+    pub fn with_host(pool: Arc<Pool>, host: Arc<dyn Host>, formatting: Formatting) -> Self {
+        let templates = (formatting == Formatting::Templates)
+            .then(|| template::Templates::new(pool.templates_dir()));
+        Self {
+            pool,
+            host,
+            templates,
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    fn path(&self, path: &Path) -> Result<PathBuf, VolumeError> {
+        paths::resolve(path, self.pool.dir())
+    }
+
+    fn attached(&self, id: &VolumeId) -> Result<Option<LoopDevice>, VolumeError> {
+        Ok(self.host.find_loop(&self.pool.image_path(id))?)
+    }
+
+    /// Stage a volume at `staging`. Idempotent; staged with other options ->
+    /// [`VolumeError::AlreadyExists`].
+    #[tracing::instrument(skip(self, access), fields(volume_id = %id))]
+    pub fn stage(
+        &self,
+        id: &VolumeId,
+        staging: &Path,
+        access: &NodeAccess,
+        readonly: bool,
+    ) -> Result<Outcome, VolumeError> {
+        let staging = self.path(staging)?;
+        let volume = self.pool.get(id)?;
+        let mounts = self.host.mountinfo()?;
+        let existing = self.attached(id)?;
+        let device_file = staging.join(id.as_str());
+
+        match access {
+            NodeAccess::Mount {
+                fs_type,
+                mount_flags,
+            } => {
+                let fs = fs_type.unwrap_or(match volume.access {
+                    VolumeAccess::Mount { fs_type } => fs_type,
+                    VolumeAccess::Block => FsType::DEFAULT,
+                });
+                let options =
+                    MountOptions::parse(mount_flags).map_err(VolumeError::InvalidRequest)?;
+                let mut flags = options.flags;
+                flags.set(
+                    MsFlags::MS_RDONLY,
+                    readonly || flags.contains(MsFlags::MS_RDONLY),
+                );
+                if let Some(entry) = find_mount_point(&mounts, &staging) {
+                    let same = existing.as_ref().is_some_and(|d| d.dev == entry.dev)
+                        && entry.fs_type == fs.as_str()
+                        && flags_match(entry, flags);
+                    return if same {
+                        Ok(Outcome::AlreadyDone)
+                    } else {
+                        Err(already(
+                            &staging,
+                            "staged with another filesystem, flags or volume",
+                        ))
+                    };
+                }
+                if find_mount_point(&mounts, &device_file).is_some() {
+                    return Err(already(&staging, "staged as a block volume"));
+                }
+                fs::create_dir_all(&staging).map_err(io_err("create", &staging))?;
+                let attached = self.attach(id, existing, Some((fs, volume.size_bytes)))?;
+                let result = self.format_and_mount(id, &attached, &staging, fs, flags, &options);
+                let Attached { dev, now, .. } = attached;
+                self.undo_attach_on_error(result, &dev, now)?;
+                tracing::info!(dev = %dev.path.display(), staging = %staging.display(), %fs, "staged");
+            }
+            NodeAccess::Block => {
+                if find_mount_point(&mounts, &device_file).is_some() {
+                    return match (&existing, device_rdev(&device_file)) {
+                        (Some(d), Some(r)) if d.dev == r => Ok(Outcome::AlreadyDone),
+                        _ => Err(already(&device_file, "holds another device")),
+                    };
+                }
+                if find_mount_point(&mounts, &staging).is_some() {
+                    return Err(already(&staging, "staged as a filesystem or mounted"));
+                }
+                fs::create_dir_all(&staging).map_err(io_err("create", &staging))?;
+                create_file(&device_file)?;
+                let Attached { dev, now, .. } = self.attach(id, existing, None)?;
+                let result = sys::bind(
+                    self.host.as_ref(),
+                    &dev.path,
+                    &device_file,
+                    MsFlags::empty(),
+                )
+                .map_err(VolumeError::from);
+                if result.is_err() {
+                    let _ = fs::remove_file(&device_file);
+                }
+                self.undo_attach_on_error(result, &dev, now)?;
+                tracing::info!(dev = %dev.path.display(), staging = %staging.display(), "staged block");
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Attach the image unless already attached. A blank image about to be formatted
+    /// is first filled from a template (before attaching, so no loop device caches the
+    /// old contents).
+    fn attach(
+        &self,
+        id: &VolumeId,
+        existing: Option<LoopDevice>,
+        format: Option<(FsType, u64)>,
+    ) -> Result<Attached, VolumeError> {
+        if let Some(dev) = existing {
+            return Ok(Attached {
+                dev,
+                now: false,
+                content: None,
+            });
+        }
+        let image = self.pool.image_path(id);
+        let mut content = None;
+        if let (Some(templates), Some((fs, size))) = (&self.templates, format)
+            && self.host.detect(&image)? == Detected::Blank
+            && let Some(method) = templates.fill(self.host.as_ref(), fs, size, &image)?
+        {
+            tracing::debug!(?method, "formatted from template");
+            content = Some(Detected::Fs(fs));
+        }
+        Ok(Attached {
+            dev: self.host.attach_loop(&image)?,
+            now: true,
+            content,
+        })
+    }
+
+    fn undo_attach_on_error(
+        &self,
+        result: Result<(), VolumeError>,
+        dev: &LoopDevice,
+        attached_now: bool,
+    ) -> Result<(), VolumeError> {
+        if result.is_err()
+            && attached_now
+            && let Err(e) = self.host.detach_loop(dev)
+        {
+            tracing::warn!(dev = %dev.path.display(), error = %e, "detaching after failed stage");
+        }
+        result
+    }
+
+    /// Format the attached device when blank (unless `attached.content` says a template
+    /// was just copied in, sparing a second read) and mount it at `staging`.
+    fn format_and_mount(
+        &self,
+        id: &VolumeId,
+        attached: &Attached,
+        staging: &Path,
+        fs: FsType,
+        flags: MsFlags,
+        options: &MountOptions,
+    ) -> Result<(), VolumeError> {
+        let dev = &attached.dev;
+        let content = match attached.content {
+            Some(known) => known,
+            None => self.host.detect(&dev.path)?,
+        };
+        match content {
+            Detected::Blank => self.host.mkfs(fs, &dev.path)?,
+            Detected::Fs(found) if found == fs => {}
+            Detected::Fs(found) => {
+                return Err(VolumeError::FsMismatch {
+                    id: id.clone(),
+                    found,
+                    requested: fs,
+                });
+            }
+            Detected::Unknown => return Err(VolumeError::UnknownData { id: id.clone() }),
+        }
+        let data = options.data_string(fs.implied_mount_data());
+        self.host.mount(
+            &dev.path,
+            staging,
+            Some(fs.as_str()),
+            flags,
+            data.as_deref(),
+        )?;
+        Ok(())
+    }
+
+    /// Undo [`NodeVolumes::stage`]: unmount, detach. Idempotent. Refused with
+    /// [`VolumeError::StillPublished`] while a publish of the volume is mounted.
+    #[tracing::instrument(skip(self), fields(volume_id = %id))]
+    pub fn unstage(&self, id: &VolumeId, staging: &Path) -> Result<Outcome, VolumeError> {
+        let staging = self.path(staging)?;
+        self.pool.get(id)?;
+        let device_file = staging.join(id.as_str());
+        // One scan answers both questions below: the staged (read-write) device, and any
+        // read-only devices of read-only block publishes.
+        let loops = self.host.loops_for(&self.pool.image_path(id))?;
+        let Some(dev) = loops.iter().find(|d| !d.is_read_only()).cloned() else {
+            // Nothing attached: at most an empty leftover file from a crashed stage.
+            remove_leftover(&device_file);
+            return Ok(Outcome::AlreadyDone);
+        };
+        let mounts = self.host.mountinfo()?;
+        let ours = |m: &&MountEntry| uses_device(m, &dev);
+        if let Some(other) = mounts
+            .iter()
+            .filter(ours)
+            .find(|m| m.mount_point != staging && m.mount_point != device_file)
+        {
+            return Err(VolumeError::StillPublished {
+                id: id.clone(),
+                mount_point: other.mount_point.clone(),
+            });
+        }
+        // Read-only devices of read-only block publishes: in use means still published;
+        // unused ones are leftovers of a crash between unmount and detach.
+        for ro in loops {
+            if ro == dev {
+                continue;
+            }
+            if let Some(m) = mounts.iter().find(|m| uses_device(m, &ro)) {
+                return Err(VolumeError::StillPublished {
+                    id: id.clone(),
+                    mount_point: m.mount_point.clone(),
+                });
+            }
+            self.host.detach_loop(&ro)?;
+        }
+        for point in [&staging, &device_file] {
+            if find_mount_point(&mounts, point).filter(ours).is_some() {
+                self.host.unmount(point)?;
+            }
+        }
+        remove_leftover(&device_file);
+        self.host.detach_loop(&dev)?;
+        tracing::info!(dev = %dev.path.display(), "unstaged");
+        Ok(Outcome::Done)
+    }
+
+    /// Publish a staged volume at `target`. Idempotent; published with other options ->
+    /// [`VolumeError::AlreadyExists`].
+    #[tracing::instrument(skip(self, access), fields(volume_id = %id))]
+    pub fn publish(
+        &self,
+        id: &VolumeId,
+        staging: &Path,
+        target: &Path,
+        access: &NodeAccess,
+        readonly: bool,
+    ) -> Result<Outcome, VolumeError> {
+        let staging = self.path(staging)?;
+        let target = self.path(target)?;
+        self.pool.get(id)?;
+        let not_staged = || VolumeError::NotStaged {
+            id: id.clone(),
+            staging: staging.clone(),
+        };
+        let dev = self.attached(id)?.ok_or_else(not_staged)?;
+        let mounts = self.host.mountinfo()?;
+        match access {
+            NodeAccess::Mount { mount_flags, .. } => {
+                let options =
+                    MountOptions::parse(mount_flags).map_err(VolumeError::InvalidRequest)?;
+                let mut flags = options.per_mount_flags();
+                flags.set(
+                    MsFlags::MS_RDONLY,
+                    readonly || flags.contains(MsFlags::MS_RDONLY),
+                );
+                find_mount_point(&mounts, &staging)
+                    .filter(|m| m.dev == dev.dev)
+                    .ok_or_else(not_staged)?;
+                if let Some(entry) = find_mount_point(&mounts, &target) {
+                    return if entry.dev == dev.dev
+                        && entry.root == Path::new("/")
+                        && bind_flags_match(entry, flags)
+                    {
+                        Ok(Outcome::AlreadyDone)
+                    } else {
+                        Err(already(
+                            &target,
+                            "published with other options or another volume",
+                        ))
+                    };
+                }
+                fs::create_dir_all(&target).map_err(io_err("create", &target))?;
+                sys::bind(self.host.as_ref(), &staging, &target, flags)?;
+            }
+            NodeAccess::Block => {
+                let device_file = staging.join(id.as_str());
+                if device_rdev(&device_file) != Some(dev.dev)
+                    || find_mount_point(&mounts, &device_file).is_none()
+                {
+                    return Err(not_staged());
+                }
+                if find_mount_point(&mounts, &target).is_some() {
+                    // Read-write publishes bind the staged device; read-only ones a
+                    // read-only device of their own.
+                    let published = device_rdev(&target);
+                    let same = if readonly {
+                        let ro = self.host.loops_for(&self.pool.image_path(id))?;
+                        ro.iter()
+                            .any(|d| Some(d.dev) == published && d.is_read_only())
+                    } else {
+                        published == Some(dev.dev)
+                    };
+                    return if same {
+                        Ok(Outcome::AlreadyDone)
+                    } else {
+                        Err(already(
+                            &target,
+                            "published with other options or another volume",
+                        ))
+                    };
+                }
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+                }
+                create_file(&target)?;
+                // A read-only bind of a device node still lets the pod write the device:
+                // read-only access gets its own LO_FLAGS_READ_ONLY loop device.
+                let (source, own) = if readonly {
+                    let image = self.pool.image_path(id);
+                    (self.host.attach_loop_read_only(&image)?, true)
+                } else {
+                    (dev.clone(), false)
+                };
+                if let Err(e) =
+                    sys::bind(self.host.as_ref(), &source.path, &target, MsFlags::empty())
+                {
+                    let _ = fs::remove_file(&target);
+                    self.undo_attach_on_error(Err(e.into()), &source, own)?;
+                }
+            }
+        }
+        tracing::info!(target = %target.display(), "published");
+        Ok(Outcome::Done)
+    }
+
+    /// Undo [`NodeVolumes::publish`]: unmount `target` and remove it. Idempotent (a
+    /// target that is not mounted is removed if empty, then success); a target mounted
+    /// from anything but this volume -> [`VolumeError::NotOurs`].
+    #[tracing::instrument(skip(self), fields(volume_id = %id))]
+    pub fn unpublish(&self, id: &VolumeId, target: &Path) -> Result<Outcome, VolumeError> {
+        let target = self.path(target)?;
+        self.pool.get(id)?;
+        let mounts = self.host.mountinfo()?;
+        let Some(entry) = find_mount_point(&mounts, &target) else {
+            remove_leftover(&target);
+            return Ok(Outcome::AlreadyDone);
+        };
+        let bound = device_rdev(&target);
+        let ours = |d: &LoopDevice| entry.dev == d.dev || bound == Some(d.dev);
+        // The staged device (remembered, so no scan) serves every publish but read-only
+        // block ones, which have a device of their own: only those need the scan.
+        let loops = match self.attached(id)?.filter(|d| ours(d)) {
+            Some(rw) => vec![rw],
+            None => self.host.loops_for(&self.pool.image_path(id))?,
+        };
+        let Some(dev) = loops.iter().find(|d| ours(d)) else {
+            return Err(VolumeError::NotOurs {
+                id: id.clone(),
+                path: target,
+            });
+        };
+        self.host.unmount(&target)?;
+        remove_leftover(&target);
+        if bound == Some(dev.dev) && dev.is_read_only() {
+            // The read-only device of a read-only block publish is this target's alone.
+            self.host.detach_loop(dev)?;
+        }
+        tracing::info!(target = %target.display(), "unpublished");
+        Ok(Outcome::Done)
+    }
+
+    /// Where the volume is published: mount points of any of its loop devices other
+    /// than its staging (for the access modes that allow a single publication).
+    pub fn publications(&self, id: &VolumeId, staging: &Path) -> Result<Vec<PathBuf>, VolumeError> {
+        let staging = self.path(staging)?;
+        let device_file = staging.join(id.as_str());
+        let loops = self.host.loops_for(&self.pool.image_path(id))?;
+        if loops.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .host
+            .mountinfo()?
+            .into_iter()
+            .filter(|m| loops.iter().any(|d| uses_device(m, d)))
+            .map(|m| m.mount_point)
+            .filter(|p| *p != staging && *p != device_file)
+            .collect())
+    }
+
+    /// Usage of the volume at `path` (its staging or a target path).
+    #[tracing::instrument(skip(self), fields(volume_id = %id))]
+    pub fn stats(&self, id: &VolumeId, path: &Path) -> Result<VolumeStats, VolumeError> {
+        let path = self.path(path)?;
+        self.pool.get(id)?;
+        let not_here = || VolumeError::NotAtPath {
+            id: id.clone(),
+            path: path.clone(),
+        };
+        let dev = self.attached(id)?.ok_or_else(not_here)?;
+        let mounts = self.host.mountinfo()?;
+        let entry = find_mount_point(&mounts, &path).ok_or_else(not_here)?;
+        if entry.dev == dev.dev {
+            let st = nix::sys::statvfs::statvfs(&path)
+                .map_err(|e| VolumeError::Host(MountError::sys("statvfs", &path)(e)))?;
+            let frsize = st.fragment_size();
+            let total = st.blocks() * frsize;
+            let available = st.blocks_available() * frsize;
+            let free = st.blocks_free() * frsize;
+            let inodes_total = st.files();
+            let inodes_free = st.files_free();
+            return Ok(VolumeStats::Filesystem {
+                bytes: Usage {
+                    total,
+                    available,
+                    used: total.saturating_sub(free),
+                },
+                inodes: Usage {
+                    total: inodes_total,
+                    available: st.files_available(),
+                    used: inodes_total.saturating_sub(inodes_free),
+                },
+            });
+        }
+        let bound = device_rdev(&path);
+        if bound.is_some() {
+            let loops = self.host.loops_for(&self.pool.image_path(id))?;
+            if let Some(d) = loops.iter().find(|d| Some(d.dev) == bound) {
+                return Ok(VolumeStats::Block {
+                    total_bytes: d.size_bytes()?,
+                });
+            }
+        }
+        Err(not_here())
+    }
+}
+
+fn already(path: &Path, reason: &str) -> VolumeError {
+    VolumeError::AlreadyExists {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Whether an existing mount carries the reported subset of `flags` exactly.
+fn flags_match(entry: &MountEntry, flags: MsFlags) -> bool {
+    REPORTED_FLAGS
+        .iter()
+        .all(|(name, flag)| entry.has_option(name) == flags.contains(*flag))
+}
+
+/// Whether a bind carries every requested flag and the requested read-only state. A bind
+/// inherits the flags of the mount it copies, so extra flags do not make it different.
+fn bind_flags_match(entry: &MountEntry, flags: MsFlags) -> bool {
+    entry.is_read_only() == flags.contains(MsFlags::MS_RDONLY)
+        && REPORTED_FLAGS
+            .iter()
+            .all(|(name, flag)| !flags.contains(*flag) || entry.has_option(name))
+}
+
+/// A mount that uses `dev`: its filesystem, or a bind of its device node.
+fn uses_device(m: &MountEntry, dev: &LoopDevice) -> bool {
+    m.dev == dev.dev || m.root == Path::new(&dev.node_root())
+}
+
+/// `(major, minor)` of the block device at `path`, if it is one.
+fn device_rdev(path: &Path) -> Option<(u32, u32)> {
+    let meta = fs::metadata(path).ok()?;
+    if !meta.file_type().is_block_device() {
+        return None;
+    }
+    let rdev = meta.rdev();
+    Some((
+        nix::sys::stat::major(rdev) as u32,
+        nix::sys::stat::minor(rdev) as u32,
+    ))
+}
+
+fn create_file(path: &Path) -> Result<(), VolumeError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            return Err(VolumeError::InvalidPath {
+                path: path.to_path_buf(),
+                reason: "is a directory; a block volume needs a file",
+            });
+        }
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("stat", path)(e)),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(io_err("create", path))
+}
+
+/// Remove what the driver created at an unmounted path: an empty directory or an empty
+/// regular file. Anything with content is left alone (never delete data) and logged.
+fn remove_leftover(path: &Path) {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    let result = if meta.is_dir() {
+        fs::remove_dir(path)
+    } else if meta.is_file() && meta.len() == 0 {
+        fs::remove_file(path)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "leaving path in place");
+    }
+}

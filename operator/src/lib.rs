@@ -1,0 +1,10 @@
+//! Plinth's operator: reconciles `CsiDeployment` resources into running CSI drivers.
+
+pub mod crd;
+pub mod generate;
+pub mod labels;
+pub mod metrics;
+pub mod reconcile;
+pub mod render;
+pub mod run;
+pub mod validate;

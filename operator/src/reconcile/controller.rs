@@ -1,0 +1,158 @@
+//! Wiring the reconciler into a kube-runtime `Controller`: what is watched and how each
+//! watch event maps to the CsiDeployment to reconcile.
+//!
+//! Owned objects are watched metadata-only and only those carrying our managed-by label,
+//! so memory grows with what the operator created, not with the cluster. They map to their
+//! CR through the `plinth.dev/csi-deployment` label rather than owner references: the CR
+//! is cluster-scoped, and kube's `owns` would look a namespaced child's owner up in the
+//! child's namespace and never find it.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::storage::v1::CSINode;
+use kube::api::{Api, DynamicObject};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Config, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Client, ResourceExt};
+use tracing::{debug, info, warn};
+
+use super::{Context, error_policy, reconcile};
+use crate::crd::CsiDeployment;
+use crate::labels::{CR_LABEL, MANAGED_BY};
+use crate::metrics::Metrics;
+use crate::render::ManagedKind;
+
+/// Reconciles at most this many CsiDeployments at once (never the same one twice).
+const CONCURRENCY: u16 = 4;
+
+/// Maps a watched object to the CR named by its label.
+fn owner_of(meta: PartialObjectMeta<DynamicObject>) -> Option<ObjectRef<CsiDeployment>> {
+    meta.labels().get(CR_LABEL).map(|name| ObjectRef::new(name))
+}
+
+/// Every known CR: CSINode changes (a kubelet registering or dropping a driver) concern
+/// whichever CR deploys one of the listed drivers, and after a removal the list no longer
+/// says which. CsiDeployments are few, so reconciling them all is cheap.
+fn every_cr(store: Store<CsiDeployment>) -> impl Fn(CSINode) -> Vec<ObjectRef<CsiDeployment>> {
+    move |_| {
+        store
+            .state()
+            .iter()
+            .map(|cr| ObjectRef::from(cr.as_ref()))
+            .collect()
+    }
+}
+
+/// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
+pub async fn run(
+    client: Client,
+    metrics: Metrics,
+    reporter: Reporter,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let crs: Api<CsiDeployment> = Api::all(client.clone());
+    let controller = Controller::new(crs, watcher::Config::default().any_semantic());
+    let deployments = controller.store();
+
+    let (csinodes, csinode_writer) = reflector::store();
+    let csinode_events = watcher(
+        Api::<CSINode>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    // One cached CSINode per node: keep only what registration counts need.
+    .modify(|node| {
+        node.managed_fields_mut().clear();
+        node.annotations_mut().clear();
+    })
+    .reflect(csinode_writer)
+    .touched_objects();
+    let mut controller = controller.watches_stream(csinode_events, every_cr(deployments.clone()));
+
+    let owned = watcher::Config::default()
+        .labels(&format!("{}={},{CR_LABEL}", MANAGED_BY.0, MANAGED_BY.1))
+        .any_semantic();
+    for &kind in ManagedKind::ALL {
+        if kind.needs_optional_crd() && !served(&client, kind).await {
+            info!(
+                ?kind,
+                "API not served; not watching it (periodic resync still covers it)"
+            );
+            continue;
+        }
+        let resource = kind.api_resource();
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &resource);
+        let events = watcher(api, owned.clone())
+            .default_backoff()
+            .touched_objects()
+            .predicate_filter(predicates::resource_version, Default::default());
+        controller = controller.watches_stream_with(events, owner_of, resource);
+    }
+
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context::new(
+        client,
+        recorder,
+        metrics,
+        deployments,
+        csinodes,
+    ));
+    controller
+        .with_config(Config::default().concurrency(CONCURRENCY))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((cr, _)) => debug!(cr = %cr.name, "reconciled"),
+                // Already logged by the error policy, with the retry decision.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(err) => warn!(error = %err, "controller"),
+            }
+        })
+        .await;
+}
+
+/// Whether the API server serves `kind` (its CRD may be missing).
+async fn served(client: &Client, kind: ManagedKind) -> bool {
+    let resource = kind.api_resource();
+    match client.list_api_group_resources(&resource.api_version).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == resource.plural),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(labels: &[(&str, &str)]) -> PartialObjectMeta<DynamicObject> {
+        PartialObjectMeta {
+            types: None,
+            metadata: kube::api::ObjectMeta {
+                namespace: Some("plinth-system".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            _phantom: std::marker::PhantomData,
+        }
+    }
+
+    #[test]
+    fn a_namespaced_child_maps_to_its_cluster_scoped_cr_by_label() {
+        let cr = owner_of(meta(&[(CR_LABEL, "local")])).expect("mapped");
+        assert_eq!(cr.name, "local");
+        // Not the child's namespace: the CR is cluster-scoped.
+        assert_eq!(cr.namespace, None);
+        assert!(owner_of(meta(&[("app", "other")])).is_none());
+    }
+}

@@ -1,0 +1,155 @@
+//! What can go wrong in a reconcile, and what each failure means for the retry.
+
+use std::time::Duration;
+
+/// The API operation that failed, for messages and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Apply,
+    Delete,
+    List,
+    Get,
+    PatchStatus,
+    PatchFinalizer,
+    Discover,
+}
+
+impl std::fmt::Display for Verb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Apply => "apply",
+            Self::Delete => "delete",
+            Self::List => "list",
+            Self::Get => "get",
+            Self::PatchStatus => "patch the status of",
+            Self::PatchFinalizer => "patch the finalizer of",
+            Self::Discover => "discover",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec cannot be deployed as written. Waits for the user to change it.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+
+    /// Another, older CsiDeployment already deploys this driver name.
+    #[error("driver name {driver} is already deployed by CsiDeployment {holder}")]
+    DriverNameConflict { driver: String, holder: String },
+
+    /// An API request failed; usually transient (apiserver restart, throttling, conflict).
+    #[error("cannot {verb} {target}: {source}")]
+    Api {
+        verb: Verb,
+        target: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    pub fn api(verb: Verb, target: impl std::fmt::Display) -> impl FnOnce(kube::Error) -> Self {
+        move |source| Self::Api {
+            verb,
+            target: target.to_string(),
+            source,
+        }
+    }
+
+    /// Short label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidSpec(_) => "invalid_spec",
+            Self::DriverNameConflict { .. } => "driver_name_conflict",
+            Self::Api { .. } => "api",
+        }
+    }
+
+    /// How long to wait before trying again; `None` means only a change to the CR (or
+    /// one of its objects) should trigger the next attempt. `failures` counts consecutive
+    /// failures of this CR, for exponential backoff.
+    pub fn retry_after(&self, failures: u32) -> Option<Duration> {
+        match self {
+            Self::InvalidSpec(_) => None,
+            // Resolves when the other CR goes away or changes its driver name; its
+            // deletion does not trigger this CR, so look again now and then.
+            Self::DriverNameConflict { .. } => Some(Duration::from_secs(60)),
+            Self::Api { .. } => Some(backoff(failures)),
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s, ... capped at 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    const CAP: Duration = Duration::from_secs(300);
+    let exp = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exp).min(CAP)
+}
+
+/// The API server refused a change to a field that cannot change after creation.
+///
+/// We ask the server rather than keep our own list of immutable fields: which fields are
+/// immutable differs between Kubernetes versions (several CSIDriver fields became mutable
+/// over time), and the server's 422 is the authority. Messages seen: "field is immutable"
+/// (CSIDriver, DaemonSet selector, StorageClass volumeBindingMode), "updates to parameters
+/// are forbidden" (StorageClass), "updates to statefulset spec for fields other than ...
+/// are forbidden" (StatefulSet).
+pub fn is_immutable_rejection(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) if status.code == 422 => {
+            let msg = status.message.to_ascii_lowercase();
+            msg.contains("field is immutable")
+                || (msg.contains("updates to") && msg.contains("forbidden"))
+        }
+        _ => false,
+    }
+}
+
+pub fn is_not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+/// 409 on a delete with a uid precondition: the object was already replaced by someone.
+pub fn is_conflict(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 409)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api_err(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Status::failure(message, "Invalid").with_code(code).boxed())
+    }
+
+    #[test]
+    fn immutable_rejections_are_recognised_in_their_several_wordings() {
+        assert!(is_immutable_rejection(&api_err(
+            422,
+            r#"CSIDriver.storage.k8s.io "x" is invalid: spec.attachRequired: Invalid value: false: field is immutable"#
+        )));
+        assert!(is_immutable_rejection(&api_err(
+            422,
+            r#"StorageClass.storage.k8s.io "x" is invalid: parameters: Forbidden: updates to parameters are forbidden."#
+        )));
+        assert!(is_immutable_rejection(&api_err(
+            422,
+            "spec: Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden"
+        )));
+        assert!(!is_immutable_rejection(&api_err(
+            422,
+            "spec.template.spec.containers[0].image: Required value"
+        )));
+        assert!(!is_immutable_rejection(&api_err(409, "field is immutable")));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(40), Duration::from_secs(300));
+        assert_eq!(Error::InvalidSpec("x".into()).retry_after(3), None);
+    }
+}

@@ -1,0 +1,116 @@
+//! Pure rendering: a validated `CsiDeployment` plus facts about the cluster become every
+//! Kubernetes object of the deployment, typed, deterministic, labelled and owned.
+//!
+//! No client, no async: the reconciler applies what comes out, `plinth-operator render`
+//! prints it, and the golden tests pin it.
+
+pub mod classes;
+pub mod controller;
+mod csidriver;
+pub mod images;
+pub mod names;
+pub mod node;
+pub mod objects;
+pub mod plan;
+mod pod;
+pub mod rbac;
+pub mod yaml;
+
+use plinth_driver::capabilities::{DriverFeatures, SidecarNeed};
+
+pub use objects::{ManagedKind, ManagedObject, VolumeSnapshotClass};
+pub use plan::Plan;
+
+/// The driver container's name in both pods (the key of `resources`).
+pub fn pod_driver_container_name(cr: &CsiDeployment) -> &'static str {
+    pod::driver_container_name(cr)
+}
+
+use crate::crd::CsiDeployment;
+use crate::validate::{self, ValidationErrors};
+
+/// What the reconciler discovered about the cluster (and the built-in driver of this
+/// release) that changes the output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderEnv {
+    /// The `snapshot.storage.k8s.io` CRDs (VolumeSnapshot, -Content, -Class) are served.
+    pub snapshot_crds_present: bool,
+    /// The `groupsnapshot.storage.k8s.io` CRDs are served.
+    pub group_snapshot_crds_present: bool,
+    /// The features the built-in driver image of this release serves. The driver never
+    /// advertises more, so deploying a sidecar beyond them would only crash-loop.
+    pub builtin_features: DriverFeatures,
+}
+
+impl Default for RenderEnv {
+    fn default() -> Self {
+        Self {
+            snapshot_crds_present: false,
+            group_snapshot_crds_present: false,
+            builtin_features: plinth_driver::config::served_features(),
+        }
+    }
+}
+
+/// Everything one CsiDeployment needs, in apply order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    pub objects: Vec<ManagedObject>,
+    /// The controller pod's sidecars and why each is there (for status).
+    pub sidecars: Vec<SidecarNeed>,
+    /// Things the user should know that do not stop the deployment (e.g. snapshots requested
+    /// but the snapshot CRDs missing).
+    pub warnings: Vec<String>,
+    pub driver_name: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("invalid CsiDeployment")]
+    Invalid(#[from] ValidationErrors),
+    #[error("CsiDeployment has no metadata.name")]
+    MissingName,
+}
+
+/// Render every object `cr` needs. Validates first: rendering never guesses around an
+/// invalid spec.
+pub fn render(cr: &CsiDeployment, env: &RenderEnv) -> Result<Rendered, RenderError> {
+    validate::validate_in(cr, env)?;
+    let cr_name = cr
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(RenderError::MissingName)?;
+    let plan = Plan::new(cr, env);
+    let mut objects = vec![ManagedObject::CsiDriver(csidriver::csi_driver(cr, &plan))];
+    objects.extend(rbac::objects(cr, &plan));
+    objects.push(ManagedObject::StatefulSet(controller::stateful_set(
+        cr, &plan,
+    )));
+    objects.push(ManagedObject::DaemonSet(node::daemon_set(cr, &plan)));
+    objects
+        .extend(controller::disruption_budget(cr, &plan).map(ManagedObject::PodDisruptionBudget));
+    objects.extend(
+        classes::storage_classes(cr, &plan)
+            .into_iter()
+            .map(ManagedObject::StorageClass),
+    );
+    objects.extend(
+        classes::snapshot_classes(cr, &plan)
+            .into_iter()
+            .map(ManagedObject::VolumeSnapshotClass),
+    );
+    if cr_name.is_empty() {
+        return Err(RenderError::MissingName);
+    }
+    // Apply order, then name: stable output whatever the CR's list order.
+    objects.sort_by(|a, b| (a.kind(), a.name()).cmp(&(b.kind(), b.name())));
+    Ok(Rendered {
+        objects,
+        sidecars: plan.controller_sidecars.clone(),
+        warnings: plan.warnings.clone(),
+        driver_name: plan.driver_name.clone(),
+        namespace: cr.spec.namespace.clone(),
+    })
+}

@@ -1,0 +1,222 @@
+//! The node DaemonSet: the driver's node plugin, kubelet registration, liveness.
+
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, PodSpec, PodTemplateSpec, Probe, SecurityContext, Toleration, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use plinth_driver::capabilities::Sidecar;
+
+use super::pod::{self, SOCKET_DIR, SOCKET_VOLUME};
+use super::{Plan, names, plan};
+use crate::crd::{CsiDeployment, UpdateStrategyType};
+
+pub const COMPONENT: &str = "node";
+
+const REGISTRATION_VOLUME: &str = "registration-dir";
+const PODS_VOLUME: &str = "pods-dir";
+const CSI_PLUGINS_VOLUME: &str = "csi-plugins-dir";
+const DEV_VOLUME: &str = "dev";
+const POOL_VOLUME: &str = "pool";
+
+/// kubelet's paths for this driver, from `spec.node.kubeletDir`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeletPaths {
+    /// Where the driver's socket lives on the host.
+    pub plugin_dir: String,
+    /// Where kubelet discovers plugins' registration sockets.
+    pub registration_dir: String,
+    /// Publish targets of filesystem volumes (`pods/<uid>/volumes/...`).
+    pub pods_dir: String,
+    /// Staging paths and raw block publish paths (`plugins/kubernetes.io/csi/...`).
+    pub csi_plugins_dir: String,
+}
+
+impl KubeletPaths {
+    pub fn new(cr: &CsiDeployment) -> Self {
+        let root = cr.spec.node.kubelet_dir.trim_end_matches('/');
+        Self {
+            plugin_dir: format!("{root}/plugins/{}", cr.spec.driver.name),
+            registration_dir: format!("{root}/plugins_registry"),
+            pods_dir: format!("{root}/pods"),
+            csi_plugins_dir: format!("{root}/plugins/kubernetes.io/csi"),
+        }
+    }
+
+    /// The socket path kubelet dials, as kubelet (on the host) sees it.
+    pub fn registration_socket(&self) -> String {
+        format!("{}/csi.sock", self.plugin_dir)
+    }
+}
+
+pub fn daemon_set(cr: &CsiDeployment, plan: &Plan) -> DaemonSet {
+    let workload = pod::workload(cr, names::node(cr), COMPONENT);
+    let spec = &cr.spec.node;
+    let paths = KubeletPaths::new(cr);
+    let containers = vec![
+        driver(cr, plan, &paths),
+        registrar(cr, &paths),
+        pod::liveness_sidecar(cr, &spec.resources),
+    ];
+    DaemonSet {
+        metadata: workload.metadata,
+        spec: Some(DaemonSetSpec {
+            selector: workload.selector,
+            update_strategy: Some(update_strategy(cr)),
+            template: PodTemplateSpec {
+                metadata: Some(workload.template),
+                spec: Some(PodSpec {
+                    service_account_name: Some(names::node_service_account(cr)),
+                    priority_class_name: Some(spec.priority_class_name.clone()),
+                    node_selector: Some(pod::node_selector(&spec.node_selector)),
+                    tolerations: Some(spec.tolerations.clone().unwrap_or_else(|| {
+                        vec![Toleration {
+                            operator: Some("Exists".to_owned()),
+                            ..Toleration::default()
+                        }]
+                    })),
+                    image_pull_secrets: pod::pull_secrets(cr),
+                    containers,
+                    volumes: Some(volumes(cr, &paths)),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DaemonSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn update_strategy(cr: &CsiDeployment) -> DaemonSetUpdateStrategy {
+    let strategy = &cr.spec.node.update_strategy;
+    match strategy.type_ {
+        UpdateStrategyType::OnDelete => DaemonSetUpdateStrategy {
+            type_: Some("OnDelete".to_owned()),
+            rolling_update: None,
+        },
+        UpdateStrategyType::RollingUpdate => DaemonSetUpdateStrategy {
+            type_: Some("RollingUpdate".to_owned()),
+            rolling_update: Some(RollingUpdateDaemonSet {
+                max_unavailable: Some(match &strategy.max_unavailable {
+                    Some(value) => int_or_percent(value),
+                    None => IntOrString::Int(1),
+                }),
+                max_surge: None,
+            }),
+        },
+    }
+}
+
+/// `"3"` -> 3, `"10%"` -> "10%" (the schema allows only these two shapes).
+fn int_or_percent(value: &str) -> IntOrString {
+    value
+        .parse::<i32>()
+        .map(IntOrString::Int)
+        .unwrap_or_else(|_| IntOrString::String(value.to_owned()))
+}
+
+fn volumes(cr: &CsiDeployment, paths: &KubeletPaths) -> Vec<Volume> {
+    let mut volumes = vec![
+        pod::host_path_volume(SOCKET_VOLUME, &paths.plugin_dir, "DirectoryOrCreate"),
+        pod::host_path_volume(REGISTRATION_VOLUME, &paths.registration_dir, "Directory"),
+        pod::host_path_volume(PODS_VOLUME, &paths.pods_dir, "Directory"),
+        pod::host_path_volume(
+            CSI_PLUGINS_VOLUME,
+            &paths.csi_plugins_dir,
+            "DirectoryOrCreate",
+        ),
+        pod::host_path_volume(DEV_VOLUME, "/dev", "Directory"),
+    ];
+    if cr.spec.is_builtin() {
+        volumes.push(pod::host_path_volume(
+            POOL_VOLUME,
+            &cr.spec.node.pool_path,
+            "DirectoryOrCreate",
+        ));
+    }
+    volumes
+}
+
+/// Mounts made here must reach kubelet and the pods on the host: Bidirectional.
+fn bidirectional(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        mount_propagation: Some("Bidirectional".to_owned()),
+        ..pod::mount(name, path)
+    }
+}
+
+fn driver(cr: &CsiDeployment, plan: &Plan, paths: &KubeletPaths) -> Container {
+    let node = &cr.spec.node;
+    let args = match (&plan.builtin, &cr.spec.driver.third_party) {
+        (Some(features), _) => {
+            let mut args = pod::builtin_args(cr, "node", &plan::disabled_switches(features));
+            args.push(format!("--pool={}", node.pool_path));
+            if let Some(reserve) = &node.pool_reserve {
+                args.push(format!("--pool-reserve={reserve}"));
+            }
+            if let Some(max) = node.max_volumes_per_node {
+                args.push(format!("--max-volumes-per-node={max}"));
+            }
+            args
+        }
+        (None, Some(third)) => third.node_args.clone(),
+        (None, None) => Vec::new(),
+    };
+    let mut container = pod::driver_container(cr, args, &node.resources);
+    // kubelet hands the driver host paths, so the kubelet directories are mounted at
+    // the same paths inside the container.
+    let mut mounts = vec![
+        pod::socket_mount(),
+        bidirectional(PODS_VOLUME, &paths.pods_dir),
+        bidirectional(CSI_PLUGINS_VOLUME, &paths.csi_plugins_dir),
+        pod::mount(DEV_VOLUME, "/dev"),
+    ];
+    if cr.spec.is_builtin() {
+        mounts.push(pod::mount(POOL_VOLUME, &node.pool_path));
+    }
+    container.volume_mounts = Some(mounts);
+    // Mounting, loop devices and mkfs need it; Bidirectional propagation requires it.
+    container.security_context = Some(SecurityContext {
+        privileged: Some(true),
+        ..SecurityContext::default()
+    });
+    container
+}
+
+fn registrar(cr: &CsiDeployment, paths: &KubeletPaths) -> Container {
+    let registration = format!(
+        "--kubelet-registration-path={}",
+        paths.registration_socket()
+    );
+    let mut args = pod::common_args(cr);
+    args.push(registration.clone());
+    let mut container = pod::sidecar(
+        cr,
+        Sidecar::NodeDriverRegistrar,
+        args,
+        &cr.spec.node.resources,
+    );
+    container.volume_mounts = Some(vec![
+        pod::mount(SOCKET_VOLUME, SOCKET_DIR),
+        pod::mount(REGISTRATION_VOLUME, "/registration"),
+    ]);
+    // The registrar's own probe mode checks that kubelet accepted the registration: a
+    // registrar that lost it (kubelet restart wiping plugins_registry) gets restarted.
+    container.liveness_probe = Some(Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "/csi-node-driver-registrar".to_owned(),
+                registration,
+                "--mode=kubelet-registration-probe".to_owned(),
+            ]),
+        }),
+        initial_delay_seconds: Some(30),
+        timeout_seconds: Some(15),
+        period_seconds: Some(90),
+        ..Probe::default()
+    });
+    container
+}

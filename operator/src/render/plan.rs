@@ -1,0 +1,254 @@
+//! From the CR's feature switches to the capabilities the deployment serves.
+//!
+//! Built-in driver: the switches become [`DriverFeatures`], the driver is started with the
+//! same switches, and [`DriverFeatures::capabilities`] decides the sidecars, so the driver
+//! and its sidecars cannot disagree. Third-party driver: the declared capabilities, minus
+//! what the switches turn off.
+
+use plinth_driver::capabilities::{
+    Capabilities, ControllerCapability as C, DriverFeatures, GroupControllerCapability,
+    NodeCapability, PluginCapability, Sidecar, SidecarNeed, VolumeLifecycleMode,
+};
+
+use super::RenderEnv;
+use crate::crd::{CsiDeployment, Features};
+
+/// The resolved shape of one deployment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub driver_name: String,
+    /// Built-in driver: the switches it is started with.
+    pub builtin: Option<DriverFeatures>,
+    /// What the deployed driver serves (and the CSIDriver object declares).
+    pub capabilities: Capabilities,
+    /// The controller pod's sidecars: the capabilities' sidecars minus those the cluster
+    /// cannot support yet (see `warnings`).
+    pub controller_sidecars: Vec<SidecarNeed>,
+    /// The snapshotter runs and VolumeSnapshotClasses are created.
+    pub snapshots: bool,
+    /// The snapshotter runs with its group snapshot feature gate.
+    pub group_snapshots: bool,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    pub fn new(cr: &CsiDeployment, env: &RenderEnv) -> Self {
+        let spec = &cr.spec;
+        let (builtin, capabilities) = match &spec.driver.third_party {
+            None => {
+                let features = builtin_features(&spec.features).intersection(env.builtin_features);
+                (Some(features), features.capabilities())
+            }
+            Some(third) => (None, restrict(&third.capabilities, &spec.features)),
+        };
+        let mut warnings = Vec::new();
+        let mut snapshots = capabilities.can_snapshot();
+        if snapshots && !env.snapshot_crds_present {
+            warnings.push(
+                "snapshots are enabled but the VolumeSnapshot CRDs (snapshot.storage.k8s.io) \
+                 are not installed: csi-snapshotter and VolumeSnapshotClasses are left out \
+                 until they are"
+                    .to_owned(),
+            );
+            snapshots = false;
+        }
+        let mut group_snapshots = snapshots && capabilities.can_group_snapshot();
+        if group_snapshots && !env.group_snapshot_crds_present {
+            warnings.push(
+                "group snapshots are enabled but the VolumeGroupSnapshot CRDs \
+                 (groupsnapshot.storage.k8s.io) are not installed: the snapshotter runs \
+                 without its CSIVolumeGroupSnapshot feature gate until they are"
+                    .to_owned(),
+            );
+            group_snapshots = false;
+        }
+        // The driver keeps advertising snapshots when only the CRDs are missing: dropping
+        // the sidecar is enough, and installing the CRDs later then only rolls the
+        // controller pods, not every node pod.
+        let controller_sidecars = capabilities
+            .controller_sidecars()
+            .into_iter()
+            .filter(|need| snapshots || need.sidecar != Sidecar::Snapshotter)
+            .collect();
+        Self {
+            driver_name: spec.driver.name.clone(),
+            builtin,
+            capabilities,
+            controller_sidecars,
+            snapshots,
+            group_snapshots,
+            warnings,
+        }
+    }
+
+    pub fn has_sidecar(&self, sidecar: Sidecar) -> bool {
+        self.controller_sidecars
+            .iter()
+            .any(|n| n.sidecar == sidecar)
+    }
+
+    pub fn capacity_tracking(&self) -> bool {
+        self.has_sidecar(Sidecar::Provisioner) && self.capabilities.can_report_capacity()
+    }
+
+    pub fn ephemeral(&self) -> bool {
+        self.capabilities
+            .lifecycle_modes
+            .contains(&VolumeLifecycleMode::Ephemeral)
+    }
+}
+
+/// The built-in driver's switches: everything on unless switched off, except group
+/// snapshots, which need extra CRDs and are on only when asked for.
+pub fn builtin_features(f: &Features) -> DriverFeatures {
+    let all = DriverFeatures::default();
+    DriverFeatures {
+        snapshots: f.snapshots.unwrap_or(all.snapshots),
+        expansion: f.resize.unwrap_or(all.expansion),
+        clones: f.clones.unwrap_or(all.clones),
+        ephemeral: f.ephemeral.unwrap_or(all.ephemeral),
+        capacity: f.capacity_tracking.unwrap_or(all.capacity),
+        topology: f.topology.unwrap_or(all.topology),
+        group_snapshots: f.group_snapshots.unwrap_or(false),
+    }
+}
+
+/// A feature switch and what it means in capabilities, for both directions: checking that
+/// a third-party driver can serve a requested feature, and removing a switched-off one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    Snapshots,
+    Resize,
+    Clones,
+    Ephemeral,
+    CapacityTracking,
+    Topology,
+    GroupSnapshots,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 7] = [
+        Self::Snapshots,
+        Self::Resize,
+        Self::Clones,
+        Self::Ephemeral,
+        Self::CapacityTracking,
+        Self::Topology,
+        Self::GroupSnapshots,
+    ];
+
+    /// The field name under `spec.features`.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Snapshots => "snapshots",
+            Self::Resize => "resize",
+            Self::Clones => "clones",
+            Self::Ephemeral => "ephemeral",
+            Self::CapacityTracking => "capacityTracking",
+            Self::Topology => "topology",
+            Self::GroupSnapshots => "groupSnapshots",
+        }
+    }
+
+    pub fn switch(self, f: &Features) -> Option<bool> {
+        match self {
+            Self::Snapshots => f.snapshots,
+            Self::Resize => f.resize,
+            Self::Clones => f.clones,
+            Self::Ephemeral => f.ephemeral,
+            Self::CapacityTracking => f.capacity_tracking,
+            Self::Topology => f.topology,
+            Self::GroupSnapshots => f.group_snapshots,
+        }
+    }
+
+    /// The capability names (CSI spec) a driver must declare to serve the feature.
+    pub fn required_capability(self) -> &'static str {
+        match self {
+            Self::Snapshots => "controller: CREATE_DELETE_SNAPSHOT",
+            Self::Resize => "controller or node: EXPAND_VOLUME",
+            Self::Clones => "controller: CLONE_VOLUME",
+            Self::Ephemeral => "lifecycleModes: Ephemeral",
+            Self::CapacityTracking => "controller: GET_CAPACITY",
+            Self::Topology => "plugin: VOLUME_ACCESSIBILITY_CONSTRAINTS",
+            Self::GroupSnapshots => "groupController: CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT",
+        }
+    }
+
+    pub fn served_by(self, caps: &Capabilities) -> bool {
+        match self {
+            Self::Snapshots => caps.can_snapshot(),
+            Self::Resize => caps.can_expand(),
+            Self::Clones => caps.controller.contains(&C::CloneVolume),
+            Self::Ephemeral => caps
+                .lifecycle_modes
+                .contains(&VolumeLifecycleMode::Ephemeral),
+            Self::CapacityTracking => caps.can_report_capacity(),
+            Self::Topology => caps.has_topology(),
+            Self::GroupSnapshots => caps.can_group_snapshot(),
+        }
+    }
+
+    fn remove_from(self, caps: &mut Capabilities) {
+        match self {
+            Self::Snapshots => {
+                for c in [C::CreateDeleteSnapshot, C::ListSnapshots, C::GetSnapshot] {
+                    caps.controller.remove(&c);
+                }
+            }
+            Self::Resize => {
+                caps.controller.remove(&C::ExpandVolume);
+                caps.node.remove(&NodeCapability::ExpandVolume);
+                caps.plugin.remove(&PluginCapability::OnlineExpansion);
+                caps.plugin.remove(&PluginCapability::OfflineExpansion);
+            }
+            Self::Clones => {
+                caps.controller.remove(&C::CloneVolume);
+            }
+            Self::Ephemeral => {
+                caps.lifecycle_modes.remove(&VolumeLifecycleMode::Ephemeral);
+            }
+            Self::CapacityTracking => {
+                caps.controller.remove(&C::GetCapacity);
+            }
+            Self::Topology => {
+                caps.plugin
+                    .remove(&PluginCapability::VolumeAccessibilityConstraints);
+            }
+            Self::GroupSnapshots => {
+                caps.group_controller
+                    .remove(&GroupControllerCapability::CreateDeleteGetVolumeGroupSnapshot);
+            }
+        }
+    }
+}
+
+/// A third-party driver's declared capabilities minus the features switched off.
+/// (Requested features it cannot serve are rejected earlier, by validation.)
+pub fn restrict(declared: &Capabilities, f: &Features) -> Capabilities {
+    let mut caps = declared.clone();
+    for feature in Feature::ALL {
+        if feature.switch(f) == Some(false) {
+            feature.remove_from(&mut caps);
+        }
+    }
+    caps
+}
+
+/// The built-in driver's `--disable` values for the switches that are off, in the
+/// driver's own spelling (`plinth-driver --disable`).
+pub fn disabled_switches(f: &DriverFeatures) -> Vec<&'static str> {
+    [
+        (f.snapshots, "snapshots"),
+        (f.expansion, "expansion"),
+        (f.clones, "clones"),
+        (f.ephemeral, "ephemeral"),
+        (f.capacity, "capacity"),
+        (f.topology, "topology"),
+        (f.group_snapshots, "group-snapshots"),
+    ]
+    .into_iter()
+    .filter(|(on, _)| !on)
+    .map(|(_, name)| name)
+    .collect()
+}

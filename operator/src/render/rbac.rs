@@ -1,0 +1,304 @@
+//! ServiceAccounts and per-sidecar least-privilege RBAC.
+//!
+//! Each sidecar gets its own ClusterRole (and Role for namespaced objects) holding what its
+//! upstream `deploy/kubernetes/rbac.yaml` asks for, narrowed to the features in use: no
+//! snapshot rules for a provisioner without snapshots, no VolumeAttachment access without
+//! PUBLISH_UNPUBLISH_VOLUME, no CSIStorageCapacity without capacity tracking. The node
+//! plugin and the registrar talk only to kubelet: the node ServiceAccount gets no roles and
+//! no token.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use plinth_driver::capabilities::{PluginCapability, Sidecar};
+
+use super::{ManagedObject, Plan, controller, names};
+use crate::crd::CsiDeployment;
+use crate::labels;
+
+/// What one sidecar needs: cluster-wide rules and rules in the driver's namespace.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SidecarRbac {
+    pub cluster: Vec<PolicyRule>,
+    pub namespaced: Vec<PolicyRule>,
+}
+
+/// The features that widen a sidecar's permissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    pub snapshots: bool,
+    pub group_snapshots: bool,
+    pub attach: bool,
+    pub capacity: bool,
+    pub topology: bool,
+    /// The resizer waits for pods to stop using a volume (offline-only expansion).
+    pub offline_resize: bool,
+}
+
+impl Needs {
+    pub const ALL: Needs = Needs {
+        snapshots: true,
+        group_snapshots: true,
+        attach: true,
+        capacity: true,
+        topology: true,
+        offline_resize: true,
+    };
+
+    pub fn of(plan: &Plan) -> Self {
+        let caps = &plan.capabilities;
+        Self {
+            snapshots: plan.snapshots,
+            group_snapshots: plan.group_snapshots,
+            attach: caps.attach_required(),
+            capacity: plan.capacity_tracking(),
+            topology: caps.has_topology(),
+            offline_resize: !caps.plugin.contains(&PluginCapability::OnlineExpansion)
+                && caps.plugin.contains(&PluginCapability::OfflineExpansion),
+        }
+    }
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const EVENTS: &[&str] = &["list", "watch", "create", "update", "patch"];
+const LEASES: &[&str] = &["get", "watch", "list", "delete", "update", "create"];
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..PolicyRule::default()
+    }
+}
+
+fn events() -> PolicyRule {
+    rule("", &["events"], EVENTS)
+}
+
+/// The rules `sidecar` needs with the features in `needs`.
+pub fn rules(sidecar: Sidecar, needs: Needs) -> SidecarRbac {
+    let mut cluster = Vec::new();
+    let mut namespaced = Vec::new();
+    match sidecar {
+        Sidecar::Provisioner => {
+            cluster.push(rule(
+                "",
+                &["persistentvolumes"],
+                &["get", "list", "watch", "create", "patch", "delete"],
+            ));
+            cluster.push(rule(
+                "",
+                &["persistentvolumeclaims"],
+                &["get", "list", "watch", "update"],
+            ));
+            cluster.push(rule("storage.k8s.io", &["storageclasses"], READ));
+            cluster.push(rule("storage.k8s.io", &["volumeattributesclasses"], READ));
+            cluster.push(events());
+            if needs.topology || needs.capacity {
+                cluster.push(rule("", &["nodes"], READ));
+                cluster.push(rule("storage.k8s.io", &["csinodes"], READ));
+            }
+            if needs.snapshots {
+                // Restoring a volume from a snapshot reads the snapshot and its content.
+                cluster.push(rule(
+                    "snapshot.storage.k8s.io",
+                    &["volumesnapshots", "volumesnapshotcontents"],
+                    &["get", "list"],
+                ));
+            }
+            if needs.attach {
+                // A volume is deleted only once no VolumeAttachment refers to it.
+                cluster.push(rule("storage.k8s.io", &["volumeattachments"], READ));
+            }
+            if needs.capacity {
+                namespaced.push(rule(
+                    "storage.k8s.io",
+                    &["csistoragecapacities"],
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ],
+                ));
+                // The owner of the capacity objects is found from the pod up to the
+                // StatefulSet (`--capacity-ownerref-level=1`).
+                namespaced.push(rule("", &["pods"], &["get"]));
+                namespaced.push(rule("apps", &["statefulsets"], &["get"]));
+            }
+        }
+        Sidecar::Attacher => {
+            cluster.push(rule(
+                "",
+                &["persistentvolumes"],
+                &["get", "list", "watch", "update", "patch"],
+            ));
+            cluster.push(rule("", &["nodes"], READ));
+            cluster.push(rule("storage.k8s.io", &["csinodes"], READ));
+            cluster.push(rule(
+                "storage.k8s.io",
+                &["volumeattachments"],
+                &["get", "list", "watch", "update", "patch"],
+            ));
+            cluster.push(rule(
+                "storage.k8s.io",
+                &["volumeattachments/status"],
+                &["patch"],
+            ));
+            cluster.push(events());
+        }
+        Sidecar::Resizer => {
+            cluster.push(rule(
+                "",
+                &["persistentvolumes"],
+                &["get", "list", "watch", "patch"],
+            ));
+            cluster.push(rule("", &["persistentvolumeclaims"], READ));
+            cluster.push(rule("", &["persistentvolumeclaims/status"], &["patch"]));
+            cluster.push(rule("storage.k8s.io", &["volumeattributesclasses"], READ));
+            cluster.push(events());
+            if needs.offline_resize {
+                // Offline expansion waits until no pod uses the volume.
+                cluster.push(rule("", &["pods"], READ));
+            }
+        }
+        Sidecar::Snapshotter => {
+            cluster.push(events());
+            cluster.push(rule(
+                "snapshot.storage.k8s.io",
+                &["volumesnapshotclasses"],
+                READ,
+            ));
+            cluster.push(rule(
+                "snapshot.storage.k8s.io",
+                &["volumesnapshotcontents"],
+                &["create", "get", "list", "watch", "update", "patch"],
+            ));
+            cluster.push(rule(
+                "snapshot.storage.k8s.io",
+                &["volumesnapshotcontents/status"],
+                &["update", "patch"],
+            ));
+            if needs.group_snapshots {
+                cluster.push(rule(
+                    "groupsnapshot.storage.k8s.io",
+                    &["volumegroupsnapshotclasses"],
+                    READ,
+                ));
+                cluster.push(rule(
+                    "groupsnapshot.storage.k8s.io",
+                    &["volumegroupsnapshotcontents"],
+                    &["get", "list", "watch", "update", "patch"],
+                ));
+                cluster.push(rule(
+                    "groupsnapshot.storage.k8s.io",
+                    &["volumegroupsnapshotcontents/status"],
+                    &["update", "patch"],
+                ));
+            }
+        }
+        // Both talk only to the driver's socket (and kubelet): no API access.
+        Sidecar::LivenessProbe | Sidecar::NodeDriverRegistrar => {}
+    }
+    SidecarRbac {
+        cluster,
+        namespaced,
+    }
+}
+
+/// Every permission `sidecar` may need in any configuration (the union over features):
+/// the operator's own ClusterRole must hold it to be allowed to grant it.
+pub fn sidecar_rules(sidecar: Sidecar) -> SidecarRbac {
+    rules(sidecar, Needs::ALL)
+}
+
+/// The Lease rules of leader election (in the driver's namespace).
+pub fn leader_election_rules() -> Vec<PolicyRule> {
+    vec![rule("coordination.k8s.io", &["leases"], LEASES)]
+}
+
+fn service_account(cr: &CsiDeployment, name: String) -> ServiceAccount {
+    ServiceAccount {
+        metadata: labels::metadata(cr, name, Some(&cr.spec.namespace)),
+        ..ServiceAccount::default()
+    }
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".to_owned(),
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+fn controller_subject(cr: &CsiDeployment) -> Vec<Subject> {
+    vec![Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: names::controller_service_account(cr),
+        namespace: Some(cr.spec.namespace.clone()),
+        api_group: None,
+    }]
+}
+
+/// A Role and its RoleBinding to the controller's ServiceAccount.
+fn namespaced_grant(
+    cr: &CsiDeployment,
+    name: String,
+    rules: Vec<PolicyRule>,
+) -> [ManagedObject; 2] {
+    let ns = Some(cr.spec.namespace.as_str());
+    [
+        ManagedObject::Role(Role {
+            metadata: labels::metadata(cr, name.clone(), ns),
+            rules: Some(rules),
+        }),
+        ManagedObject::RoleBinding(RoleBinding {
+            metadata: labels::metadata(cr, name.clone(), ns),
+            role_ref: role_ref("Role", &name),
+            subjects: Some(controller_subject(cr)),
+        }),
+    ]
+}
+
+/// ServiceAccounts, roles and bindings of one deployment.
+pub fn objects(cr: &CsiDeployment, plan: &Plan) -> Vec<ManagedObject> {
+    let mut out = vec![
+        ManagedObject::ServiceAccount(service_account(cr, names::controller_service_account(cr))),
+        ManagedObject::ServiceAccount(ServiceAccount {
+            // The node pod never calls the API server: no token in it.
+            automount_service_account_token: Some(false),
+            ..service_account(cr, names::node_service_account(cr))
+        }),
+    ];
+    let needs = Needs::of(plan);
+    for need in &plan.controller_sidecars {
+        let SidecarRbac {
+            cluster,
+            namespaced,
+        } = rules(need.sidecar, needs);
+        let name = names::sidecar_role(cr, need.sidecar);
+        if !cluster.is_empty() {
+            out.push(ManagedObject::ClusterRole(ClusterRole {
+                metadata: labels::metadata(cr, name.clone(), None),
+                rules: Some(cluster),
+                aggregation_rule: None,
+            }));
+            out.push(ManagedObject::ClusterRoleBinding(ClusterRoleBinding {
+                metadata: labels::metadata(cr, name.clone(), None),
+                role_ref: role_ref("ClusterRole", &name),
+                subjects: Some(controller_subject(cr)),
+            }));
+        }
+        if !namespaced.is_empty() {
+            out.extend(namespaced_grant(cr, name, namespaced));
+        }
+    }
+    if controller::leader_election(cr) {
+        out.extend(namespaced_grant(
+            cr,
+            names::leader_election_role(cr),
+            leader_election_rules(),
+        ));
+    }
+    out
+}

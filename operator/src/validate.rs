@@ -1,0 +1,412 @@
+//! Rules the OpenAPI schema cannot express (and, for `plinth-operator render`, which runs
+//! without an apiserver, the few schema rules rendering relies on). Each error names the
+//! field and says what to fix.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Component, Path};
+
+use plinth_driver::capabilities::{ControllerCapability, Sidecar};
+
+use crate::crd::{CsiDeployment, LifecycleMode};
+use crate::render::RenderEnv;
+use crate::render::images;
+use crate::render::names::MAX_CR_NAME;
+use crate::render::plan::{Feature, Plan};
+
+/// One problem in a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `spec.storageClasses[1].name`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found (validation does not stop at the first).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    /// Whether some error is about `field` (exactly that path).
+    pub fn has_field(&self, field: &str) -> bool {
+        self.0.iter().any(|e| e.field == field)
+    }
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validate against the built-in driver of this release.
+pub fn validate(cr: &CsiDeployment) -> Result<(), ValidationErrors> {
+    validate_in(cr, &RenderEnv::default())
+}
+
+/// Validate against the built-in driver features in `env` (rendering passes its own).
+pub fn validate_in(cr: &CsiDeployment, env: &RenderEnv) -> Result<(), ValidationErrors> {
+    let mut errors = Errors::default();
+    let plan = Plan::new(cr, env);
+    metadata(cr, &mut errors);
+    driver(cr, &mut errors);
+    features(cr, env, &mut errors);
+    paths(cr, &mut errors);
+    csi_driver(cr, &plan, &mut errors);
+    classes(cr, &plan, &mut errors);
+    images_and_resources(cr, &mut errors);
+    if errors.0.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(errors.0))
+    }
+}
+
+/// RFC 1123 label: what namespaces and the object names derived from the CR name need.
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_dns_subdomain(s: &str, max: usize) -> bool {
+    s.len() <= max && !s.is_empty() && s.split('.').all(|part| is_dns_label(part, 63))
+}
+
+fn metadata(cr: &CsiDeployment, errors: &mut Errors) {
+    let name = cr.metadata.name.as_deref().unwrap_or_default();
+    if !is_dns_label(name, MAX_CR_NAME) {
+        errors.add(
+            "metadata.name",
+            format!(
+                "{name:?} must be a lowercase DNS label of at most {MAX_CR_NAME} characters: \
+                 it names the StatefulSet, DaemonSet and roles (`plinth-<name>-controller`), \
+                 whose pod and revision labels are limited to 63 characters"
+            ),
+        );
+    }
+    if !is_dns_label(&cr.spec.namespace, 63) {
+        errors.add(
+            "spec.namespace",
+            format!(
+                "{:?} is not a namespace name (a lowercase DNS label)",
+                cr.spec.namespace
+            ),
+        );
+    }
+}
+
+fn driver(cr: &CsiDeployment, errors: &mut Errors) {
+    let driver = &cr.spec.driver;
+    // CSI driver names are DNS subdomains of at most 63 characters; kubelet uses the name
+    // as a directory, so mixed case is allowed by CSI but refused here to keep it portable.
+    if !is_dns_subdomain(&driver.name, 63) {
+        errors.add(
+            "spec.driver.name",
+            format!(
+                "{:?} must be a lowercase DNS subdomain of at most 63 characters, \
+                 e.g. local.csi.example.com",
+                driver.name
+            ),
+        );
+    }
+    let Some(third) = &driver.third_party else {
+        return;
+    };
+    if driver.image.is_none() {
+        errors.add(
+            "spec.driver.image",
+            "a third-party driver needs its image: set spec.driver.image",
+        );
+    }
+    if driver.name == crate::crd::BUILTIN_DRIVER_NAME {
+        errors.add(
+            "spec.driver.name",
+            "a third-party driver needs its own name (the one its GetPluginInfo reports); \
+             local.csi.plinth.dev is the built-in driver's",
+        );
+    }
+    let caps = &third.capabilities;
+    if !caps.controller.is_empty() && !caps.has_controller_service() {
+        errors.add(
+            "spec.driver.thirdParty.capabilities.plugin",
+            "controller capabilities are declared but CONTROLLER_SERVICE is not: add \
+             CONTROLLER_SERVICE to plugin, or remove the controller capabilities",
+        );
+    }
+    if caps.has_controller_service()
+        && !caps
+            .controller
+            .contains(&ControllerCapability::CreateDeleteVolume)
+    {
+        errors.add(
+            "spec.driver.thirdParty.capabilities.controller",
+            "CONTROLLER_SERVICE without CREATE_DELETE_VOLUME deploys no provisioner, so \
+             StorageClasses of this driver could never provision: add CREATE_DELETE_VOLUME",
+        );
+    }
+    if cr.spec.node.pool_reserve.is_some() {
+        errors.add(
+            "spec.node.poolReserve",
+            "applies to the built-in driver only: remove it or spec.driver.thirdParty",
+        );
+    }
+    if cr.spec.node.max_volumes_per_node.is_some() {
+        errors.add(
+            "spec.node.maxVolumesPerNode",
+            "applies to the built-in driver only (a third-party driver reports its own \
+             limit): remove it",
+        );
+    }
+}
+
+fn features(cr: &CsiDeployment, env: &RenderEnv, errors: &mut Errors) {
+    let f = &cr.spec.features;
+    if f.group_snapshots == Some(true) && f.snapshots == Some(false) {
+        errors.add(
+            "spec.features.groupSnapshots",
+            "group snapshots need snapshots: set features.snapshots to true or unset it",
+        );
+    }
+    let Some(third) = &cr.spec.driver.third_party else {
+        let served = env.builtin_features.capabilities();
+        for feature in Feature::ALL {
+            if feature.switch(f) == Some(true) && !feature.served_by(&served) {
+                errors.add(
+                    format!("spec.features.{}", feature.field()),
+                    "the built-in driver of this release does not serve it yet: unset it \
+                     (unset features follow what the driver serves) or set it to false",
+                );
+            }
+        }
+        return;
+    };
+    for feature in Feature::ALL {
+        if feature.switch(f) == Some(true) && !feature.served_by(&third.capabilities) {
+            errors.add(
+                format!("spec.features.{}", feature.field()),
+                format!(
+                    "the driver's declared capabilities cannot serve it (needs {}): declare \
+                     the capability in spec.driver.thirdParty.capabilities if the driver has \
+                     it, or set the feature to false",
+                    feature.required_capability()
+                ),
+            );
+        }
+    }
+}
+
+/// Absolute, normalised, not the root: these become hostPath mounts of a privileged pod.
+fn check_host_path(field: &str, path: &str, errors: &mut Errors) {
+    let p = Path::new(path);
+    let normal = p
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !p.is_absolute() || !normal || p.parent().is_none() || path.ends_with('/') {
+        errors.add(
+            field,
+            format!(
+                "{path:?} must be an absolute host path without `.`/`..`, a trailing `/` \
+                 or being `/` itself"
+            ),
+        );
+    }
+}
+
+fn paths(cr: &CsiDeployment, errors: &mut Errors) {
+    let node = &cr.spec.node;
+    check_host_path("spec.node.kubeletDir", &node.kubelet_dir, errors);
+    if cr.spec.is_builtin() {
+        check_host_path("spec.node.poolPath", &node.pool_path, errors);
+        let kubelet = Path::new(&node.kubelet_dir);
+        let pool = Path::new(&node.pool_path);
+        if pool.starts_with(kubelet) || kubelet.starts_with(pool) {
+            errors.add(
+                "spec.node.poolPath",
+                format!(
+                    "{:?} overlaps kubeletDir {:?}: the pool must be a directory of its own \
+                     (kubelet manages everything under its root)",
+                    node.pool_path, node.kubelet_dir
+                ),
+            );
+        }
+    }
+}
+
+fn csi_driver(cr: &CsiDeployment, plan: &Plan, errors: &mut Errors) {
+    let options = &cr.spec.csi_driver;
+    let caps = &plan.capabilities;
+    if options.attach_required == Some(true) && !caps.attach_required() {
+        errors.add(
+            "spec.csiDriver.attachRequired",
+            "true, but the driver lacks PUBLISH_UNPUBLISH_VOLUME: no attacher would be \
+             deployed and every volume would wait forever for attachment; unset it",
+        );
+    }
+    if options.storage_capacity == Some(true) && !plan.capacity_tracking() {
+        errors.add(
+            "spec.csiDriver.storageCapacity",
+            "true, but capacity tracking is off: the scheduler would find no capacity and \
+             no pod with a volume of this driver could be scheduled; unset it or enable \
+             features.capacityTracking",
+        );
+    }
+    if let Some(modes) = &options.volume_lifecycle_modes {
+        if modes.is_empty() {
+            errors.add(
+                "spec.csiDriver.volumeLifecycleModes",
+                "empty: list Persistent and/or Ephemeral, or unset it",
+            );
+        }
+        if modes.contains(&LifecycleMode::Ephemeral) && !plan.ephemeral() {
+            errors.add(
+                "spec.csiDriver.volumeLifecycleModes",
+                "Ephemeral, but ephemeral volumes are off: enable features.ephemeral \
+                 (declare lifecycleModes: [Ephemeral] for a third-party driver) or drop it",
+            );
+        }
+    }
+}
+
+/// Names valid and unique, at most one default, in a list of classes at `field`.
+fn check_class_list<'a>(
+    field: &str,
+    classes: impl Iterator<Item = (&'a str, bool)>,
+    errors: &mut Errors,
+) {
+    let mut seen = BTreeSet::new();
+    let mut default = None;
+    for (i, (name, is_default)) in classes.enumerate() {
+        let item = format!("{field}[{i}]");
+        if !is_dns_subdomain(name, 253) {
+            errors.add(
+                format!("{item}.name"),
+                format!("{name:?} is not a valid object name (a lowercase DNS subdomain)"),
+            );
+        }
+        if !seen.insert(name) {
+            errors.add(format!("{item}.name"), format!("{name:?} is listed twice"));
+        }
+        if is_default {
+            if let Some(first) = default {
+                errors.add(
+                    format!("{item}.default"),
+                    format!("{field}[{first}] is already the default: only one may be"),
+                );
+            }
+            default.get_or_insert(i);
+        }
+    }
+}
+
+fn classes(cr: &CsiDeployment, plan: &Plan, errors: &mut Errors) {
+    if let Some(classes) = &cr.spec.storage_classes {
+        let field = "spec.storageClasses";
+        check_class_list(
+            field,
+            classes.iter().map(|c| (c.name.as_str(), c.default)),
+            errors,
+        );
+        for (i, sc) in classes.iter().enumerate() {
+            if sc.allow_volume_expansion == Some(true) && !plan.capabilities.can_expand() {
+                errors.add(
+                    format!("{field}[{i}].allowVolumeExpansion"),
+                    "true, but resize is off (no resizer is deployed): enable features.resize \
+                     or unset it",
+                );
+            }
+        }
+    }
+    if let Some(classes) = &cr.spec.volume_snapshot_classes {
+        check_class_list(
+            "spec.volumeSnapshotClasses",
+            classes.iter().map(|c| (c.name.as_str(), c.default)),
+            errors,
+        );
+        if !classes.is_empty() && !plan.capabilities.can_snapshot() {
+            errors.add(
+                "spec.volumeSnapshotClasses",
+                "listed, but snapshots are off: enable features.snapshots or remove the list",
+            );
+        }
+    }
+}
+
+fn images_and_resources(cr: &CsiDeployment, errors: &mut Errors) {
+    for key in cr.spec.images.overrides.keys() {
+        if !images::override_keys().any(|k| k == key) {
+            errors.add(
+                format!("spec.images.overrides.{key}"),
+                format!(
+                    "unknown image {key:?}: overridable images are {}; the driver image is \
+                     spec.driver.image",
+                    images::override_keys().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    }
+    let driver = crate::render::pod_driver_container_name(cr);
+    let controller: Vec<&str> = std::iter::once(driver)
+        .chain(
+            [
+                Sidecar::Provisioner,
+                Sidecar::Attacher,
+                Sidecar::Resizer,
+                Sidecar::Snapshotter,
+                Sidecar::LivenessProbe,
+            ]
+            .map(Sidecar::container_name),
+        )
+        .collect();
+    let node: Vec<&str> = std::iter::once(driver)
+        .chain([Sidecar::NodeDriverRegistrar, Sidecar::LivenessProbe].map(Sidecar::container_name))
+        .collect();
+    for (field, map, known) in [
+        (
+            "spec.controller.resources",
+            &cr.spec.controller.resources,
+            &controller,
+        ),
+        ("spec.node.resources", &cr.spec.node.resources, &node),
+    ] {
+        for key in map.keys() {
+            if !known.contains(&key.as_str()) {
+                errors.add(
+                    format!("{field}.{key}"),
+                    format!(
+                        "no container {key:?} in this pod: containers are {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}

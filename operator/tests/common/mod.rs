@@ -1,0 +1,143 @@
+//! Fixtures and lookups shared by the render tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
+use plinth_driver::capabilities::DriverFeatures;
+use plinth_operator::crd::CsiDeployment;
+use plinth_operator::render::{self, ManagedObject, RenderEnv, Rendered, VolumeSnapshotClass};
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every fixture, by file stem, sorted.
+pub fn fixture_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+pub fn fixture(name: &str) -> CsiDeployment {
+    let text = std::fs::read_to_string(fixtures_dir().join(format!("{name}.yaml"))).unwrap();
+    render::yaml::parse(&text).unwrap_or_else(|e| panic!("fixture {name}: {e:?}"))
+}
+
+/// A cluster with the snapshot CRDs, and a built-in driver serving every feature, so the
+/// matrix does not move while the driver grows into its features.
+pub fn full_env() -> RenderEnv {
+    RenderEnv {
+        snapshot_crds_present: true,
+        group_snapshot_crds_present: true,
+        builtin_features: DriverFeatures::default(),
+    }
+}
+
+pub fn render_ok(cr: &CsiDeployment, env: &RenderEnv) -> Rendered {
+    render::render(cr, env).unwrap_or_else(|e| panic!("render failed: {e}: {:?}", e))
+}
+
+pub fn stateful_set(r: &Rendered) -> &StatefulSet {
+    r.objects
+        .iter()
+        .find_map(|o| match o {
+            ManagedObject::StatefulSet(s) => Some(s),
+            _ => None,
+        })
+        .expect("a StatefulSet")
+}
+
+pub fn daemon_set(r: &Rendered) -> &DaemonSet {
+    r.objects
+        .iter()
+        .find_map(|o| match o {
+            ManagedObject::DaemonSet(d) => Some(d),
+            _ => None,
+        })
+        .expect("a DaemonSet")
+}
+
+pub fn csi_driver(r: &Rendered) -> &CSIDriver {
+    r.objects
+        .iter()
+        .find_map(|o| match o {
+            ManagedObject::CsiDriver(d) => Some(d),
+            _ => None,
+        })
+        .expect("a CSIDriver")
+}
+
+pub fn storage_classes(r: &Rendered) -> Vec<&StorageClass> {
+    r.objects
+        .iter()
+        .filter_map(|o| match o {
+            ManagedObject::StorageClass(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn snapshot_classes(r: &Rendered) -> Vec<&VolumeSnapshotClass> {
+    r.objects
+        .iter()
+        .filter_map(|o| match o {
+            ManagedObject::VolumeSnapshotClass(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn cluster_role<'a>(r: &'a Rendered, name: &str) -> Option<&'a ClusterRole> {
+    r.objects.iter().find_map(|o| match o {
+        ManagedObject::ClusterRole(c) if c.metadata.name.as_deref() == Some(name) => Some(c),
+        _ => None,
+    })
+}
+
+pub fn controller_pod(r: &Rendered) -> &PodSpec {
+    stateful_set(r)
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+}
+
+pub fn node_pod(r: &Rendered) -> &PodSpec {
+    daemon_set(r)
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+}
+
+pub fn container<'a>(pod: &'a PodSpec, name: &str) -> Option<&'a Container> {
+    pod.containers.iter().find(|c| c.name == name)
+}
+
+pub fn container_names(pod: &PodSpec) -> Vec<&str> {
+    pod.containers.iter().map(|c| c.name.as_str()).collect()
+}
+
+pub fn args(c: &Container) -> Vec<&str> {
+    c.args.iter().flatten().map(String::as_str).collect()
+}
+
+/// The objects as the YAML stream `plinth-operator render` prints.
+pub fn yaml(r: &Rendered) -> String {
+    render::yaml::to_stream(r).unwrap()
+}

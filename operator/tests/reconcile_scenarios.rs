@@ -1,0 +1,861 @@
+//! Reconcile scenarios against kube's mocked API (see `reconcile_support`): the real
+//! `kube::Client`, the real renderer, the real reconcile function; only the API server is
+//! a fake. Each test runs under a short timeout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod reconcile_support;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use k8s_openapi::api::storage::v1::CSINode;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use plinth_driver::capabilities::DriverFeatures;
+use plinth_operator::crd::CsiDeployment;
+use plinth_operator::metrics::Metrics;
+use plinth_operator::reconcile::{self, Context, Error, FINALIZER};
+use plinth_operator::render::{self, ManagedKind, ManagedObject, RenderEnv};
+use reconcile_support::{FakeApi, Req, cr_path, object_path};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const DRIVER: &str = "local.csi.plinth.dev";
+
+async fn timed<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TIMEOUT, f)
+        .await
+        .expect("scenario exceeded its timeout")
+}
+
+struct Harness {
+    fake: FakeApi,
+    ctx: Arc<Context>,
+    deployments: Writer<CsiDeployment>,
+    csinodes: Writer<CSINode>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let (fake, client) = FakeApi::start();
+        let (deployments_reader, deployments) = reflector::store();
+        let (csinodes_reader, csinodes) = reflector::store();
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "plinth-operator".into(),
+                instance: None,
+            },
+        );
+        // Everything the built-in driver can do, whatever this release's driver serves
+        // yet: the scenarios exercise every sidecar.
+        let ctx = Arc::new(
+            Context::new(
+                client,
+                recorder,
+                Metrics::default(),
+                deployments_reader,
+                csinodes_reader,
+            )
+            .with_builtin_features(DriverFeatures::default()),
+        );
+        Self {
+            fake,
+            ctx,
+            deployments,
+            csinodes,
+        }
+    }
+
+    /// Stores a CR in the fake (as `kubectl apply` would) from a spec.
+    fn create(&mut self, name: &str, spec: Value) {
+        self.create_at(name, spec, "2026-01-01T00:00:00Z");
+    }
+
+    fn create_at(&mut self, name: &str, spec: Value, created: &str) {
+        self.fake.insert(
+            &cr_path(name),
+            json!({
+                "apiVersion": "plinth.dev/v1alpha1",
+                "kind": "CsiDeployment",
+                "metadata": {"name": name, "creationTimestamp": created},
+                "spec": spec,
+            }),
+        );
+        let cr = self.cr(name);
+        self.deployments
+            .apply_watcher_event(&watcher::Event::Apply(cr));
+    }
+
+    fn cr(&self, name: &str) -> CsiDeployment {
+        serde_json::from_value(self.fake.get(&cr_path(name)).expect("CR stored")).unwrap()
+    }
+
+    fn edit_spec(&mut self, name: &str, f: impl FnOnce(&mut Value)) {
+        self.fake.modify(&cr_path(name), |cr| f(&mut cr["spec"]));
+        let cr = self.cr(name);
+        self.deployments
+            .apply_watcher_event(&watcher::Event::Apply(cr));
+    }
+
+    /// Runs one reconcile of the stored CR, as the controller would after a watch event,
+    /// and feeds the outcome to the error policy like the controller does.
+    async fn reconcile(&mut self, name: &str) -> (Result<Action, Error>, Action) {
+        let cr = Arc::new(self.cr(name));
+        let result = timed(reconcile::reconcile(cr.clone(), self.ctx.clone())).await;
+        let action = match &result {
+            Ok(action) => action.clone(),
+            Err(err) => reconcile::error_policy(cr, err, self.ctx.clone()),
+        };
+        (result, action)
+    }
+
+    async fn reconcile_ok(&mut self, name: &str) -> Action {
+        let (result, action) = self.reconcile(name).await;
+        if let Err(err) = result {
+            panic!(
+                "reconcile failed: {err}\nrequests: {:#?}",
+                lines(&self.fake.log())
+            );
+        }
+        assert_eq!(self.fake.violations(), Vec::<String>::new());
+        action
+    }
+
+    fn status(&self, name: &str) -> Value {
+        self.fake.get(&cr_path(name)).expect("CR stored")["status"].clone()
+    }
+
+    fn register_nodes(&mut self, nodes: &[&str]) {
+        for node in nodes {
+            let csinode: CSINode = serde_json::from_value(json!({
+                "metadata": {"name": node},
+                "spec": {"drivers": [{"name": DRIVER, "nodeID": node}]}
+            }))
+            .unwrap();
+            self.csinodes
+                .apply_watcher_event(&watcher::Event::Apply(csinode));
+        }
+    }
+}
+
+fn lines(log: &[Req]) -> Vec<String> {
+    log.iter().map(Req::line).collect()
+}
+
+fn applies(log: &[Req]) -> Vec<&Req> {
+    log.iter().filter(|r| r.is_apply()).collect()
+}
+
+/// Apply requests to managed objects (not the CR's finalizer or status).
+fn object_applies(log: &[Req]) -> Vec<&Req> {
+    applies(log)
+        .into_iter()
+        .filter(|r| !r.path.contains("/csideployments/"))
+        .collect()
+}
+
+fn deletes(log: &[Req]) -> Vec<String> {
+    log.iter()
+        .filter(|r| r.method == Method::DELETE)
+        .map(|r| r.path.clone())
+        .collect()
+}
+
+fn events(log: &[Req]) -> Vec<Value> {
+    log.iter()
+        .filter(|r| r.method == Method::POST && r.path.ends_with("/events"))
+        .filter_map(|r| r.body.clone())
+        .collect()
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:#}"))
+}
+
+/// What the real renderer produces for the stored CR, as (path, body) in apply order.
+fn expected(h: &Harness, name: &str, snapshot_crds: bool) -> Vec<(String, Value)> {
+    let env = RenderEnv {
+        snapshot_crds_present: snapshot_crds,
+        builtin_features: DriverFeatures::default(),
+        ..RenderEnv::default()
+    };
+    render::render(&h.cr(name), &env)
+        .unwrap()
+        .objects
+        .iter()
+        .map(|o| (path_of(o), o.to_apply_json()))
+        .collect()
+}
+
+fn path_of(o: &ManagedObject) -> String {
+    object_path(o.kind(), o.namespace(), o.name())
+}
+
+fn containers(sts: &Value) -> Vec<String> {
+    sts["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn minimal() -> Value {
+    json!({"namespace": "plinth-system"})
+}
+
+fn sts_path() -> String {
+    object_path(
+        ManagedKind::StatefulSet,
+        Some("plinth-system"),
+        "plinth-local-controller",
+    )
+}
+
+fn ds_path() -> String {
+    object_path(
+        ManagedKind::DaemonSet,
+        Some("plinth-system"),
+        "plinth-local-node",
+    )
+}
+
+#[tokio::test]
+async fn first_reconcile_adds_the_finalizer_applies_every_object_then_writes_status() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create("local", minimal());
+    let action = h.reconcile_ok("local").await;
+    assert_eq!(action, Action::requeue(reconcile::RESYNC));
+    let log = h.fake.log();
+
+    // The finalizer comes first, applied with our field manager and nothing else.
+    let first_write = log.iter().find(|r| r.is_write()).unwrap();
+    assert_eq!(first_write.path, cr_path("local"));
+    assert!(first_write.is_apply());
+    assert_eq!(
+        first_write.body.as_ref().unwrap()["metadata"],
+        json!({"name": "local", "finalizers": [FINALIZER]})
+    );
+
+    // Every rendered object, in render's order, with exactly render's body.
+    let want = expected(&h, "local", true);
+    let got: Vec<(String, Value)> = object_applies(&log)
+        .iter()
+        .map(|r| (r.path.clone(), r.body.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        got.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+        want.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    for ((path, body), (_, want_body)) in got.iter().zip(&want) {
+        assert_eq!(body, want_body, "apply body of {path}");
+    }
+    for r in object_applies(&log) {
+        assert_eq!(r.query.get("fieldManager").unwrap(), "plinth-operator");
+        assert_eq!(r.query.get("force").unwrap(), "true");
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/apply-patch+yaml")
+        );
+    }
+
+    // The StatefulSet and CSIDriver bodies, spelled out.
+    let sts = &got.iter().find(|(p, _)| *p == sts_path()).unwrap().1;
+    assert_eq!(sts["apiVersion"], "apps/v1");
+    assert_eq!(sts["kind"], "StatefulSet");
+    assert_eq!(
+        sts["metadata"]["labels"]["plinth.dev/csi-deployment"],
+        "local"
+    );
+    assert_eq!(
+        sts["metadata"]["ownerReferences"][0]["kind"],
+        "CsiDeployment"
+    );
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["controller"], true);
+    let names = containers(sts);
+    for sidecar in [
+        "csi-provisioner",
+        "csi-resizer",
+        "csi-snapshotter",
+        "liveness-probe",
+    ] {
+        assert!(
+            names.iter().any(|n| n == sidecar),
+            "{sidecar} missing from {names:?}"
+        );
+    }
+    assert!(!names.iter().any(|n| n == "csi-attacher"), "{names:?}");
+    let csidriver_path = object_path(ManagedKind::CsiDriver, None, DRIVER);
+    let csidriver = &got.iter().find(|(p, _)| *p == csidriver_path).unwrap().1;
+    assert_eq!(csidriver["apiVersion"], "storage.k8s.io/v1");
+    assert_eq!(csidriver["kind"], "CSIDriver");
+    assert_eq!(csidriver["spec"]["attachRequired"], false);
+
+    // Status last, on the status subresource, describing generation 1.
+    let last = log
+        .iter()
+        .rev()
+        .find(|r| r.is_write() && !r.path.ends_with("/events"))
+        .unwrap();
+    assert_eq!(last.path, format!("{}/status", cr_path("local")));
+    assert!(last.is_apply());
+    let status = h.status("local");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["driverName"], DRIVER);
+    let types: Vec<&str> = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Ready", "Progressing", "Degraded"]);
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+    assert_eq!(condition(&status, "Ready")["reason"], "ControllerNotReady");
+    assert_eq!(condition(&status, "Progressing")["status"], "True");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
+    assert!(
+        h.cr("local")
+            .metadata
+            .finalizers
+            .unwrap()
+            .contains(&FINALIZER.to_owned()),
+        "finalizer stored"
+    );
+    let applied_event = events(&log)
+        .into_iter()
+        .find(|e| e["reason"] == "Applied")
+        .unwrap();
+    assert!(
+        applied_event["note"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("applied {} objects", want.len()))
+    );
+}
+
+#[tokio::test]
+async fn resync_with_nothing_changed_sends_no_write_and_drift_is_reverted() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create("local", minimal());
+    h.reconcile_ok("local").await;
+    h.fake.clear_log();
+
+    h.reconcile_ok("local").await;
+    let log = h.fake.log();
+    let writes: Vec<String> = log.iter().filter(|r| r.is_write()).map(Req::line).collect();
+    assert_eq!(
+        writes,
+        Vec::<String>::new(),
+        "a resync with nothing changed wrote"
+    );
+
+    // Someone scales the StatefulSet by hand: exactly that object is re-applied.
+    h.fake
+        .modify(&sts_path(), |sts| sts["spec"]["replicas"] = json!(3));
+    h.fake.clear_log();
+    h.reconcile_ok("local").await;
+    let log = h.fake.log();
+    let applied: Vec<String> = object_applies(&log)
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(applied, [sts_path()]);
+    assert_eq!(h.fake.get(&sts_path()).unwrap()["spec"]["replicas"], 1);
+
+    // A status-only change of the StatefulSet (pods becoming ready) is not drift.
+    h.fake
+        .modify(&sts_path(), |sts| sts["status"] = json!({"replicas": 1}));
+    h.fake.clear_log();
+    h.reconcile_ok("local").await;
+    assert!(object_applies(&h.fake.log()).is_empty());
+}
+
+#[tokio::test]
+async fn ready_pods_and_registered_nodes_make_it_ready_and_transition_time_moves_once() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create("local", minimal());
+    h.reconcile_ok("local").await;
+    let not_ready_since = condition(&h.status("local"), "Ready")["lastTransitionTime"].clone();
+    let degraded_since = condition(&h.status("local"), "Degraded")["lastTransitionTime"].clone();
+
+    h.fake.modify(&sts_path(), |sts| {
+        sts["status"] = json!({"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 1});
+    });
+    h.fake.modify(&ds_path(), |ds| {
+        ds["status"] = json!({"desiredNumberScheduled": 2, "numberReady": 2, "updatedNumberScheduled": 2,
+            "currentNumberScheduled": 2, "numberMisscheduled": 0, "observedGeneration": 1});
+    });
+    h.register_nodes(&["node-a"]);
+    h.reconcile_ok("local").await;
+    let status = h.status("local");
+    assert_eq!(condition(&status, "Ready")["reason"], "NotRegistered");
+    assert!(
+        condition(&status, "Ready")["message"]
+            .as_str()
+            .unwrap()
+            .contains("1/2 nodes")
+    );
+    assert_eq!(status["registration"], "1/2");
+
+    h.register_nodes(&["node-b"]);
+    h.reconcile_ok("local").await;
+    let status = h.status("local");
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    assert_eq!(condition(&status, "Ready")["reason"], "Available");
+    assert_eq!(condition(&status, "Progressing")["status"], "False");
+    assert_eq!(status["registration"], "2/2");
+    assert_eq!(
+        status["controller"],
+        json!({"desired": 1, "ready": 1, "updated": 1})
+    );
+    assert_eq!(
+        status["node"],
+        json!({"desired": 2, "ready": 2, "updated": 2})
+    );
+    // Degraded never flipped, so its time stayed; Ready's stayed while it was False.
+    assert_eq!(
+        condition(&status, "Degraded")["lastTransitionTime"],
+        degraded_since
+    );
+    let _ = not_ready_since;
+}
+
+#[tokio::test]
+async fn switching_snapshots_off_prunes_the_snapshotter_rbac_and_snapshot_class() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create("local", minimal());
+    h.reconcile_ok("local").await;
+    let with = expected(&h, "local", true);
+
+    h.edit_spec("local", |spec| {
+        spec["features"] = json!({"snapshots": false})
+    });
+    h.fake.clear_log();
+    h.reconcile_ok("local").await;
+    let without = expected(&h, "local", true);
+    let log = h.fake.log();
+
+    let mut gone: Vec<String> = with
+        .iter()
+        .map(|(p, _)| p.clone())
+        .filter(|p| !without.iter().any(|(q, _)| q == p))
+        .collect();
+    gone.sort();
+    let mut deleted = deletes(&log);
+    deleted.sort();
+    assert_eq!(deleted, gone);
+    assert!(
+        deleted
+            .iter()
+            .any(|p| p.contains("/volumesnapshotclasses/")),
+        "{deleted:?}"
+    );
+    assert!(
+        deleted
+            .iter()
+            .any(|p| p.contains("/clusterroles/") && p.contains("snapshotter")),
+        "{deleted:?}"
+    );
+    assert!(
+        deleted
+            .iter()
+            .any(|p| p.contains("/clusterrolebindings/") && p.contains("snapshotter")),
+        "{deleted:?}"
+    );
+    // Each delete names the instance it listed (uid precondition).
+    for r in log.iter().filter(|r| r.method == Method::DELETE) {
+        assert!(
+            r.body.as_ref().unwrap()["preconditions"]["uid"].is_string(),
+            "{}",
+            r.line()
+        );
+    }
+    // The sidecar leaves the StatefulSet through the apply itself.
+    let sts = h.fake.get(&sts_path()).unwrap();
+    assert!(!containers(&sts).iter().any(|c| c == "csi-snapshotter"));
+    assert_eq!(
+        h.fake
+            .count("/apis/snapshot.storage.k8s.io/v1", "volumesnapshotclasses"),
+        0
+    );
+    assert!(events(&log).iter().any(|e| e["reason"] == "Pruned"));
+}
+
+#[tokio::test]
+async fn an_immutable_field_change_deletes_and_recreates_the_object() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    let spec = |fstype: &str| {
+        json!({"namespace": "plinth-system", "storageClasses": [
+            {"name": "fast", "parameters": {"csi.storage.k8s.io/fstype": fstype}}
+        ]})
+    };
+    h.create("local", spec("ext4"));
+    h.reconcile_ok("local").await;
+    let sc_path = object_path(ManagedKind::StorageClass, None, "fast");
+    let old_uid = h.fake.get(&sc_path).unwrap()["metadata"]["uid"].clone();
+
+    h.edit_spec("local", |s| *s = spec("xfs"));
+    h.fake.clear_log();
+    h.reconcile_ok("local").await;
+    let log = h.fake.log();
+    let sc_requests: Vec<String> = log
+        .iter()
+        .filter(|r| r.path == sc_path && r.is_write())
+        .map(Req::line)
+        .collect();
+    assert_eq!(
+        sc_requests,
+        [
+            format!("PATCH {sc_path}"),
+            format!("DELETE {sc_path}"),
+            format!("PATCH {sc_path}"),
+        ]
+    );
+    let delete = log.iter().find(|r| r.method == Method::DELETE).unwrap();
+    assert_eq!(
+        delete.body.as_ref().unwrap()["preconditions"]["uid"],
+        old_uid
+    );
+    let sc = h.fake.get(&sc_path).unwrap();
+    assert_eq!(sc["parameters"]["csi.storage.k8s.io/fstype"], "xfs");
+    assert_ne!(sc["metadata"]["uid"], old_uid);
+    assert!(events(&log).iter().any(|e| e["reason"] == "Replaced"));
+    // Nothing else was replaced.
+    assert_eq!(log.iter().filter(|r| r.method == Method::DELETE).count(), 1);
+}
+
+fn pv(name: &str, driver: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "csi": {"driver": driver, "volumeHandle": name}}})
+}
+
+/// Deletes the CR through the API, as `kubectl delete` would (the finalizer holds it).
+async fn delete_cr(h: &mut Harness, name: &str) {
+    let api: kube::Api<CsiDeployment> = kube::Api::all(h.ctx.client.clone());
+    timed(api.delete(name, &Default::default())).await.unwrap();
+    let cr = h.cr(name);
+    assert!(cr.metadata.deletion_timestamp.is_some());
+    h.deployments
+        .apply_watcher_event(&watcher::Event::Apply(cr));
+}
+
+#[tokio::test]
+async fn deletion_is_refused_while_volumes_of_the_driver_exist() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create("local", minimal());
+    h.reconcile_ok("local").await;
+    h.fake
+        .insert("/api/v1/persistentvolumes/pv-1", pv("pv-1", DRIVER));
+    h.fake
+        .insert("/api/v1/persistentvolumes/pv-2", pv("pv-2", DRIVER));
+    h.fake.insert(
+        "/api/v1/persistentvolumes/other",
+        pv("other", "ebs.csi.aws.com"),
+    );
+    delete_cr(&mut h, "local").await;
+    h.fake.clear_log();
+
+    let action = h.reconcile_ok("local").await;
+    assert_eq!(action, Action::requeue(reconcile::VOLUMES_RECHECK));
+    let log = h.fake.log();
+    assert_eq!(
+        deletes(&log),
+        Vec::<String>::new(),
+        "nothing may be deleted"
+    );
+    let status = h.status("local");
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "VolumesExist");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("2 PersistentVolumes of driver local.csi.plinth.dev"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.deletionPolicy=OrphanVolumes"),
+        "{message}"
+    );
+    assert_eq!(status["remainingVolumes"], 2);
+    assert!(
+        h.cr("local")
+            .metadata
+            .finalizers
+            .unwrap()
+            .contains(&FINALIZER.to_owned())
+    );
+    assert!(h.fake.get(&sts_path()).is_some());
+    assert!(
+        events(&log)
+            .iter()
+            .any(|e| e["reason"] == "DeletionRefused")
+    );
+
+    // Asking again with nothing changed writes nothing.
+    h.fake.clear_log();
+    h.reconcile_ok("local").await;
+    assert!(h.fake.log().iter().all(|r| !r.is_write()));
+
+    // Once the volumes are gone, the driver goes and the CR with it.
+    h.fake.remove("/api/v1/persistentvolumes/pv-1");
+    h.fake.remove("/api/v1/persistentvolumes/pv-2");
+    h.reconcile_ok("local").await;
+    assert!(
+        h.fake.get(&cr_path("local")).is_none(),
+        "finalizer released"
+    );
+    assert!(h.fake.get(&sts_path()).is_none());
+}
+
+#[tokio::test]
+async fn deletion_without_volumes_removes_every_object_and_the_finalizer() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create("local", minimal());
+    h.reconcile_ok("local").await;
+    let created = expected(&h, "local", true);
+    delete_cr(&mut h, "local").await;
+    h.fake.clear_log();
+
+    assert_eq!(h.reconcile_ok("local").await, Action::await_change());
+    let log = h.fake.log();
+    let mut deleted = deletes(&log);
+    deleted.sort();
+    let mut want: Vec<String> = created.into_iter().map(|(p, _)| p).collect();
+    want.sort();
+    assert_eq!(deleted, want);
+    assert_eq!(
+        managed_paths(&h),
+        Vec::<String>::new(),
+        "objects left behind"
+    );
+    assert!(
+        h.fake.get(&cr_path("local")).is_none(),
+        "finalizer released, CR gone"
+    );
+    let last_write = log
+        .iter()
+        .rev()
+        .find(|r| r.is_write() && !r.path.ends_with("/events"))
+        .unwrap();
+    assert_eq!(last_write.path, cr_path("local"));
+    assert!(
+        last_write.body.as_ref().unwrap()["metadata"]
+            .get("finalizers")
+            .is_none()
+    );
+}
+
+/// Stored objects other than CRs, events and PersistentVolumes.
+fn managed_paths(h: &Harness) -> Vec<String> {
+    h.fake
+        .paths()
+        .into_iter()
+        .filter(|p| {
+            !p.contains("/csideployments/")
+                && !p.contains("/events/")
+                && !p.contains("/persistentvolumes/")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn orphan_volumes_policy_removes_the_driver_even_with_volumes() {
+    let mut h = Harness::new();
+    h.create(
+        "local",
+        json!({"namespace": "plinth-system", "deletionPolicy": "OrphanVolumes"}),
+    );
+    h.reconcile_ok("local").await;
+    h.fake
+        .insert("/api/v1/persistentvolumes/pv-1", pv("pv-1", DRIVER));
+    delete_cr(&mut h, "local").await;
+    h.fake.clear_log();
+    h.reconcile_ok("local").await;
+    assert!(h.fake.get(&cr_path("local")).is_none());
+    assert!(
+        h.fake.get("/api/v1/persistentvolumes/pv-1").is_some(),
+        "volumes are never touched"
+    );
+    assert!(
+        !h.fake
+            .log()
+            .iter()
+            .any(|r| r.path.contains("persistentvolumes") && r.is_write())
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_names_the_field_applies_nothing_and_waits_for_a_change() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create(
+        "local",
+        json!({"namespace": "plinth-system", "csiDriver": {"attachRequired": true}}),
+    );
+    let (result, action) = h.reconcile("local").await;
+    assert!(matches!(result, Err(Error::InvalidSpec(_))), "{result:?}");
+    assert_eq!(action, Action::await_change());
+    let log = h.fake.log();
+    assert_eq!(object_applies(&log).len(), 0, "{:?}", lines(&log));
+    let status = h.status("local");
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.csiDriver.attachRequired")
+    );
+    assert_eq!(condition(&status, "Ready")["status"], "Unknown");
+    assert!(
+        events(&log)
+            .iter()
+            .any(|e| e["reason"] == "InvalidSpec" && e["type"] == "Warning")
+    );
+
+    // The same invalid spec again: no status write, no second event.
+    h.fake.clear_log();
+    let (result, _) = h.reconcile("local").await;
+    assert!(result.is_err());
+    assert!(
+        h.fake.log().iter().all(|r| !r.is_write()),
+        "{:?}",
+        lines(&h.fake.log())
+    );
+
+    // Fixing it deploys.
+    h.edit_spec("local", |s| s["csiDriver"] = json!({}));
+    h.reconcile_ok("local").await;
+    assert!(h.fake.get(&sts_path()).is_some());
+    assert_eq!(condition(&h.status("local"), "Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn the_newer_of_two_deployments_of_one_driver_name_gets_a_conflict_and_nothing_applied() {
+    let mut h = Harness::new();
+    h.create_at("first", minimal(), "2026-01-01T00:00:00Z");
+    h.create_at(
+        "second",
+        json!({"namespace": "other"}),
+        "2026-01-02T00:00:00Z",
+    );
+
+    let (result, action) = h.reconcile("second").await;
+    assert!(
+        matches!(result, Err(Error::DriverNameConflict { ref holder, .. }) if holder == "first")
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    assert_eq!(object_applies(&h.fake.log()).len(), 0);
+    let degraded = condition(&h.status("second"), "Degraded").clone();
+    assert_eq!(degraded["reason"], "DriverNameConflict");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("CsiDeployment first")
+    );
+
+    // The older one deploys normally.
+    h.fake.clear_log();
+    h.reconcile_ok("first").await;
+    assert!(!object_applies(&h.fake.log()).is_empty());
+}
+
+#[tokio::test]
+async fn missing_snapshot_crds_leave_out_the_snapshotter_and_say_so() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(false);
+    h.create("local", minimal());
+    h.reconcile_ok("local").await;
+    let log = h.fake.log();
+    assert!(
+        log.iter()
+            .any(|r| r.path == "/apis/snapshot.storage.k8s.io/v1"),
+        "discovery asked"
+    );
+    assert!(
+        !object_applies(&log)
+            .iter()
+            .any(|r| r.path.contains("volumesnapshotclasses"))
+    );
+    let sts = h.fake.get(&sts_path()).unwrap();
+    assert!(!containers(&sts).iter().any(|c| c == "csi-snapshotter"));
+    assert!(containers(&sts).iter().any(|c| c == "csi-provisioner"));
+    let degraded = condition(&h.status("local"), "Degraded").clone();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "FeatureUnavailable");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot.storage.k8s.io")
+    );
+
+    // Once the CRDs are installed, the next reconcile adds the snapshotter.
+    h.fake.set_snapshot_crds(true);
+    h.reconcile_ok("local").await;
+    let sts = h.fake.get(&sts_path()).unwrap();
+    assert!(containers(&sts).iter().any(|c| c == "csi-snapshotter"));
+    assert_eq!(condition(&h.status("local"), "Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn an_api_failure_is_reported_and_backs_off_exponentially() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create("local", minimal());
+    h.fake.fail_next(
+        Method::PATCH,
+        "/statefulsets/",
+        500,
+        "etcdserver: request timed out",
+    );
+    let (result, action) = h.reconcile("local").await;
+    assert!(matches!(result, Err(Error::Api { .. })), "{result:?}");
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    let degraded = condition(&h.status("local"), "Degraded").clone();
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("etcdserver: request timed out")
+    );
+
+    h.fake.fail_next(
+        Method::PATCH,
+        "/statefulsets/",
+        500,
+        "etcdserver: request timed out",
+    );
+    let (_, action) = h.reconcile("local").await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+
+    // Recovery clears the backoff and the condition.
+    h.reconcile_ok("local").await;
+    assert_eq!(condition(&h.status("local"), "Degraded")["status"], "False");
+    h.fake
+        .fail_next(Method::PATCH, "/statefulsets/", 500, "again");
+    h.fake
+        .modify(&sts_path(), |sts| sts["spec"]["replicas"] = json!(2));
+    let (_, action) = h.reconcile("local").await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+}

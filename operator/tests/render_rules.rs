@@ -1,0 +1,716 @@
+//! Focused properties of the rendered objects: each test fails if one rule of the
+//! deployment breaks, whatever the rest of the output does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use clap::Parser;
+use common::*;
+use k8s_openapi::api::core::v1::PodSpec;
+use plinth_driver::capabilities::{DriverFeatures, Sidecar};
+use plinth_operator::crd::{CsiDeployment, Features, StorageClassSpec};
+use plinth_operator::labels;
+use plinth_operator::render::{ManagedKind, ManagedObject, RenderEnv, render};
+
+fn features(f: Features) -> CsiDeployment {
+    let mut cr = fixture("minimal");
+    cr.spec.features = f;
+    cr
+}
+
+fn images(pod: &PodSpec) -> Vec<&str> {
+    pod.containers
+        .iter()
+        .map(|c| c.image.as_deref().unwrap())
+        .collect()
+}
+
+#[test]
+fn snapshots_off_means_no_snapshotter_no_role_no_class() {
+    let r = render_ok(
+        &features(Features {
+            snapshots: Some(false),
+            ..Features::default()
+        }),
+        &full_env(),
+    );
+    assert!(container(controller_pod(&r), "csi-snapshotter").is_none());
+    assert!(cluster_role(&r, "plinth-local-snapshotter").is_none());
+    assert!(snapshot_classes(&r).is_empty());
+    let provisioner = cluster_role(&r, "plinth-local-provisioner").unwrap();
+    assert!(
+        provisioner.rules.iter().flatten().all(|rule| !rule
+            .api_groups
+            .iter()
+            .flatten()
+            .any(|g| g.contains("snapshot"))),
+        "the provisioner reads snapshots only when restoring them is possible"
+    );
+    let on = render_ok(&fixture("minimal"), &full_env());
+    assert!(container(controller_pod(&on), "csi-snapshotter").is_some());
+    assert!(cluster_role(&on, "plinth-local-snapshotter").is_some());
+    assert_eq!(snapshot_classes(&on).len(), 1);
+}
+
+#[test]
+fn missing_snapshot_crds_drop_the_snapshotter_but_keep_the_driver_unchanged() {
+    let cr = fixture("minimal");
+    let without = RenderEnv {
+        snapshot_crds_present: false,
+        ..full_env()
+    };
+    let r = render_ok(&cr, &without);
+    assert!(container(controller_pod(&r), "csi-snapshotter").is_none());
+    assert!(snapshot_classes(&r).is_empty());
+    assert!(cluster_role(&r, "plinth-local-snapshotter").is_none());
+    assert!(r.warnings.iter().any(|w| w.contains("VolumeSnapshot CRDs")));
+    assert!(!r.sidecars.iter().any(|n| n.sidecar == Sidecar::Snapshotter));
+    // Installing the CRDs later must not roll every node pod.
+    let with = render_ok(&cr, &full_env());
+    assert_eq!(node_pod(&r), node_pod(&with));
+}
+
+#[test]
+fn topology_gate_only_with_accessibility_constraints() {
+    let gate = "--feature-gates=Topology=true";
+    let on = render_ok(&fixture("minimal"), &full_env());
+    assert!(args(container(controller_pod(&on), "csi-provisioner").unwrap()).contains(&gate));
+    let off = render_ok(
+        &features(Features {
+            topology: Some(false),
+            capacity_tracking: Some(false),
+            ..Features::default()
+        }),
+        &full_env(),
+    );
+    let provisioner = container(controller_pod(&off), "csi-provisioner").unwrap();
+    assert!(!args(provisioner).iter().any(|a| a.contains("Topology")));
+    assert!(!args(provisioner).contains(&"--strict-topology=true"));
+}
+
+#[test]
+fn capacity_tracking_adds_flags_env_role_and_csidriver_field() {
+    let on = render_ok(&fixture("minimal"), &full_env());
+    let provisioner = container(controller_pod(&on), "csi-provisioner").unwrap();
+    assert!(args(provisioner).contains(&"--enable-capacity=true"));
+    assert!(args(provisioner).contains(&"--capacity-ownerref-level=1"));
+    let env: Vec<&str> = provisioner
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(env, ["NAMESPACE", "POD_NAME"]);
+    assert_eq!(csi_driver(&on).spec.storage_capacity, Some(true));
+    assert!(on.objects.iter().any(|o| matches!(o, ManagedObject::Role(role)
+        if role.rules.iter().flatten().any(|r| r.resources.iter().flatten().any(|x| x == "csistoragecapacities")))));
+
+    let off = render_ok(
+        &features(Features {
+            capacity_tracking: Some(false),
+            ..Features::default()
+        }),
+        &full_env(),
+    );
+    let provisioner = container(controller_pod(&off), "csi-provisioner").unwrap();
+    assert!(!args(provisioner).iter().any(|a| a.contains("capacity")));
+    assert!(provisioner.env.is_none());
+    assert_eq!(csi_driver(&off).spec.storage_capacity, Some(false));
+    assert!(!off.objects.iter().any(|o| o.kind() == ManagedKind::Role));
+}
+
+#[test]
+fn resize_decides_the_resizer_and_volume_expansion() {
+    let on = render_ok(&fixture("minimal"), &full_env());
+    assert!(container(controller_pod(&on), "csi-resizer").is_some());
+    assert!(
+        storage_classes(&on)
+            .iter()
+            .all(|sc| sc.allow_volume_expansion == Some(true))
+    );
+    let off = render_ok(
+        &features(Features {
+            resize: Some(false),
+            ..Features::default()
+        }),
+        &full_env(),
+    );
+    assert!(container(controller_pod(&off), "csi-resizer").is_none());
+    assert!(cluster_role(&off, "plinth-local-resizer").is_none());
+    assert!(
+        storage_classes(&off)
+            .iter()
+            .all(|sc| sc.allow_volume_expansion == Some(false))
+    );
+}
+
+#[test]
+fn ephemeral_sets_lifecycle_modes_and_pod_info() {
+    let on = render_ok(&fixture("minimal"), &full_env());
+    let spec = &csi_driver(&on).spec;
+    assert_eq!(
+        spec.volume_lifecycle_modes.as_deref().unwrap(),
+        ["Persistent", "Ephemeral"]
+    );
+    assert_eq!(spec.pod_info_on_mount, Some(true));
+    let off = render_ok(
+        &features(Features {
+            ephemeral: Some(false),
+            ..Features::default()
+        }),
+        &full_env(),
+    );
+    let spec = &csi_driver(&off).spec;
+    assert_eq!(
+        spec.volume_lifecycle_modes.as_deref().unwrap(),
+        ["Persistent"]
+    );
+    assert_eq!(spec.pod_info_on_mount, Some(false));
+}
+
+#[test]
+fn third_party_with_publish_gets_the_attacher_and_attach_required() {
+    let r = render_ok(&fixture("third-party"), &full_env());
+    let pod = controller_pod(&r);
+    assert_eq!(
+        container_names(pod),
+        [
+            "csi-driver",
+            "csi-provisioner",
+            "csi-attacher",
+            "csi-resizer",
+            "liveness-probe"
+        ]
+    );
+    assert_eq!(csi_driver(&r).spec.attach_required, Some(true));
+    assert!(cluster_role(&r, "plinth-acme-attacher").is_some());
+    let provisioner = cluster_role(&r, "plinth-acme-provisioner").unwrap();
+    assert!(provisioner.rules.iter().flatten().any(|rule| {
+        rule.resources
+            .iter()
+            .flatten()
+            .any(|x| x == "volumeattachments")
+    }));
+    // The third-party driver gets its endpoint and node name the way it declared.
+    let driver = container(pod, "csi-driver").unwrap();
+    let env: Vec<&str> = driver
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(env, ["CSI_ENDPOINT", "NODE_ID"]);
+    assert_eq!(
+        driver.image.as_deref(),
+        Some("registry.acme.example/csi/acme-block:v2.4.1")
+    );
+    // No pool for a driver that is not ours.
+    assert!(
+        !node_pod(&r)
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == "pool")
+    );
+    // The built-in driver never needs the attacher.
+    let builtin = render_ok(&fixture("minimal"), &full_env());
+    assert!(container(controller_pod(&builtin), "csi-attacher").is_none());
+    assert_eq!(csi_driver(&builtin).spec.attach_required, Some(false));
+}
+
+#[test]
+fn controller_sidecars_are_exactly_what_the_capabilities_need() {
+    for name in fixture_names() {
+        let r = render_ok(&fixture(&name), &full_env());
+        let pod = controller_pod(&r);
+        let expected: Vec<&str> = r
+            .sidecars
+            .iter()
+            .map(|n| n.sidecar.container_name())
+            .collect();
+        assert_eq!(&container_names(pod)[1..], expected.as_slice(), "{name}");
+    }
+}
+
+#[test]
+fn every_image_is_rewritten_when_a_registry_is_set() {
+    let r = render_ok(&fixture("air-gapped"), &full_env());
+    let mirror = "registry.corp.example:5000/mirror/";
+    let override_ = "registry.corp.example:5000/approved/csi-provisioner@sha256:";
+    for image in images(controller_pod(&r))
+        .into_iter()
+        .chain(images(node_pod(&r)))
+    {
+        assert!(
+            image.starts_with(mirror) || image.starts_with(override_),
+            "{image} not from the mirror"
+        );
+    }
+    assert!(
+        images(controller_pod(&r))
+            .iter()
+            .any(|i| i.starts_with(override_))
+    );
+    for pod in [controller_pod(&r), node_pod(&r)] {
+        let secrets: Vec<&str> = pod
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(secrets, ["mirror-pull"]);
+    }
+}
+
+#[test]
+fn only_the_node_driver_is_privileged_and_only_it_propagates_mounts() {
+    for name in fixture_names() {
+        let r = render_ok(&fixture(&name), &full_env());
+        for c in &controller_pod(&r).containers {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_ne!(sc.privileged, Some(true), "{name}: controller {}", c.name);
+            assert_eq!(
+                sc.allow_privilege_escalation,
+                Some(false),
+                "{name}: {}",
+                c.name
+            );
+        }
+        let driver_name = if name == "third-party" {
+            "csi-driver"
+        } else {
+            "plinth-driver"
+        };
+        for c in &node_pod(&r).containers {
+            let privileged = c.security_context.as_ref().and_then(|s| s.privileged) == Some(true);
+            let bidirectional = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_propagation.as_deref() == Some("Bidirectional"));
+            assert_eq!(privileged, c.name == driver_name, "{name}: node {}", c.name);
+            assert_eq!(
+                bidirectional,
+                c.name == driver_name,
+                "{name}: node {}",
+                c.name
+            );
+        }
+    }
+}
+
+#[test]
+fn replicas_decide_leader_election_pdb_and_spreading() {
+    let one = render_ok(&fixture("minimal"), &full_env());
+    for c in &controller_pod(&one).containers {
+        assert!(
+            !args(c).iter().any(|a| a.starts_with("--leader-election")),
+            "{}",
+            c.name
+        );
+    }
+    assert!(
+        !one.objects
+            .iter()
+            .any(|o| o.kind() == ManagedKind::PodDisruptionBudget)
+    );
+    assert!(controller_pod(&one).affinity.is_none());
+
+    let three = render_ok(&fixture("full"), &full_env());
+    for c in &controller_pod(&three).containers {
+        let elects = args(c).contains(&"--leader-election=true");
+        let should = c.name.starts_with("csi-");
+        assert_eq!(elects, should, "{}", c.name);
+        if should {
+            assert!(args(c).contains(&"--leader-election-namespace=storage"));
+        }
+    }
+    let pdb = three
+        .objects
+        .iter()
+        .find_map(|o| match o {
+            ManagedObject::PodDisruptionBudget(p) => Some(p),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        pdb.spec.as_ref().unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    assert!(
+        controller_pod(&three)
+            .affinity
+            .as_ref()
+            .unwrap()
+            .pod_anti_affinity
+            .is_some()
+    );
+    assert!(
+        three
+            .objects
+            .iter()
+            .any(|o| o.kind() == ManagedKind::Role && o.name() == "plinth-full-leader-election")
+    );
+}
+
+#[test]
+fn kubelet_dir_moves_every_kubelet_path() {
+    let r = render_ok(&fixture("k0s"), &full_env());
+    let pod = node_pod(&r);
+    let host_paths: Vec<&str> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.host_path.as_ref())
+        .map(|h| h.path.as_str())
+        .collect();
+    for path in host_paths {
+        assert!(
+            path.starts_with("/var/lib/k0s/kubelet/")
+                || path == "/dev"
+                || path == "/var/lib/plinth/pool",
+            "{path}"
+        );
+        assert!(!path.starts_with("/var/lib/kubelet"), "{path}");
+    }
+    let registrar = container(pod, "node-driver-registrar").unwrap();
+    assert!(args(registrar).contains(
+        &"--kubelet-registration-path=/var/lib/k0s/kubelet/plugins/local.csi.plinth.dev/csi.sock"
+    ));
+    // OnDelete and empty tolerations as asked.
+    let ds = daemon_set(&r).spec.as_ref().unwrap();
+    assert_eq!(
+        ds.update_strategy.as_ref().unwrap().type_.as_deref(),
+        Some("OnDelete")
+    );
+    assert_eq!(pod.tolerations.as_deref(), Some(&[][..]));
+    // Default: tolerate everything.
+    let default = render_ok(&fixture("minimal"), &full_env());
+    let tolerations = node_pod(&default).tolerations.clone().unwrap();
+    assert_eq!(tolerations.len(), 1);
+    assert_eq!(tolerations[0].operator.as_deref(), Some("Exists"));
+    assert!(tolerations[0].key.is_none());
+}
+
+#[test]
+fn the_real_driver_cli_accepts_the_rendered_arguments() {
+    for name in ["minimal", "bare", "full", "k0s", "air-gapped"] {
+        for served in [
+            DriverFeatures::default(),
+            plinth_driver::config::served_features(),
+        ] {
+            let env = RenderEnv {
+                builtin_features: served,
+                ..full_env()
+            };
+            let cr = fixture(name);
+            let Ok(r) = render(&cr, &env) else {
+                // full.yaml asks for features this release may not serve yet.
+                continue;
+            };
+            for (mode, pod) in [("controller", controller_pod(&r)), ("node", node_pod(&r))] {
+                let driver = container(pod, "plinth-driver").unwrap();
+                let argv = std::iter::once("plinth-driver").chain(args(driver));
+                let cli = plinth_driver::config::Cli::try_parse_from(argv)
+                    .unwrap_or_else(|e| panic!("{name} {mode}: {e}"));
+                let config = plinth_driver::config::Config::from_cli(cli, Some("worker-1".into()))
+                    .unwrap_or_else(|e| panic!("{name} {mode}: {e}"));
+                assert_eq!(config.driver_name, cr.spec.driver.name);
+                let planned = plinth_operator::render::Plan::new(&cr, &env)
+                    .builtin
+                    .unwrap();
+                if served == plinth_driver::config::served_features() {
+                    // The driver serves exactly the features the operator deployed for.
+                    assert_eq!(config.features, planned, "{name} {mode}");
+                } else {
+                    // Whatever the build serves, a switched-off feature stays off.
+                    let on = |f: DriverFeatures| {
+                        [
+                            f.snapshots,
+                            f.expansion,
+                            f.clones,
+                            f.ephemeral,
+                            f.capacity,
+                            f.topology,
+                            f.group_snapshots,
+                        ]
+                    };
+                    for (got, want) in on(config.features).into_iter().zip(on(planned)) {
+                        assert!(want || !got, "{name} {mode}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_object_is_labelled_and_owned_when_the_cr_has_a_uid() {
+    let mut cr = fixture("full");
+    cr.metadata.uid = Some("2f1c9b4e-0000-4000-8000-000000000001".into());
+    let r = render_ok(&cr, &full_env());
+    for o in &r.objects {
+        let meta = o.metadata();
+        let labels_ = meta.labels.as_ref().unwrap();
+        assert_eq!(
+            labels_.get(labels::CR_LABEL).map(String::as_str),
+            Some("full"),
+            "{}",
+            o.name()
+        );
+        assert_eq!(
+            labels_.get(labels::MANAGED_BY.0).map(String::as_str),
+            Some(labels::MANAGED_BY.1)
+        );
+        let owners = meta.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "CsiDeployment");
+        assert_eq!(owners[0].api_version, "plinth.dev/v1alpha1");
+        assert_eq!(owners[0].uid, "2f1c9b4e-0000-4000-8000-000000000001");
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(owners[0].block_owner_deletion, Some(true));
+        assert_eq!(
+            o.namespace().is_some(),
+            o.kind().namespaced(),
+            "{}",
+            o.name()
+        );
+        if o.kind().namespaced() {
+            assert_eq!(o.namespace(), Some("storage"));
+        }
+        // The apply body names the kind the reconciler will address it by.
+        let json = o.to_apply_json();
+        let resource = o.kind().api_resource();
+        assert_eq!(json["apiVersion"], resource.api_version.as_str());
+        assert_eq!(json["kind"], resource.kind.as_str());
+    }
+    // Offline (no uid): no owner reference, still labelled.
+    let offline = render_ok(&fixture("full"), &full_env());
+    assert!(
+        offline
+            .objects
+            .iter()
+            .all(|o| o.metadata().owner_references.is_none())
+    );
+}
+
+#[test]
+fn output_is_deterministic_whatever_the_list_order() {
+    let cr = fixture("full");
+    let mut reversed = cr.clone();
+    reversed.spec.storage_classes.as_mut().unwrap().reverse();
+    let a = yaml(&render_ok(&cr, &full_env()));
+    assert_eq!(a, yaml(&render_ok(&cr, &full_env())));
+    assert_eq!(a, yaml(&render_ok(&reversed, &full_env())));
+}
+
+#[test]
+fn storage_classes_default_to_one_named_after_the_cr() {
+    let r = render_ok(&fixture("minimal"), &full_env());
+    let classes = storage_classes(&r);
+    assert_eq!(classes.len(), 1);
+    let sc = classes[0];
+    assert_eq!(sc.metadata.name.as_deref(), Some("plinth-local"));
+    assert_eq!(sc.provisioner, "local.csi.plinth.dev");
+    assert_eq!(
+        sc.volume_binding_mode.as_deref(),
+        Some("WaitForFirstConsumer")
+    );
+    assert_eq!(sc.reclaim_policy.as_deref(), Some("Delete"));
+    assert!(
+        sc.metadata.annotations.is_none(),
+        "not the cluster default unless asked"
+    );
+
+    let full = render_ok(&fixture("full"), &full_env());
+    let default: Vec<_> = storage_classes(&full)
+        .into_iter()
+        .filter(|sc| {
+            sc.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("storageclass.kubernetes.io/is-default-class"))
+                .is_some_and(|v| v == "true")
+        })
+        .map(|sc| sc.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(default, ["plinth-ext4"]);
+
+    let mut none = fixture("minimal");
+    none.spec.storage_classes = Some(Vec::<StorageClassSpec>::new());
+    assert!(storage_classes(&render_ok(&none, &full_env())).is_empty());
+}
+
+#[test]
+fn volume_snapshot_classes_carry_driver_and_deletion_policy() {
+    let r = render_ok(&fixture("full"), &full_env());
+    let classes = snapshot_classes(&r);
+    assert_eq!(classes.len(), 1);
+    let json = ManagedObject::VolumeSnapshotClass(classes[0].clone()).to_apply_json();
+    assert_eq!(json["apiVersion"], "snapshot.storage.k8s.io/v1");
+    assert_eq!(json["kind"], "VolumeSnapshotClass");
+    assert_eq!(json["driver"], "local.csi.plinth.dev");
+    assert_eq!(json["deletionPolicy"], "Retain");
+    assert_eq!(
+        json["metadata"]["annotations"]["snapshot.storage.kubernetes.io/is-default-class"],
+        "true"
+    );
+    // Exactly the fields of the snapshot.storage.k8s.io/v1 CRD, nothing the apiserver would
+    // prune or refuse.
+    let keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for key in keys {
+        assert!(
+            [
+                "apiVersion",
+                "kind",
+                "metadata",
+                "driver",
+                "deletionPolicy",
+                "parameters"
+            ]
+            .contains(&key),
+            "{key}"
+        );
+    }
+}
+
+#[test]
+fn sidecar_rbac_is_within_what_the_operator_may_grant() {
+    use plinth_operator::render::rbac::sidecar_rules;
+    for name in fixture_names() {
+        let r = render_ok(&fixture(&name), &full_env());
+        for need in &r.sidecars {
+            let all = sidecar_rules(need.sidecar);
+            let role = format!(
+                "plinth-{}-{}",
+                fixture(&name).metadata.name.unwrap(),
+                match need.sidecar {
+                    Sidecar::Provisioner => "provisioner",
+                    Sidecar::Attacher => "attacher",
+                    Sidecar::Resizer => "resizer",
+                    Sidecar::Snapshotter => "snapshotter",
+                    _ => continue,
+                }
+            );
+            let granted = cluster_role(&r, &role).unwrap();
+            for rule in granted.rules.iter().flatten() {
+                assert!(all.cluster.contains(rule), "{name}: {role} grants {rule:?}");
+            }
+        }
+        // The node plugin talks only to kubelet: nothing is bound to its ServiceAccount.
+        let node_sa = format!("plinth-{}-node", fixture(&name).metadata.name.unwrap());
+        for o in &r.objects {
+            let subjects = match o {
+                ManagedObject::ClusterRoleBinding(b) => b.subjects.clone(),
+                ManagedObject::RoleBinding(b) => b.subjects.clone(),
+                _ => None,
+            };
+            assert!(
+                !subjects.iter().flatten().any(|s| s.name == node_sa),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn immutable_field_changes_are_detected_per_kind() {
+    let r = render_ok(&fixture("full"), &full_env());
+    let sc = r
+        .objects
+        .iter()
+        .find(|o| o.kind() == ManagedKind::StorageClass)
+        .unwrap();
+    let desired = sc.to_apply_json();
+    let mut live = desired.clone();
+    live["metadata"]["labels"]["extra"] = "x".into();
+    live["metadata"]["resourceVersion"] = "42".into();
+    assert!(!ManagedKind::StorageClass.immutable_fields_changed(&live, &desired));
+    live["parameters"]["csi.storage.k8s.io/fstype"] = "btrfs".into();
+    assert!(ManagedKind::StorageClass.immutable_fields_changed(&live, &desired));
+    // Dropping every parameter is a change too.
+    let mut bare = desired.clone();
+    bare.as_object_mut().unwrap().remove("parameters");
+    assert!(ManagedKind::StorageClass.immutable_fields_changed(&desired, &bare));
+    assert!(!ManagedKind::StorageClass.immutable_fields_changed(&bare, &bare));
+
+    let csi = csi_driver(&r);
+    let desired = ManagedObject::CsiDriver(csi.clone()).to_apply_json();
+    let mut live = desired.clone();
+    live["spec"]["attachRequired"] = true.into();
+    assert!(ManagedKind::CsiDriver.immutable_fields_changed(&live, &desired));
+
+    let ds = r
+        .objects
+        .iter()
+        .find(|o| o.kind() == ManagedKind::DaemonSet)
+        .unwrap();
+    let desired = ds.to_apply_json();
+    let mut live = desired.clone();
+    live["spec"]["template"]["spec"]["priorityClassName"] = "other".into();
+    assert!(!ManagedKind::DaemonSet.immutable_fields_changed(&live, &desired));
+    live["spec"]["selector"]["matchLabels"]["app"] = "old".into();
+    assert!(ManagedKind::DaemonSet.immutable_fields_changed(&live, &desired));
+}
+
+#[test]
+fn features_the_release_does_not_serve_are_left_out_not_crash_looped() {
+    let served = plinth_driver::config::served_features();
+    let env = RenderEnv {
+        builtin_features: served,
+        ..full_env()
+    };
+    let r = render_ok(&fixture("minimal"), &env);
+    let names = container_names(controller_pod(&r));
+    assert_eq!(names.contains(&"csi-snapshotter"), served.snapshots);
+    assert_eq!(names.contains(&"csi-resizer"), served.expansion);
+}
+
+#[test]
+fn switching_off_a_declared_third_party_capability_drops_its_sidecar() {
+    let mut cr = fixture("third-party");
+    cr.spec.features.resize = Some(false);
+    let r = render_ok(&cr, &full_env());
+    assert!(container(controller_pod(&r), "csi-resizer").is_none());
+    assert!(cluster_role(&r, "plinth-acme-resizer").is_none());
+    assert!(
+        storage_classes(&r)
+            .iter()
+            .all(|sc| sc.allow_volume_expansion == Some(false))
+    );
+}
+
+#[test]
+fn group_snapshots_gate_needs_the_group_crds() {
+    let mut cr = fixture("minimal");
+    cr.spec.features.group_snapshots = Some(true);
+    let gate = "--feature-gates=CSIVolumeGroupSnapshot=true";
+    let with = render_ok(&cr, &full_env());
+    let snapshotter = container(controller_pod(&with), "csi-snapshotter").unwrap();
+    assert!(args(snapshotter).contains(&gate));
+    let role = cluster_role(&with, "plinth-local-snapshotter").unwrap();
+    assert!(role.rules.iter().flatten().any(|r| {
+        r.api_groups
+            .iter()
+            .flatten()
+            .any(|g| g == "groupsnapshot.storage.k8s.io")
+    }));
+
+    let without = RenderEnv {
+        group_snapshot_crds_present: false,
+        ..full_env()
+    };
+    let r = render_ok(&cr, &without);
+    let snapshotter = container(controller_pod(&r), "csi-snapshotter").unwrap();
+    assert!(!args(snapshotter).contains(&gate));
+    assert!(r.warnings.iter().any(|w| w.contains("VolumeGroupSnapshot")));
+    // Unset, group snapshots stay off even when the driver could: they need extra CRDs.
+    let default = render_ok(&fixture("minimal"), &full_env());
+    let snapshotter = container(controller_pod(&default), "csi-snapshotter").unwrap();
+    assert!(!args(snapshotter).contains(&gate));
+}

@@ -1,7 +1,8 @@
 //! `plinth-demo`: Plinth's main job on one machine, no cluster needed.
 //!
 //! 1. Starts the driver all-in-one on a temporary pool (in this process, on a real Unix
-//!    socket) and walks one volume through its life the way kubelet would.
+//!    socket), walks one volume through its life the way kubelet would, then takes a
+//!    snapshot, restores it and grows a volume online.
 //! 2. Shows what the operator would deploy for a sample `CsiDeployment`, and what changes
 //!    when a feature is switched off.
 //!
@@ -12,15 +13,11 @@ mod render_view;
 mod volume_walk;
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use plinth_driver::config::{Cli as DriverCli, Config};
-use plinth_driver::pool::Pool;
-use plinth_driver::state::Driver;
-use plinth_driver::{server, socket};
+use plinth_driver::server;
 use tokio::sync::oneshot;
 
 /// Plinth's standalone demo: the driver and the operator's rendering, no cluster needed.
@@ -88,12 +85,12 @@ async fn run(args: Args) -> Result<()> {
 
     let (stop, stopped) = oneshot::channel::<()>();
     let driver_task = tokio::spawn(start_driver(config, stopped));
-    let walk = volume_walk::walk(&socket_path, work.path(), args.size, &args.fs_type).await;
+    let walked = walk(&socket_path, work.path(), &args).await;
     // Stop the driver whatever the walk did, so the socket and pool are released before
     // the temporary directory goes.
     drop(stop);
     let served = driver_task.await.context("the driver task panicked")?;
-    walk?;
+    walked?;
     served?;
 
     println!();
@@ -103,6 +100,18 @@ async fn run(args: Args) -> Result<()> {
         .context("removing the demo's temporary directory")?;
     println!("\nDone: the temporary pool, socket and mounts are gone.");
     Ok(())
+}
+
+/// The driver's part: one volume's life, then snapshot, restore and expansion. Whatever
+/// fails, what the session created is undone before returning.
+async fn walk(socket: &std::path::Path, work: &std::path::Path, args: &Args) -> Result<()> {
+    let mut session = volume_walk::Session::connect(socket, work).await?;
+    let mut walked = session.lifecycle(args.size, &args.fs_type).await;
+    if walked.is_ok() {
+        walked = session.data_services().await;
+    }
+    session.clean_up().await;
+    walked
 }
 
 /// The driver needs root (loop devices, mount) and the mkfs tools: say so up front
@@ -134,15 +143,9 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
 /// The driver as `plinth-driver --mode all-in-one` runs it, in this process, until `stop`
 /// fires (or its sender is dropped).
 async fn start_driver(config: Config, stop: oneshot::Receiver<()>) -> Result<()> {
-    let (listener, socket_guard) = socket::bind(&config.socket)?;
-    let (dir, reserve) = (config.pool.clone(), config.pool_reserve);
-    let driver: Arc<Driver> = Driver::new(config);
-    let pool = tokio::task::spawn_blocking(move || Pool::open(dir, reserve)).await??;
-    driver.set_pool(pool);
     let shutdown = async {
         let _ = stop.await;
     };
-    server::serve(driver, listener, shutdown, Duration::from_secs(5)).await?;
-    drop(socket_guard);
+    server::run(config, shutdown).await?;
     Ok(())
 }

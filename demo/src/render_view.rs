@@ -55,10 +55,14 @@ pub fn show(file: Option<&Path>) -> Result<()> {
         println!("  warning: {warning}");
     }
 
+    // The edit a user makes: switch snapshots off and drop the classes that need them.
     let mut without = cr.clone();
     without.spec.features.snapshots = Some(false);
+    without.spec.volume_snapshot_classes = None;
     let after = render::render(&without, &env)?;
-    println!("  edit features.snapshots: false, and the operator prunes:");
+    println!(
+        "  edit features.snapshots: false (and drop volumeSnapshotClasses); the operator prunes:"
+    );
     for gone in difference(&rendered, &after) {
         println!("    - {gone}");
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::capabilities::DriverFeatures;
+use crate::ephemeral;
 
 /// The driver name Kubernetes knows the built-in driver by.
 pub const DEFAULT_DRIVER_NAME: &str = "local.csi.plinth.dev";
@@ -68,13 +69,13 @@ impl Feature {
 /// would make the CO deploy a sidecar that can only fail.
 pub fn served_features() -> DriverFeatures {
     DriverFeatures {
-        snapshots: false,
-        expansion: false,
-        clones: false,
-        ephemeral: false,
+        snapshots: true,
+        expansion: true,
+        clones: true,
+        ephemeral: true,
         capacity: true,
         topology: true,
-        group_snapshots: false,
+        group_snapshots: true,
     }
 }
 
@@ -131,6 +132,14 @@ pub struct Cli {
     #[arg(long, env = "PLINTH_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Size of an inline (ephemeral) volume whose attributes name no `size`.
+    #[arg(long, env = "PLINTH_EPHEMERAL_DEFAULT_SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub ephemeral_default_size: u64,
+
+    /// Largest inline (ephemeral) volume a pod spec may ask for.
+    #[arg(long, env = "PLINTH_EPHEMERAL_MAX_SIZE", default_value = "16GiB", value_parser = parse_size)]
+    pub ephemeral_max_size: u64,
+
     /// How long in-flight calls may run after SIGTERM before the driver exits anyway.
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub shutdown_grace_seconds: Duration,
@@ -150,6 +159,8 @@ pub struct Config {
     pub max_volumes_per_node: i64,
     pub topology_key: String,
     pub shutdown_grace: Duration,
+    /// Sizes of inline (ephemeral) volumes.
+    pub ephemeral: ephemeral::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +215,13 @@ impl Config {
                 reason: "must be a non-empty label key",
             });
         }
+        if cli.ephemeral_default_size == 0 || cli.ephemeral_default_size > cli.ephemeral_max_size {
+            return Err(ConfigError::Invalid {
+                flag: "ephemeral-default-size",
+                value: cli.ephemeral_default_size.to_string(),
+                reason: "must be above zero and at most --ephemeral-max-size",
+            });
+        }
         let mut requested = DriverFeatures::default();
         for feature in &cli.disable {
             feature.set(&mut requested, false);
@@ -215,23 +233,15 @@ impl Config {
             pool_reserve: cli.pool_reserve,
             driver_name: cli.driver_name,
             mode: cli.mode,
-            features: intersect(requested, served_features()),
+            features: requested.intersection(served_features()),
             max_volumes_per_node: cli.max_volumes_per_node,
             topology_key: cli.topology_key,
             shutdown_grace: cli.shutdown_grace_seconds,
+            ephemeral: ephemeral::Limits {
+                default_bytes: cli.ephemeral_default_size,
+                max_bytes: cli.ephemeral_max_size,
+            },
         })
-    }
-}
-
-fn intersect(a: DriverFeatures, b: DriverFeatures) -> DriverFeatures {
-    DriverFeatures {
-        snapshots: a.snapshots && b.snapshots,
-        expansion: a.expansion && b.expansion,
-        clones: a.clones && b.clones,
-        ephemeral: a.ephemeral && b.ephemeral,
-        capacity: a.capacity && b.capacity,
-        topology: a.topology && b.topology,
-        group_snapshots: a.group_snapshots && b.group_snapshots,
     }
 }
 

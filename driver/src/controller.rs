@@ -6,12 +6,12 @@ use std::sync::Arc;
 use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 
-use crate::advertise;
 use crate::error::Error;
 use crate::mount::FsType;
 use crate::pool::{self, GRANULARITY, VolumeAccess, VolumeId};
 use crate::state::{Driver, blocking};
 use crate::validate::{self, Access, existing_id};
+use crate::{advertise, expand_rpc, page, restore, snapshot_rpc};
 
 #[derive(Debug, Clone)]
 pub struct ControllerService {
@@ -41,7 +41,7 @@ impl ControllerService {
             capacity_bytes: i64::try_from(volume.size_bytes).unwrap_or(i64::MAX),
             volume_id: volume.id.to_string(),
             volume_context: Default::default(),
-            content_source: None,
+            content_source: volume.content_source.as_ref().map(restore::to_proto),
             accessible_topology: self.topology(),
         }
     }
@@ -53,12 +53,6 @@ impl ControllerService {
         let name = validate::name("name", &req.name)?.to_owned();
         let caps = validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
         let capacity = validate::capacity(req.capacity_range.as_ref())?;
-        if req.volume_content_source.is_some() {
-            return Err(Error::InvalidArgument {
-                field: "volume_content_source",
-                reason: "creating volumes from snapshots or volumes is not supported yet".into(),
-            });
-        }
         let config = &self.driver.config;
         if config.features.topology {
             validate::accessibility(
@@ -67,22 +61,37 @@ impl ControllerService {
                 &config.node_id,
             )?;
         }
-        let access = caps
-            .first()
-            .map(|c| c.access.volume_access())
-            .ok_or(Error::MissingField("volume_capabilities"))?;
+        let source = req
+            .volume_content_source
+            .as_ref()
+            .map(|s| restore::resolve(&self.driver, s))
+            .transpose()?;
+        let (access, capacity) = match &source {
+            Some(source) => restore::plan(source, &caps, capacity)?,
+            None => (
+                caps.first()
+                    .map(|c| c.access.volume_access())
+                    .ok_or(Error::MissingField("volume_capabilities"))?,
+                pool::CapacityRange::new(capacity.required, capacity.limit),
+            ),
+        };
         let pool = self.driver.pool()?;
-        let key = format!("name:{name}");
+        // The source is claimed too: it must not be deleted while it is copied.
+        let mut keys = vec![format!("name:{name}")];
+        keys.extend(source.as_ref().map(restore::Source::key));
         let request = pool::CreateVolumeRequest {
             name,
-            capacity: pool::CapacityRange::new(capacity.required, capacity.limit),
+            capacity,
             access,
             parameters: req.parameters.into_iter().collect::<BTreeMap<_, _>>(),
-            content_source: None,
+            content_source: source.as_ref().map(|s| s.content.clone()),
         };
         let (volume, created) = self
             .driver
-            .exclusive(&key, move || Ok(pool.create_volume(&request)?))
+            .exclusive_all(&keys, move || match &source {
+                Some(source) => restore::create(&pool, &request, source),
+                None => Ok(pool.create_volume(&request)?),
+            })
             .await?;
         tracing::Span::current().record("volume_id", volume.id.as_str());
         tracing::info!(?created, size = volume.size_bytes, "CreateVolume done");
@@ -156,33 +165,17 @@ impl ControllerService {
     /// Pages are ordered by volume ID; a token is the ID the next page starts at, so a
     /// volume deleted between pages does not invalidate it.
     fn list(&self, req: &v1::ListVolumesRequest) -> Result<v1::ListVolumesResponse, Error> {
-        let max = usize::try_from(req.max_entries).map_err(|_| Error::InvalidArgument {
-            field: "max_entries",
-            reason: format!("{} is negative", req.max_entries),
-        })?;
-        let start = if req.starting_token.is_empty() {
-            None
-        } else {
-            Some(
-                VolumeId::parse(&req.starting_token)
-                    .map_err(|_| Error::InvalidToken(req.starting_token.clone()))?,
-            )
-        };
+        let size = page::page_size(req.max_entries)?;
+        let start = page::start(&req.starting_token, VolumeId::parse)?;
         let volumes = self.driver.pool()?.list();
-        let mut rest = volumes
+        let (entries, next_token) = page::page(&volumes, |v| &v.id, start.as_ref(), size);
+        let entries = entries
             .iter()
-            .filter(|v| start.as_ref().is_none_or(|s| &v.id >= s))
-            .peekable();
-        let page_size = if max == 0 { usize::MAX } else { max };
-        let entries = rest
-            .by_ref()
-            .take(page_size)
             .map(|v| v1::list_volumes_response::Entry {
                 volume: Some(self.to_proto(v)),
                 status: None,
             })
             .collect();
-        let next_token = rest.peek().map(|v| v.id.to_string()).unwrap_or_default();
         Ok(v1::ListVolumesResponse {
             entries,
             next_token,
@@ -334,39 +327,56 @@ impl v1::controller_server::Controller for ControllerService {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name, source_volume_id, snapshot_id))]
     async fn create_snapshot(
         &self,
-        _request: Request<v1::CreateSnapshotRequest>,
+        request: Request<v1::CreateSnapshotRequest>,
     ) -> Result<Response<v1::CreateSnapshotResponse>, Status> {
-        unimplemented("CreateSnapshot")
+        Ok(Response::new(
+            snapshot_rpc::create(&self.driver, request.into_inner()).await?,
+        ))
     }
 
+    #[tracing::instrument(skip_all, fields(snapshot_id = %request.get_ref().snapshot_id))]
     async fn delete_snapshot(
         &self,
-        _request: Request<v1::DeleteSnapshotRequest>,
+        request: Request<v1::DeleteSnapshotRequest>,
     ) -> Result<Response<v1::DeleteSnapshotResponse>, Status> {
-        unimplemented("DeleteSnapshot")
+        Ok(Response::new(
+            snapshot_rpc::delete(&self.driver, request.into_inner()).await?,
+        ))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_snapshots(
         &self,
-        _request: Request<v1::ListSnapshotsRequest>,
+        request: Request<v1::ListSnapshotsRequest>,
     ) -> Result<Response<v1::ListSnapshotsResponse>, Status> {
-        unimplemented("ListSnapshots")
+        Ok(Response::new(snapshot_rpc::list(
+            &self.driver,
+            request.get_ref(),
+        )?))
     }
 
+    #[tracing::instrument(skip_all, fields(snapshot_id = %request.get_ref().snapshot_id))]
     async fn get_snapshot(
         &self,
-        _request: Request<v1::GetSnapshotRequest>,
+        request: Request<v1::GetSnapshotRequest>,
     ) -> Result<Response<v1::GetSnapshotResponse>, Status> {
-        unimplemented("GetSnapshot")
+        Ok(Response::new(snapshot_rpc::get(
+            &self.driver,
+            request.get_ref(),
+        )?))
     }
 
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
     async fn controller_expand_volume(
         &self,
-        _request: Request<v1::ControllerExpandVolumeRequest>,
+        request: Request<v1::ControllerExpandVolumeRequest>,
     ) -> Result<Response<v1::ControllerExpandVolumeResponse>, Status> {
-        unimplemented("ControllerExpandVolume")
+        Ok(Response::new(
+            expand_rpc::controller_expand(&self.driver, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]

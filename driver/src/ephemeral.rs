@@ -219,7 +219,7 @@ pub async fn node_publish(driver: &Driver, req: v1::NodePublishVolumeRequest) ->
             reason: "inline volumes are filesystems; block access is not offered for them".into(),
         });
     };
-    let mut spec = spec(&req.volume_context, limits(driver))?;
+    let mut spec = spec(&req.volume_context, driver.config.ephemeral)?;
     // Kubelet passes the pod spec's `fsType` in the capability.
     if let Some(fs) = fs {
         if req.volume_context.contains_key(FS_TYPE_KEY) && fs != spec.fs {
@@ -263,12 +263,6 @@ pub async fn node_unpublish(
             unpublish(&volumes, &kubelet_id, &target)
         })
         .await
-}
-
-/// The configured sizes of inline volumes.
-fn limits(driver: &Driver) -> Limits {
-    let _ = driver;
-    Limits::default()
 }
 
 /// Kubelet names inline volumes `csi-` and the hex SHA-256 of the pod and volume. An

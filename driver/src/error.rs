@@ -6,8 +6,10 @@
 
 use tonic::{Code, Status};
 
+use crate::grow::GrowError;
 use crate::mount::MountError;
 use crate::pool::PoolError;
+use crate::snapshot::SnapshotError;
 use crate::volume::VolumeError;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,10 @@ pub enum Error {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Mount(#[from] MountError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Grow(#[from] GrowError),
     #[error("starting_token {0:?} is not a token this driver issued")]
     InvalidToken(String),
     #[error("blocking task failed")]
@@ -58,6 +64,8 @@ impl Error {
             Self::Pool(e) => pool_code(e),
             Self::Volume(e) => volume_code(e),
             Self::Mount(e) => mount_code(e),
+            Self::Snapshot(e) => snapshot_code(e),
+            Self::Grow(e) => grow_code(e),
             // Spec (ListVolumes): an invalid starting_token is ABORTED.
             Self::InvalidToken(_) => Code::Aborted,
             Self::Task(_) => Code::Internal,
@@ -91,6 +99,43 @@ fn mount_code(e: &MountError) -> Code {
         | MountError::Sys { .. }
         | MountError::Mkfs { .. }
         | MountError::MountInfo { .. } => Code::Internal,
+    }
+}
+
+fn snapshot_code(e: &SnapshotError) -> Code {
+    match e {
+        // A malformed ID can never have been issued: it names nothing.
+        SnapshotError::InvalidId(_)
+        | SnapshotError::NotFound(_)
+        | SnapshotError::GroupNotFound(_)
+        | SnapshotError::SourceNotFound(_) => Code::NotFound,
+        SnapshotError::AlreadyExists { .. } => Code::AlreadyExists,
+        SnapshotError::Pending(_) => Code::Aborted,
+        // Spec (Snapshot.group_snapshot_id): members go with their group.
+        SnapshotError::InGroup { .. } => Code::FailedPrecondition,
+        SnapshotError::MembersMismatch { .. } | SnapshotError::InvalidRequest(_) => {
+            Code::InvalidArgument
+        }
+        SnapshotError::ResourceExhausted { .. } => Code::ResourceExhausted,
+        SnapshotError::Pool(e) => pool_code(e),
+        SnapshotError::Host(e) => mount_code(e),
+        SnapshotError::UnsupportedFormat { .. }
+        | SnapshotError::Io { .. }
+        | SnapshotError::Metadata { .. } => Code::Internal,
+    }
+}
+
+fn grow_code(e: &GrowError) -> Code {
+    match e {
+        GrowError::VolumeNotFound(_) | GrowError::NotAtPath { .. } => Code::NotFound,
+        // Spec (NodeExpandVolume): a filesystem that cannot grow while staged or
+        // published is FAILED_PRECONDITION, as is a volume not staged here at all.
+        GrowError::NotAttached(_)
+        | GrowError::NotPermitted { .. }
+        | GrowError::UnsupportedFs { .. } => Code::FailedPrecondition,
+        GrowError::Pool(e) => pool_code(e),
+        GrowError::Host(e) => mount_code(e),
+        GrowError::Tool { .. } => Code::Internal,
     }
 }
 

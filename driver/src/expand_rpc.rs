@@ -40,8 +40,11 @@ pub async fn controller_expand(
         return Err(Error::MissingField("capacity_range.required_bytes"));
     }
     // The size the range asks for, rounded like CreateVolume and never past the limit.
-    let wanted = image_size(CapacityRange::new(capacity.required, capacity.limit), GRANULARITY)
-        .map_err(|e| Error::OutOfRange(e.to_string()))?;
+    let wanted = image_size(
+        CapacityRange::new(capacity.required, capacity.limit),
+        GRANULARITY,
+    )
+    .map_err(|e| Error::OutOfRange(e.to_string()))?;
     if let Some(cap) = &req.volume_capability {
         validate::required_capability("volume_capability", Some(cap))?;
     }
@@ -72,7 +75,11 @@ pub async fn node_expand(
     let id = existing_id(&req.volume_id)?;
     let path = validate::path("volume_path", &req.volume_path, &driver.config.pool)?;
     if !req.staging_target_path.is_empty() {
-        validate::path("staging_target_path", &req.staging_target_path, &driver.config.pool)?;
+        validate::path(
+            "staging_target_path",
+            &req.staging_target_path,
+            &driver.config.pool,
+        )?;
     }
     if let Some(cap) = &req.volume_capability {
         validate::required_capability("volume_capability", Some(cap))?;

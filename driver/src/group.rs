@@ -84,10 +84,16 @@ impl GroupControllerService {
         let store = self.driver.snapshots()?;
         let (group, members, created) = self
             .driver
-            .exclusive_all(&keys, move || Ok(store.create_group(&pool, &name, &sources)?))
+            .exclusive_all(&keys, move || {
+                Ok(store.create_group(&pool, &name, &sources)?)
+            })
             .await?;
         tracing::Span::current().record("group_snapshot_id", group.id.as_str());
-        tracing::info!(?created, members = members.len(), "CreateVolumeGroupSnapshot done");
+        tracing::info!(
+            ?created,
+            members = members.len(),
+            "CreateVolumeGroupSnapshot done"
+        );
         Ok(v1::CreateVolumeGroupSnapshotResponse {
             group_snapshot: Some(to_proto(&group, &members)),
         })

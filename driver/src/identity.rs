@@ -29,7 +29,11 @@ impl v1::identity_server::Identity for IdentityService {
         Ok(Response::new(v1::GetPluginInfoResponse {
             name: self.driver.config.driver_name.clone(),
             vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest: Default::default(),
+            manifest: self
+                .driver
+                .snapshots()
+                .map(|s| s.filesystem().manifest())
+                .unwrap_or_default(),
         }))
     }
 

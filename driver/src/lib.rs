@@ -20,8 +20,12 @@ pub mod validate;
 
 // Part 2: snapshots, restore and clones, expansion, inline volumes, group snapshots.
 pub mod ephemeral;
+pub mod expand_rpc;
 pub mod freeze;
+pub mod group;
 pub mod grow;
 pub mod page;
 pub mod poolfs;
+pub mod restore;
 pub mod snapshot;
+pub mod snapshot_rpc;

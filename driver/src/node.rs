@@ -7,13 +7,13 @@ use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 use v1::volume_usage::Unit;
 
-use crate::advertise;
 use crate::error::Error;
 use crate::mount::mountinfo;
 use crate::pool::{Pool, VolumeId};
 use crate::state::{Driver, blocking};
 use crate::validate::{self, Access, Capability, existing_id};
 use crate::volume::{self, VolumeStats};
+use crate::{advertise, ephemeral, expand_rpc, grow};
 
 /// A read-only bind of a loop device node still lets the pod write the device (the mount
 /// flag covers the filesystem holding the node, not the device). Until the volume layer
@@ -50,6 +50,10 @@ impl NodeService {
                     &cap.access.node_access(),
                     cap.mode.read_only(),
                 )?;
+                if matches!(cap.access, Access::Mount { .. }) && !cap.mode.read_only() {
+                    let mounted = volume::resolve_path(&staging, volumes.pool().dir())?;
+                    grow::grow_restored(volumes.pool(), &id, &mounted)?;
+                }
                 tracing::debug!(?outcome, "NodeStageVolume done");
                 Ok(())
             })
@@ -71,6 +75,9 @@ impl NodeService {
     }
 
     async fn publish(&self, req: v1::NodePublishVolumeRequest) -> Result<(), Error> {
+        if ephemeral::is_ephemeral(&req.volume_context) {
+            return ephemeral::node_publish(&self.driver, req).await;
+        }
         let id = existing_id(&req.volume_id)?;
         let target = self.path("target_path", &req.target_path)?;
         let cap =
@@ -114,6 +121,9 @@ impl NodeService {
     }
 
     async fn unpublish(&self, req: v1::NodeUnpublishVolumeRequest) -> Result<(), Error> {
+        if ephemeral::node_unpublish(&self.driver, &req).await? {
+            return Ok(());
+        }
         let id = existing_id(&req.volume_id)?;
         let target = self.path("target_path", &req.target_path)?;
         let volumes = self.driver.volumes()?;
@@ -261,11 +271,14 @@ impl v1::node_server::Node for NodeService {
         Ok(Response::new(self.stats(request.into_inner()).await?))
     }
 
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
     async fn node_expand_volume(
         &self,
-        _request: Request<v1::NodeExpandVolumeRequest>,
+        request: Request<v1::NodeExpandVolumeRequest>,
     ) -> Result<Response<v1::NodeExpandVolumeResponse>, Status> {
-        Err(Error::Unimplemented("NodeExpandVolume").into())
+        Ok(Response::new(
+            expand_rpc::node_expand(&self.driver, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all)]

@@ -156,4 +156,3 @@ pub fn to_proto(content: &ContentSource) -> v1::VolumeContentSource {
         r#type: Some(r#type),
     }
 }
-

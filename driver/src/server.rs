@@ -1,6 +1,8 @@
-//! Serving the mode's CSI services on the Unix socket, with graceful shutdown.
+//! Running the driver: the socket, the pool opened in the background, the mode's CSI
+//! services, graceful shutdown. `plinth-driver` and the demo both start here.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +11,98 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
+use crate::config::Config;
 use crate::controller::ControllerService;
+use crate::error::{Error, chain};
+use crate::group::GroupControllerService;
 use crate::identity::IdentityService;
 use crate::node::NodeService;
+use crate::pool::Pool;
+use crate::snapshot::SnapshotStore;
+use crate::socket::{self, SocketError};
 use crate::state::Driver;
+use crate::{freeze, grow};
+
+/// Delay between attempts to open a pool that is not usable yet.
+const POOL_RETRY: Duration = Duration::from_secs(5);
+
+/// Why the driver could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen")]
+    Listen(#[from] SocketError),
+    #[error("server failed")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the driver until `shutdown` resolves. The socket is bound first, so kubelet and
+/// the sidecars can connect at once (Probe says not ready until the pool is open); the pool
+/// is opened in the background and retried; the socket is removed on the way out.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        driver = %config.driver_name,
+        node_id = %config.node_id,
+        mode = ?config.mode,
+        features = ?config.features,
+        socket = %config.socket.display(),
+        pool = %config.pool.display(),
+        "starting"
+    );
+    let (listener, socket_guard) = socket::bind(&config.socket)?;
+    if config.mode.serves_node() && config.features.expansion && !grow::can_grow_ext4_online() {
+        tracing::warn!(
+            "CAP_SYS_RESOURCE is not effective: mounted ext4 volumes cannot grow online here \
+             (NodeExpandVolume answers FAILED_PRECONDITION for them); xfs and block volumes can. \
+             Run the node plugin privileged."
+        );
+    }
+    let grace = config.shutdown_grace;
+    let driver = Driver::new(config);
+    let opening = tokio::spawn(open_pool(driver.clone()));
+    let served = serve(driver, listener, shutdown, grace).await;
+    opening.abort();
+    drop(socket_guard);
+    Ok(served?)
+}
+
+/// Opens (and recovers) the pool, retrying until it works: a pool on a volume that is
+/// mounted late should not need a restart.
+async fn open_pool(driver: Arc<Driver>) {
+    loop {
+        let dir = driver.config.pool.clone();
+        let reserve = driver.config.pool_reserve;
+        match tokio::task::spawn_blocking(move || open_storage(&dir, reserve)).await {
+            Ok(Ok((pool, snapshots))) => {
+                driver.set_snapshots(snapshots);
+                driver.set_pool(pool);
+                tracing::info!("pool ready");
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::error!(error = %chain(&error), "cannot open the pool; retrying");
+            }
+            Err(error) => tracing::error!(%error, "pool open task failed; retrying"),
+        }
+        tokio::time::sleep(POOL_RETRY).await;
+    }
+}
+
+/// The pool, its snapshots, and no filesystem left frozen by a crash mid-snapshot.
+fn open_storage(dir: &Path, reserve: u64) -> Result<(Pool, SnapshotStore), Error> {
+    let pool = Pool::open(dir, reserve)?;
+    let staged: Vec<_> = pool
+        .recovery()
+        .in_use
+        .iter()
+        .map(|(_, dev)| dev.clone())
+        .collect();
+    freeze::thaw_after_crash(&staged)?;
+    let snapshots = SnapshotStore::open(&pool)?;
+    let fs = snapshots.filesystem();
+    tracing::info!(pool_filesystem = %fs.kind, copy = fs.copy_method(), "snapshots ready");
+    Ok((pool, snapshots))
+}
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight calls finish
 /// for at most `grace`, and returns.
@@ -30,12 +120,19 @@ pub async fn serve(
     let node = mode
         .serves_node()
         .then(|| v1::node_server::NodeServer::new(NodeService::new(driver.clone())));
+    // Served exactly when GROUP_CONTROLLER_SERVICE is advertised.
+    let group = (mode.serves_controller() && driver.caps.can_group_snapshot()).then(|| {
+        v1::group_controller_server::GroupControllerServer::new(GroupControllerService::new(
+            driver.clone(),
+        ))
+    });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = Server::builder()
         .add_service(identity)
         .add_optional_service(controller)
         .add_optional_service(node)
+        .add_optional_service(group)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });

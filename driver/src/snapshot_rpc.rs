@@ -88,7 +88,10 @@ pub async fn delete(
     Ok(v1::DeleteSnapshotResponse {})
 }
 
-pub fn get(driver: &Driver, req: &v1::GetSnapshotRequest) -> Result<v1::GetSnapshotResponse, Error> {
+pub fn get(
+    driver: &Driver,
+    req: &v1::GetSnapshotRequest,
+) -> Result<v1::GetSnapshotResponse, Error> {
     require_feature(driver, "GetSnapshot")?;
     validate::volume_id("snapshot_id", &req.snapshot_id)?;
     let id = SnapshotId::parse(&req.snapshot_id).map_err(SnapshotError::from)?;

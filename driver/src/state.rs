@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::inflight::{Guard, InFlight};
 use crate::pool::Pool;
+use crate::snapshot::SnapshotStore;
 use crate::volume::NodeVolumes;
 
 /// How long a successful readiness check is trusted; Probe is called every few seconds
@@ -23,6 +24,7 @@ pub struct Driver {
     pub caps: Capabilities,
     pool: OnceLock<Arc<Pool>>,
     volumes: OnceLock<Arc<NodeVolumes>>,
+    snapshots: OnceLock<Arc<SnapshotStore>>,
     inflight: InFlight,
     last_ready: Mutex<Option<Instant>>,
 }
@@ -35,6 +37,7 @@ impl Driver {
             caps,
             pool: OnceLock::new(),
             volumes: OnceLock::new(),
+            snapshots: OnceLock::new(),
             inflight: InFlight::default(),
             last_ready: Mutex::new(None),
         })
@@ -52,6 +55,18 @@ impl Driver {
         {
             tracing::warn!("pool opened twice; keeping the first");
         }
+    }
+
+    /// Installs the pool's snapshot store; call before [`Driver::set_pool`], so a
+    /// ready driver always has both.
+    pub fn set_snapshots(&self, store: SnapshotStore) {
+        if self.snapshots.set(Arc::new(store)).is_err() {
+            tracing::warn!("snapshot store opened twice; keeping the first");
+        }
+    }
+
+    pub fn snapshots(&self) -> Result<Arc<SnapshotStore>, Error> {
+        self.snapshots.get().cloned().ok_or(Error::NotReady)
     }
 
     pub fn pool(&self) -> Result<Arc<Pool>, Error> {
@@ -78,6 +93,31 @@ impl Driver {
             .ok_or_else(|| Error::Pending(key.to_owned()))?;
         blocking(move || {
             let _claim = claim;
+            f()
+        })
+        .await
+    }
+
+    /// [`Driver::exclusive`] over several keys (a snapshot's name and its source
+    /// volume, say): all are claimed, or none and the call is ABORTED.
+    pub async fn exclusive_all<K, T, F>(&self, keys: &[K], f: F) -> Result<T, Error>
+    where
+        K: AsRef<str>,
+        F: FnOnce() -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut claims: Vec<Guard> = Vec::with_capacity(keys.len());
+        for key in keys {
+            let key = key.as_ref();
+            // On failure the claims taken so far drop here, releasing their keys.
+            claims.push(
+                self.inflight
+                    .try_claim(key)
+                    .ok_or_else(|| Error::Pending(key.to_owned()))?,
+            );
+        }
+        blocking(move || {
+            let _claims = claims;
             f()
         })
         .await

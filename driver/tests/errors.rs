@@ -302,7 +302,7 @@ async fn create_volume_capacity_and_compatibility_rules() {
         Code::AlreadyExists,
     );
 
-    // Content sources arrive with the snapshot work; until then a clean refusal.
+    // A content source naming a snapshot that does not exist.
     let mut from_snapshot = create_request(&name("from-snap"), cap.clone(), 16 * MIB, 0);
     from_snapshot.volume_content_source = Some(v1::VolumeContentSource {
         r#type: Some(v1::volume_content_source::Type::Snapshot(
@@ -313,7 +313,7 @@ async fn create_volume_capacity_and_compatibility_rules() {
     });
     assert_code(
         controller.create_volume(from_snapshot).await,
-        Code::InvalidArgument,
+        Code::NotFound,
     );
 }
 

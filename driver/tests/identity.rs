@@ -91,18 +91,21 @@ async fn all_in_one_advertises_what_it_serves() {
             "{cap:?} missing from {controller:?}"
         );
     }
-    // Not served yet by this build: must not be advertised either.
     for cap in [
         ControllerCap::CreateDeleteSnapshot,
+        ControllerCap::ListSnapshots,
+        ControllerCap::GetSnapshot,
         ControllerCap::ExpandVolume,
         ControllerCap::CloneVolume,
-        ControllerCap::PublishUnpublishVolume,
     ] {
         assert!(
-            !controller.contains(&cap),
-            "{cap:?} advertised but not served"
+            controller.contains(&cap),
+            "{cap:?} missing from {controller:?}"
         );
     }
+    assert!(services.contains(&ServiceCap::GroupControllerService));
+    // Local volumes need no attach step: never advertised, never served.
+    assert!(!controller.contains(&ControllerCap::PublishUnpublishVolume));
 
     let node: Vec<_> = driver
         .node()
@@ -120,7 +123,7 @@ async fn all_in_one_advertises_what_it_serves() {
         .collect();
     assert!(node.contains(&NodeCap::StageUnstageVolume));
     assert!(node.contains(&NodeCap::GetVolumeStats));
-    assert!(!node.contains(&NodeCap::ExpandVolume));
+    assert!(node.contains(&NodeCap::ExpandVolume));
 
     let info = driver
         .node()
@@ -174,8 +177,8 @@ async fn switched_off_features_are_neither_advertised_nor_served() {
 }
 
 #[tokio::test]
-async fn snapshot_and_expansion_rpcs_answer_unimplemented() {
-    let driver = TestDriver::start().await;
+async fn switched_off_snapshot_and_expansion_rpcs_answer_unimplemented() {
+    let driver = TestDriver::start_with(&["--disable=snapshots,expansion"]).await;
     let mut controller = driver.controller().await;
     assert_code(
         controller

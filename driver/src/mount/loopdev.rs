@@ -344,8 +344,8 @@ impl RwCache {
         let backing = Path::new(SYS_BLOCK)
             .join(format!("loop{}", dev.number))
             .join("loop/backing_file");
-        let bound = fs::read(&backing)
-            .is_ok_and(|b| trim_newline(&b) == image.as_os_str().as_bytes());
+        let bound =
+            fs::read(&backing).is_ok_and(|b| trim_newline(&b) == image.as_os_str().as_bytes());
         if bound && !dev.is_read_only() {
             return Some(dev);
         }

@@ -11,8 +11,10 @@
 //! ```
 //!
 //! Creating writes the (sparse, empty) image first, then the metadata (write temp, fsync,
-//! rename, fsync directory); deleting removes the metadata first. So an image without
-//! metadata is always an unfinished create or delete, and [`Pool::open`] removes it.
+//! rename, fsync directory); deleting removes the metadata first, then renames the image
+//! to `.<id>.deleted` for a background thread to unlink. So an image without metadata
+//! (under either name) is always an unfinished create or delete, and [`Pool::open`]
+//! removes it.
 //! Metadata carries a `formatVersion` and a `contentSource`, and snapshots get their own
 //! directory, so snapshots, clones, restore and expansion fit without a format change.
 //!
@@ -27,6 +29,7 @@
 mod copy;
 mod id;
 mod meta;
+mod reaper;
 mod size;
 
 use std::collections::{BTreeMap, HashMap};
@@ -96,7 +99,8 @@ pub struct CreateVolumeRequest {
     pub capacity: CapacityRange,
     pub access: VolumeAccess,
     pub parameters: BTreeMap<String, String>,
-    /// Must be `None` for now: [`PoolError::ContentSourceUnsupported`] otherwise.
+    /// Recorded with the volume; [`Pool::create_volume_from`] fills the image from it
+    /// ([`Pool::create_volume`] refuses it: [`PoolError::ContentSourceUnsupported`]).
     pub content_source: Option<ContentSource>,
 }
 
@@ -218,6 +222,7 @@ pub struct Pool {
     reserve_bytes: u64,
     index: Mutex<Index>,
     recovery: Recovery,
+    reaper: reaper::Reaper,
 }
 
 impl std::fmt::Debug for Pool {
@@ -249,6 +254,7 @@ impl Pool {
                 by_name: HashMap::new(),
             }),
             recovery: Recovery::default(),
+            reaper: reaper::Reaper::default(),
         };
         pool.check_ready()?;
         pool.recover()?;
@@ -301,10 +307,34 @@ impl Pool {
     }
 
     /// Create a volume, or return the existing one created under the same name.
-    #[tracing::instrument(skip_all, fields(name = %req.name))]
     pub fn create_volume(&self, req: &CreateVolumeRequest) -> Result<(Volume, Created), PoolError> {
+        self.create_volume_with(req, None)
+    }
+
+    /// Create a volume whose image `populate` writes from `req.content_source` (a
+    /// snapshot restore, a clone), or return the existing one created under the same
+    /// name from the same source. `populate` creates the image file at the path it is
+    /// given, at most the volume's size; the pool then grows it to the volume's size. It
+    /// runs before the metadata is committed, so a crash leaves an orphan image (removed
+    /// at the next open), never a committed volume without its data. It runs under the
+    /// pool's lock and must not call back into the pool except for paths and
+    /// [`Pool::attachment`].
+    pub fn create_volume_from(
+        &self,
+        req: &CreateVolumeRequest,
+        populate: Populate<'_>,
+    ) -> Result<(Volume, Created), PoolError> {
+        self.create_volume_with(req, Some(populate))
+    }
+
+    #[tracing::instrument(skip_all, fields(name = %req.name))]
+    fn create_volume_with(
+        &self,
+        req: &CreateVolumeRequest,
+        populate: Option<Populate<'_>>,
+    ) -> Result<(Volume, Created), PoolError> {
         validate_name(&req.name)?;
-        if req.content_source.is_some() {
+        if req.content_source.is_some() && populate.is_none() {
             return Err(PoolError::ContentSourceUnsupported);
         }
         let min = match req.access {
@@ -322,6 +352,8 @@ impl Pool {
                 Some("access type")
             } else if existing.parameters != req.parameters {
                 Some("parameters")
+            } else if existing.content_source != req.content_source {
+                Some("content source")
             } else {
                 None
             };
@@ -348,13 +380,16 @@ impl Pool {
             size_bytes: size,
             access: req.access,
             parameters: req.parameters.clone(),
-            content_source: None,
+            content_source: req.content_source.clone(),
             created_unix_ms: now_ms(),
         };
         let span = tracing::info_span!("create", volume_id = %id, size);
         let _guard = span.enter();
         let image = self.image_path(&id);
-        self.create_image(&image, size)?;
+        match populate {
+            None => self.create_image(&image, size)?,
+            Some(fill) => fill_image(&image, size, fill)?,
+        }
         if let Err(e) = self.write_record(&volume) {
             // Without metadata the image is an orphan: remove it now rather than at the
             // next open.
@@ -417,10 +452,17 @@ impl Pool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("remove", &meta)(e)),
         }
-        match fs::remove_file(&image) {
-            Ok(()) => {}
+        // The volume is gone now; freeing the image's blocks is left to the reaper (see
+        // `reaper`). The rename keeps the image name free and the file an orphan.
+        let trash = reaper::trash_path(&image).ok_or_else(|| PoolError::Io {
+            op: "rename",
+            path: image.clone(),
+            source: io::Error::other("image path without a file name"),
+        })?;
+        match fs::rename(&image, &trash) {
+            Ok(()) => self.reaper.remove(trash),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove", &image)(e)),
+            Err(e) => return Err(io_err("rename", &image)(e)),
         }
         if let Some(volume) = index.by_id.remove(id) {
             index.by_name.remove(&volume.name);
@@ -556,6 +598,15 @@ impl Pool {
                 tracing::warn!(path = %path.display(), "ignoring non-UTF-8 file in pool");
                 continue;
             };
+            if reaper::is_trash(&name) {
+                // An image DeleteVolume had renamed away when the process stopped.
+                match fs::remove_file(&path) {
+                    Ok(()) => recovery.removed_orphan_images.push(path),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("remove", &path)(e)),
+                }
+                continue;
+            }
             if meta::is_temp(&name) {
                 fs::remove_file(&path).map_err(io_err("remove", &path))?;
                 recovery.removed_temp_files.push(path);
@@ -657,6 +708,34 @@ impl Pool {
         }
         Ok(())
     }
+}
+
+/// Fills a new image from a content source: see [`Pool::create_volume_from`].
+pub type Populate<'a> = &'a dyn Fn(&Path) -> Result<(), PoolError>;
+
+/// Let `fill` write `image`, then grow it to `size` and make it durable; on any failure
+/// nothing is left at `image`.
+fn fill_image(image: &Path, size: u64, fill: Populate<'_>) -> Result<(), PoolError> {
+    let result = fill(image).and_then(|()| {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(image)
+            .map_err(io_err("open", image))?;
+        let len = file.metadata().map_err(io_err("stat", image))?.len();
+        if len > size {
+            // Truncating would cut the source's data: the caller sized the volume wrong.
+            return Err(io_err("fill", image)(io::Error::other(format!(
+                "source of {len} bytes does not fit a volume of {size} bytes"
+            ))));
+        }
+        file.set_len(size)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err("grow", image))
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(image);
+    }
+    result
 }
 
 fn read_record(path: &Path) -> Result<Volume, PoolError> {

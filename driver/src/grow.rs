@@ -12,8 +12,8 @@
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use crate::mount::fs::run_tool;
 use crate::mount::mountinfo::{self, find_mount_point};
 use crate::mount::{FsType, LoopDevice, MountError, loopdev};
 use crate::pool::{Pool, PoolError, VolumeId};
@@ -181,30 +181,22 @@ pub fn grow_filesystem(fs: FsType, device: &Path, mount_point: &Path) -> Result<
         // resize2fs finds the mount from the device and resizes online.
         FsType::Ext4 => ("resize2fs", device),
     };
-    let output = Command::new(tool)
-        .arg(target)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(MountError::io("spawn", Path::new(tool)))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-    if is_permission_refusal(&stderr) {
-        return Err(GrowError::NotPermitted {
-            fs,
-            device: device.to_path_buf(),
-            tool,
-            stderr,
-        });
-    }
-    Err(GrowError::Tool {
-        tool,
-        target: target.to_path_buf(),
-        status: output.status.to_string(),
-        stderr,
+    run_tool(tool, &[target.as_os_str()])?.map_err(|failed| {
+        if is_permission_refusal(&failed.stderr) {
+            GrowError::NotPermitted {
+                fs,
+                device: device.to_path_buf(),
+                tool,
+                stderr: failed.stderr,
+            }
+        } else {
+            GrowError::Tool {
+                tool,
+                target: target.to_path_buf(),
+                status: failed.status,
+                stderr: failed.stderr,
+            }
+        }
     })
 }
 

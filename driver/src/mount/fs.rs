@@ -3,6 +3,7 @@
 //! The driver formats only what [`detect`] calls [`Detected::Blank`]: a volume that holds
 //! anything — a known filesystem or unknown bytes — is never reformatted.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
@@ -160,9 +161,31 @@ pub fn classify(head: &[u8]) -> Detected {
 #[tracing::instrument(level = "debug", fields(fs = %fs, path = %path.display()))]
 pub fn mkfs(fs: FsType, path: &Path) -> Result<(), MountError> {
     let (tool, args) = fs.mkfs_command();
+    let mut argv: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    argv.push(path.as_os_str());
+    run_tool(tool, &argv)?.map_err(|failed| MountError::Mkfs {
+        tool,
+        path: path.to_path_buf(),
+        status: failed.status,
+        stderr: failed.stderr,
+    })
+}
+
+/// A filesystem tool that ran and failed: its exit status and what it said.
+#[derive(Debug)]
+pub struct ToolFailure {
+    pub status: String,
+    pub stderr: String,
+}
+
+/// Runs a filesystem tool (mkfs, resize2fs, xfs_growfs). The outer error is a tool that
+/// could not be started; the inner one a tool that ran and failed.
+pub fn run_tool(
+    tool: &'static str,
+    args: &[&OsStr],
+) -> Result<Result<(), ToolFailure>, MountError> {
     let output = Command::new(tool)
         .args(args)
-        .arg(path)
         // No stdin: a tool that wants confirmation (it found data) gets EOF and aborts.
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -170,14 +193,12 @@ pub fn mkfs(fs: FsType, path: &Path) -> Result<(), MountError> {
         .output()
         .map_err(MountError::io("spawn", Path::new(tool)))?;
     if output.status.success() {
-        return Ok(());
+        return Ok(Ok(()));
     }
-    Err(MountError::Mkfs {
-        tool,
-        path: path.to_path_buf(),
+    Ok(Err(ToolFailure {
         status: output.status.to_string(),
         stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -227,7 +227,7 @@ async fn expansion_misuse_gets_the_codes_the_spec_names() {
 #[tokio::test]
 async fn switched_off_expansion_is_neither_advertised_nor_served() {
     let driver = TestDriver::start_with(&["--disable=expansion"]).await;
-    let plugin = plugin_capabilities(&driver).await;
+    let plugin = driver.plugin_capabilities().await;
     assert!(
         plugin.iter().all(|c| !matches!(
             c.r#type,

@@ -213,7 +213,7 @@ async fn node_mode_and_switched_off_groups_do_not_serve_the_group_controller() {
                 .await,
             Code::Unimplemented,
         );
-        let plugin = plugin_capabilities(&driver).await;
+        let plugin = driver.plugin_capabilities().await;
         let group_service = v1::plugin_capability::service::Type::GroupControllerService as i32;
         assert!(plugin.iter().all(|c| !matches!(
             &c.r#type,

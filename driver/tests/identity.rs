@@ -13,13 +13,8 @@ use v1::plugin_capability::service::Type as ServiceCap;
 
 async fn plugin_services(driver: &TestDriver) -> Vec<ServiceCap> {
     driver
-        .identity()
+        .plugin_capabilities()
         .await
-        .get_plugin_capabilities(v1::GetPluginCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .capabilities
         .into_iter()
         .filter_map(|c| match c.r#type {
             Some(v1::plugin_capability::Type::Service(s)) => ServiceCap::try_from(s.r#type).ok(),
@@ -50,24 +45,12 @@ async fn controller_caps(driver: &TestDriver) -> Vec<ControllerCap> {
 #[tokio::test]
 async fn plugin_info_names_the_driver_and_its_version() {
     let driver = TestDriver::start().await;
-    let info = driver
-        .identity()
-        .await
-        .get_plugin_info(v1::GetPluginInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = driver.plugin_info().await;
     assert_eq!(info.name, "local.csi.plinth.dev");
     assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
 
     let custom = TestDriver::start_with(&["--driver-name=other.example.com"]).await;
-    let info = custom
-        .identity()
-        .await
-        .get_plugin_info(v1::GetPluginInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = custom.plugin_info().await;
     assert_eq!(info.name, "other.example.com");
 }
 

@@ -401,13 +401,7 @@ async fn on_an_xfs_pool_snapshots_and_restores_share_extents() {
     let mut driver = TestDriver::prepare(&[]);
     mount_xfs_pool(&driver);
     driver.spawn().await;
-    let info = driver
-        .identity()
-        .await
-        .get_plugin_info(v1::GetPluginInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = driver.plugin_info().await;
     assert_eq!(
         info.manifest.get("poolFilesystem").map(String::as_str),
         Some("xfs")

@@ -209,6 +209,27 @@ impl TestDriver {
         NodeClient::new(self.channel().await)
     }
 
+    /// GetPluginInfo.
+    pub async fn plugin_info(&self) -> v1::GetPluginInfoResponse {
+        self.identity()
+            .await
+            .get_plugin_info(v1::GetPluginInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// GetPluginCapabilities.
+    pub async fn plugin_capabilities(&self) -> Vec<v1::PluginCapability> {
+        self.identity()
+            .await
+            .get_plugin_capabilities(v1::GetPluginCapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .capabilities
+    }
+
     /// A fresh staging directory (the CO creates it, per the spec).
     pub fn staging(&self, name: &str) -> String {
         let path = self.dir.path().join("kubelet/staging").join(name);

@@ -156,18 +156,6 @@ pub async fn snapshot_ids(driver: &TestDriver) -> Vec<String> {
         .collect()
 }
 
-/// GetPluginCapabilities.
-pub async fn plugin_capabilities(driver: &TestDriver) -> Vec<v1::PluginCapability> {
-    driver
-        .identity()
-        .await
-        .get_plugin_capabilities(v1::GetPluginCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .capabilities
-}
-
 /// Write `text` to a file in a mounted volume WITHOUT fsync: only the driver's freeze
 /// makes it part of a snapshot.
 pub fn write_unsynced(dir: &str, file: &str, text: &str) {

@@ -1,6 +1,9 @@
 //! Helpers shared by the end-to-end suites: reaching the cluster, installing the CRD,
 //! running the operator in-process, and bounded waits that say what they waited for.
 
+pub mod quantity;
+pub mod timeline;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -10,6 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Reporter;
 use kube::{Client, CustomResourceExt};
+use plinth_driver::cluster::crd::{PoolNode, PoolSnapshot, PoolVolume};
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::metrics::Metrics;
 use serde_json::json;
@@ -38,8 +42,21 @@ pub async fn connect() -> anyhow::Result<Client> {
 /// Installs (or updates) the CsiDeployment CRD from the operator's types and waits until
 /// the API server serves it.
 pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
+    install_crd_of::<CsiDeployment>(client).await
+}
+
+/// Installs (or updates) the driver's cluster-mode CRDs (PoolVolume, PoolSnapshot,
+/// PoolNode) from the driver's types, as the suite does for its own CRD, so the checks
+/// read the resources the code under test defines.
+pub async fn install_pool_crds(client: &Client) -> anyhow::Result<()> {
+    install_crd_of::<PoolVolume>(client).await?;
+    install_crd_of::<PoolSnapshot>(client).await?;
+    install_crd_of::<PoolNode>(client).await
+}
+
+async fn install_crd_of<K: CustomResourceExt>(client: &Client) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = CsiDeployment::crd();
+    let crd = K::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
     api.patch(
         &name,
@@ -47,7 +64,7 @@ pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
         &Patch::Apply(&crd),
     )
     .await
-    .context("applying the CsiDeployment CRD")?;
+    .with_context(|| format!("applying the CRD {name}"))?;
     wait_for(
         &format!("CRD {name} to be Established"),
         Duration::from_secs(60),
@@ -148,6 +165,16 @@ where
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A [`wait_for`] probe's answer to "is everything gone?": done when `left` is empty,
+/// otherwise an error naming what is left, which the timeout message then carries.
+pub fn none_left(left: Vec<String>) -> anyhow::Result<Option<()>> {
+    if left.is_empty() {
+        Ok(Some(()))
+    } else {
+        bail!("still present: {left:?}")
     }
 }
 

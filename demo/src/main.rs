@@ -3,12 +3,16 @@
 //! 1. Starts the driver all-in-one on a temporary pool (in this process, on a real Unix
 //!    socket), walks one volume through its life the way kubelet would, then takes a
 //!    snapshot, restores it and grows a volume online.
-//! 2. Shows what the operator would deploy for a sample `CsiDeployment`, and what changes
+//! 2. Runs the driver as a cluster runs it: a controller-mode and a node-mode driver
+//!    talking only through the Kubernetes API (here a stand-in for it), and provisions a
+//!    volume through the controller on the node's pool.
+//! 3. Shows what the operator would deploy for a sample `CsiDeployment`, and what changes
 //!    when a feature is switched off.
 //!
 //! Everything it creates lives under one temporary directory and is removed at the end,
 //! also when a step fails.
 
+mod cluster_walk;
 mod render_view;
 mod volume_walk;
 
@@ -92,6 +96,8 @@ async fn run(args: Args) -> Result<()> {
     let served = driver_task.await.context("the driver task panicked")?;
     walked?;
     served?;
+
+    cluster_walk::show(work.path()).await?;
 
     println!();
     render_view::show(args.file.as_deref())?;

@@ -40,8 +40,23 @@ pub struct Session {
     published: Vec<Volume>,
 }
 
+/// A single-node writer mount of `fs_type`, as a PVC with ReadWriteOnce asks for.
+pub fn mount_capability(fs_type: &str) -> v1::VolumeCapability {
+    v1::VolumeCapability {
+        access_mode: Some(volume_capability::AccessMode {
+            mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+        }),
+        access_type: Some(volume_capability::AccessType::Mount(
+            volume_capability::MountVolume {
+                fs_type: fs_type.to_owned(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
 /// Runs `call`, prints the step with its time, and returns its result.
-async fn step<T, F>(name: &str, call: F, describe: impl FnOnce(&T) -> String) -> Result<T>
+pub async fn step<T, F>(name: &str, call: F, describe: impl FnOnce(&T) -> String) -> Result<T>
 where
     F: Future<Output = Result<T>>,
 {
@@ -170,17 +185,7 @@ impl Session {
         fs_type: &str,
         source: Option<volume_content_source::Type>,
     ) -> Result<Volume> {
-        let capability = v1::VolumeCapability {
-            access_mode: Some(volume_capability::AccessMode {
-                mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
-            }),
-            access_type: Some(volume_capability::AccessType::Mount(
-                volume_capability::MountVolume {
-                    fs_type: fs_type.to_owned(),
-                    ..Default::default()
-                },
-            )),
-        };
+        let capability = mount_capability(fs_type);
         let from = match &source {
             Some(volume_content_source::Type::Snapshot(s)) => {
                 format!(" from snapshot {}", s.snapshot_id)
@@ -522,7 +527,7 @@ impl Session {
     }
 }
 
-async fn connect(socket: &Path) -> Result<Channel> {
+pub async fn connect(socket: &Path) -> Result<Channel> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match plinth_csi_proto::connect_unix(socket).await {

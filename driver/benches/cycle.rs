@@ -56,6 +56,7 @@ fn run(dir: &Path, formatting: Formatting) {
         let target = dir.join(format!("target/{i}"));
         let request = CreateVolumeRequest {
             name: format!("bench-{i}"),
+            id: None,
             capacity: CapacityRange::new(SIZE, 0),
             access: VolumeAccess::Mount {
                 fs_type: FsType::Ext4,

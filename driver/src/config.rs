@@ -28,6 +28,11 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The controller and node of a cluster talk through the Kubernetes API.
+    pub fn is_cluster(self) -> bool {
+        !matches!(self, Self::AllInOne)
+    }
+
     pub fn serves_controller(self) -> bool {
         matches!(self, Self::AllInOne | Self::Controller)
     }
@@ -64,10 +69,17 @@ impl Feature {
     }
 }
 
-/// The features this build can actually serve. A feature outside this set is never
-/// advertised, whatever the flags say: advertising an RPC that answers UNIMPLEMENTED
-/// would make the CO deploy a sidecar that can only fail.
+/// The features a cluster deployment of this build (a controller-mode and a node-mode
+/// driver working as a pair) can actually serve; what the operator renders against. A
+/// feature outside this set is never advertised, whatever the flags say: advertising an
+/// RPC that answers UNIMPLEMENTED would make the CO deploy a sidecar that can only fail.
 pub fn served_features() -> DriverFeatures {
+    served_features_in(Mode::Controller)
+}
+
+/// The features this build serves in `mode`. Group snapshots need one point in time
+/// across volumes, which only one pool can give: all-in-one only, for now.
+pub fn served_features_in(mode: Mode) -> DriverFeatures {
     DriverFeatures {
         snapshots: true,
         expansion: true,
@@ -75,7 +87,7 @@ pub fn served_features() -> DriverFeatures {
         ephemeral: true,
         capacity: true,
         topology: true,
-        group_snapshots: true,
+        group_snapshots: mode == Mode::AllInOne,
     }
 }
 
@@ -143,6 +155,17 @@ pub struct Cli {
     /// How long in-flight calls may run after SIGTERM before the driver exits anyway.
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub shutdown_grace_seconds: Duration,
+
+    /// Cluster mode: how long a controller call waits for the node's answer before it
+    /// answers ABORTED (the sidecar retries and finds the work in progress). Keep it
+    /// below the sidecars' `--timeout`.
+    #[arg(long, env = "PLINTH_HANDOFF_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub handoff_timeout_seconds: Duration,
+
+    /// Cluster mode: how often the node plugin re-reads its pool's capacity (it publishes
+    /// only when the numbers changed, and at once after its own work).
+    #[arg(long, env = "PLINTH_CAPACITY_INTERVAL", default_value = "30", value_parser = parse_seconds)]
+    pub capacity_interval_seconds: Duration,
 }
 
 /// A validated configuration.
@@ -161,6 +184,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Sizes of inline (ephemeral) volumes.
     pub ephemeral: ephemeral::Limits,
+    /// Cluster mode: the longest a controller call waits for a node.
+    pub handoff_timeout: Duration,
+    /// Cluster mode: how often a node re-reads its capacity.
+    pub capacity_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +253,31 @@ impl Config {
         for feature in &cli.disable {
             feature.set(&mut requested, false);
         }
+        if cli.mode.is_cluster() {
+            // The node ID names the node's PoolNode and labels its work: it must be the
+            // Kubernetes node name.
+            if !is_dns_subdomain(&node_id) {
+                return Err(ConfigError::Invalid {
+                    flag: "node-id",
+                    value: node_id,
+                    reason: "in cluster mode it must be the Kubernetes node name (a lowercase DNS subdomain)",
+                });
+            }
+            if !requested.topology {
+                return Err(ConfigError::Invalid {
+                    flag: "disable",
+                    value: "topology".to_owned(),
+                    reason: "cluster mode needs topology: a volume lives on one node",
+                });
+            }
+            if cli.handoff_timeout_seconds.is_zero() {
+                return Err(ConfigError::Invalid {
+                    flag: "handoff-timeout-seconds",
+                    value: "0".to_owned(),
+                    reason: "must be at least one second",
+                });
+            }
+        }
         Ok(Self {
             socket,
             node_id,
@@ -233,7 +285,7 @@ impl Config {
             pool_reserve: cli.pool_reserve,
             driver_name: cli.driver_name,
             mode: cli.mode,
-            features: requested.intersection(served_features()),
+            features: requested.intersection(served_features_in(cli.mode)),
             max_volumes_per_node: cli.max_volumes_per_node,
             topology_key: cli.topology_key,
             shutdown_grace: cli.shutdown_grace_seconds,
@@ -241,6 +293,8 @@ impl Config {
                 default_bytes: cli.ephemeral_default_size,
                 max_bytes: cli.ephemeral_max_size,
             },
+            handoff_timeout: cli.handoff_timeout_seconds,
+            capacity_interval: cli.capacity_interval_seconds,
         })
     }
 }
@@ -317,6 +371,20 @@ fn check_label_value(flag: &'static str, value: &str) -> Result<(), ConfigError>
     }
 }
 
+/// A lowercase DNS subdomain (RFC 1123), as Kubernetes object names are.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && label.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
 fn is_valid_driver_name(name: &str) -> bool {
     name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -380,6 +448,35 @@ mod tests {
             served_features().snapshots,
             "a feature this build cannot serve must not be advertised"
         );
+    }
+
+    #[test]
+    fn cluster_modes_need_a_kubernetes_node_name_and_topology() {
+        let node = |args: &[&str]| {
+            let mut argv = vec!["plinth-driver", "--mode", "node"];
+            argv.extend_from_slice(args);
+            Config::from_cli(Cli::try_parse_from(argv).unwrap(), None)
+        };
+        assert!(node(&["--node-id", "worker-1.example"]).is_ok());
+        assert!(node(&["--node-id", "Worker_1"]).is_err());
+        assert!(node(&["--node-id", "worker-1", "--disable", "topology"]).is_err());
+        // All-in-one keeps accepting any label value.
+        let all_in_one = Cli::try_parse_from(["plinth-driver", "--node-id", "Worker_1"]).unwrap();
+        assert!(Config::from_cli(all_in_one, None).is_ok());
+    }
+
+    #[test]
+    fn group_snapshots_are_served_by_all_in_one_only() {
+        assert!(served_features_in(Mode::AllInOne).group_snapshots);
+        assert!(!served_features_in(Mode::Controller).group_snapshots);
+        assert!(!served_features().group_snapshots);
+        let config = Config::from_cli(
+            Cli::try_parse_from(["plinth-driver", "--node-id", "n1", "--mode", "controller"])
+                .unwrap(),
+            None,
+        )
+        .unwrap();
+        assert!(!config.features.group_snapshots);
     }
 
     #[test]

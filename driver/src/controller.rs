@@ -6,12 +6,13 @@ use std::sync::Arc;
 use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 
+use crate::cluster::handoff;
 use crate::error::Error;
 use crate::mount::FsType;
 use crate::pool::{self, GRANULARITY, VolumeAccess, VolumeId};
 use crate::state::{Driver, blocking};
 use crate::validate::{self, Access, existing_id};
-use crate::{advertise, expand_rpc, page, restore, snapshot_rpc};
+use crate::{advertise, expand_rpc, local, page, restore, snapshot_rpc};
 
 #[derive(Debug, Clone)]
 pub struct ControllerService {
@@ -53,6 +54,26 @@ impl ControllerService {
         let name = validate::name("name", &req.name)?.to_owned();
         let caps = validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
         let capacity = validate::capacity(req.capacity_range.as_ref())?;
+        if let Some(cluster) = self.driver.handoff() {
+            let source = req
+                .volume_content_source
+                .as_ref()
+                .map(|s| restore::requested(&self.driver, s))
+                .transpose()?;
+            let new = handoff::NewVolume {
+                name,
+                caps,
+                capacity,
+                requirement: req.accessibility_requirements,
+                parameters: req.parameters.into_iter().collect(),
+                source,
+            };
+            let volume = handoff::create_volume(cluster, new).await?;
+            tracing::Span::current().record("volume_id", volume.volume_id.as_str());
+            return Ok(v1::CreateVolumeResponse {
+                volume: Some(volume),
+            });
+        }
         let config = &self.driver.config;
         if config.features.topology {
             validate::accessibility(
@@ -67,7 +88,7 @@ impl ControllerService {
             .map(|s| restore::resolve(&self.driver, s))
             .transpose()?;
         let (access, capacity) = match &source {
-            Some(source) => restore::plan(source, &caps, capacity)?,
+            Some(source) => restore::plan(source.access, source.size_bytes, &caps, capacity)?,
             None => (
                 caps.first()
                     .map(|c| c.access.volume_access())
@@ -75,24 +96,15 @@ impl ControllerService {
                 pool::CapacityRange::new(capacity.required, capacity.limit),
             ),
         };
-        let pool = self.driver.pool()?;
-        // The source is claimed too: it must not be deleted while it is copied.
-        let mut keys = vec![format!("name:{name}")];
-        keys.extend(source.as_ref().map(restore::Source::key));
         let request = pool::CreateVolumeRequest {
             name,
+            id: None,
             capacity,
             access,
             parameters: req.parameters.into_iter().collect::<BTreeMap<_, _>>(),
             content_source: source.as_ref().map(|s| s.content.clone()),
         };
-        let (volume, created) = self
-            .driver
-            .exclusive_all(&keys, move || match &source {
-                Some(source) => restore::create(&pool, &request, source),
-                None => Ok(pool.create_volume(&request)?),
-            })
-            .await?;
+        let (volume, created) = local::create_volume(&self.driver, request, source).await?;
         tracing::Span::current().record("volume_id", volume.id.as_str());
         tracing::info!(?created, size = volume.size_bytes, "CreateVolume done");
         Ok(v1::CreateVolumeResponse {
@@ -109,11 +121,10 @@ impl ControllerService {
         let Ok(id) = VolumeId::parse(&req.volume_id) else {
             return Ok(v1::DeleteVolumeResponse {});
         };
-        let pool = self.driver.pool()?;
-        let key = id.to_string();
-        self.driver
-            .exclusive(&key, move || Ok(pool.delete_volume(&id)?))
-            .await?;
+        match self.driver.handoff() {
+            Some(cluster) => handoff::delete_volume(cluster, &id).await?,
+            None => local::delete_volume(&self.driver, id).await?,
+        }
         Ok(v1::DeleteVolumeResponse {})
     }
 
@@ -125,54 +136,33 @@ impl ControllerService {
         if req.volume_capabilities.is_empty() {
             return Err(Error::MissingField("volume_capabilities"));
         }
-        let volume = self.driver.pool()?.get(&id)?;
-        let refusal = |message: String| v1::ValidateVolumeCapabilitiesResponse {
-            confirmed: None,
-            message,
-        };
-        for cap in &req.volume_capabilities {
-            match validate::capability(cap) {
-                Err(validate::Unsupported(reason)) => return Ok(refusal(reason)),
-                Ok(c) if !c.access.fits(volume.access) => {
-                    return Ok(refusal(format!(
-                        "volume {id} is {}, which cannot serve {}",
-                        describe(volume.access),
-                        describe_request(&c.access)
-                    )));
-                }
-                Ok(_) => {}
+        let (access, parameters) = match self.driver.handoff() {
+            Some(cluster) => handoff::volume_shape(cluster, &id).await?,
+            None => {
+                let volume = self.driver.pool()?.get(&id)?;
+                (volume.access, volume.parameters)
             }
-        }
-        if !req.parameters.is_empty()
-            && req.parameters.iter().collect::<BTreeMap<_, _>>()
-                != volume.parameters.iter().collect::<BTreeMap<_, _>>()
-        {
-            return Ok(refusal(format!(
-                "volume {id} was created with other parameters"
-            )));
-        }
-        Ok(v1::ValidateVolumeCapabilitiesResponse {
-            confirmed: Some(v1::validate_volume_capabilities_response::Confirmed {
-                volume_context: req.volume_context,
-                volume_capabilities: req.volume_capabilities,
-                parameters: req.parameters,
-                mutable_parameters: Default::default(),
-            }),
-            message: String::new(),
-        })
+        };
+        Ok(confirm(&id, access, &parameters, req))
     }
 
     /// Pages are ordered by volume ID; a token is the ID the next page starts at, so a
     /// volume deleted between pages does not invalidate it.
-    fn list(&self, req: &v1::ListVolumesRequest) -> Result<v1::ListVolumesResponse, Error> {
+    async fn list(&self, req: &v1::ListVolumesRequest) -> Result<v1::ListVolumesResponse, Error> {
         let size = page::page_size(req.max_entries)?;
-        let start = page::start(&req.starting_token, VolumeId::parse)?;
-        let volumes = self.driver.pool()?.list();
-        let (entries, next_token) = page::page(&volumes, |v| &v.id, start.as_ref(), size);
+        let start = page::start(&req.starting_token, VolumeId::parse)?.map(|id| id.to_string());
+        let volumes = match self.driver.handoff() {
+            Some(cluster) => handoff::list_volumes(cluster).await?,
+            None => {
+                let volumes = self.driver.pool()?.list();
+                volumes.iter().map(|v| self.to_proto(v)).collect()
+            }
+        };
+        let (entries, next_token) = page::page(&volumes, |v| &v.volume_id, start.as_ref(), size);
         let entries = entries
             .iter()
             .map(|v| v1::list_volumes_response::Entry {
-                volume: Some(self.to_proto(v)),
+                volume: Some(v.clone()),
                 status: None,
             })
             .collect();
@@ -195,14 +185,6 @@ impl ControllerService {
             maximum_volume_size: Some(0),
             minimum_volume_size: None,
         };
-        if config.features.topology
-            && req
-                .accessible_topology
-                .as_ref()
-                .is_some_and(|t| !validate::is_this_node(t, &config.topology_key, &config.node_id))
-        {
-            return Ok(none);
-        }
         let mut minimum = GRANULARITY;
         for cap in &req.volume_capabilities {
             match validate::capability(cap) {
@@ -215,8 +197,20 @@ impl ControllerService {
                 Err(_) => return Ok(none),
             }
         }
-        let pool = self.driver.pool()?;
-        let available = blocking(move || pool.available().map_err(Error::from)).await?;
+        let available = match self.driver.handoff() {
+            Some(cluster) => handoff::available(cluster, req.accessible_topology.as_ref()).await?,
+            None => {
+                if config.features.topology
+                    && req.accessible_topology.as_ref().is_some_and(|t| {
+                        !validate::is_this_node(t, &config.topology_key, &config.node_id)
+                    })
+                {
+                    return Ok(none);
+                }
+                let pool = self.driver.pool()?;
+                blocking(move || pool.available().map_err(Error::from)).await?
+            }
+        };
         let available = i64::try_from(available).unwrap_or(i64::MAX);
         Ok(v1::GetCapacityResponse {
             available_capacity: available,
@@ -225,16 +219,61 @@ impl ControllerService {
         })
     }
 
-    fn get(
+    async fn get(
         &self,
         req: &v1::ControllerGetVolumeRequest,
     ) -> Result<v1::ControllerGetVolumeResponse, Error> {
         let id = existing_id(&req.volume_id)?;
-        let volume = self.driver.pool()?.get(&id)?;
+        let volume = match self.driver.handoff() {
+            Some(cluster) => handoff::get_volume(cluster, &id).await?,
+            None => self.to_proto(&self.driver.pool()?.get(&id)?),
+        };
         Ok(v1::ControllerGetVolumeResponse {
-            volume: Some(self.to_proto(&volume)),
+            volume: Some(volume),
             status: Some(Default::default()),
         })
+    }
+}
+
+/// ValidateVolumeCapabilities' answer for a volume of `access` created with
+/// `parameters`: confirmed, or a message saying what it cannot serve.
+fn confirm(
+    id: &VolumeId,
+    access: VolumeAccess,
+    parameters: &BTreeMap<String, String>,
+    req: v1::ValidateVolumeCapabilitiesRequest,
+) -> v1::ValidateVolumeCapabilitiesResponse {
+    let refusal = |message: String| v1::ValidateVolumeCapabilitiesResponse {
+        confirmed: None,
+        message,
+    };
+    for cap in &req.volume_capabilities {
+        match validate::capability(cap) {
+            Err(validate::Unsupported(reason)) => return refusal(reason),
+            Ok(c) if !c.access.fits(access) => {
+                return refusal(format!(
+                    "volume {id} is {}, which cannot serve {}",
+                    describe(access),
+                    describe_request(&c.access)
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    if !req.parameters.is_empty()
+        && req.parameters.iter().collect::<BTreeMap<_, _>>()
+            != parameters.iter().collect::<BTreeMap<_, _>>()
+    {
+        return refusal(format!("volume {id} was created with other parameters"));
+    }
+    v1::ValidateVolumeCapabilitiesResponse {
+        confirmed: Some(v1::validate_volume_capabilities_response::Confirmed {
+            volume_context: req.volume_context,
+            volume_capabilities: req.volume_capabilities,
+            parameters: req.parameters,
+            mutable_parameters: Default::default(),
+        }),
+        message: String::new(),
     }
 }
 
@@ -306,7 +345,7 @@ impl v1::controller_server::Controller for ControllerService {
         &self,
         request: Request<v1::ListVolumesRequest>,
     ) -> Result<Response<v1::ListVolumesResponse>, Status> {
-        Ok(Response::new(self.list(request.get_ref())?))
+        Ok(Response::new(self.list(request.get_ref()).await?))
     }
 
     #[tracing::instrument(skip_all)]
@@ -352,10 +391,9 @@ impl v1::controller_server::Controller for ControllerService {
         &self,
         request: Request<v1::ListSnapshotsRequest>,
     ) -> Result<Response<v1::ListSnapshotsResponse>, Status> {
-        Ok(Response::new(snapshot_rpc::list(
-            &self.driver,
-            request.get_ref(),
-        )?))
+        Ok(Response::new(
+            snapshot_rpc::list(&self.driver, request.get_ref()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(snapshot_id = %request.get_ref().snapshot_id))]
@@ -363,10 +401,9 @@ impl v1::controller_server::Controller for ControllerService {
         &self,
         request: Request<v1::GetSnapshotRequest>,
     ) -> Result<Response<v1::GetSnapshotResponse>, Status> {
-        Ok(Response::new(snapshot_rpc::get(
-            &self.driver,
-            request.get_ref(),
-        )?))
+        Ok(Response::new(
+            snapshot_rpc::get(&self.driver, request.get_ref()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
@@ -384,7 +421,7 @@ impl v1::controller_server::Controller for ControllerService {
         &self,
         request: Request<v1::ControllerGetVolumeRequest>,
     ) -> Result<Response<v1::ControllerGetVolumeResponse>, Status> {
-        Ok(Response::new(self.get(request.get_ref())?))
+        Ok(Response::new(self.get(request.get_ref()).await?))
     }
 
     async fn controller_modify_volume(

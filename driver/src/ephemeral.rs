@@ -137,6 +137,7 @@ pub fn publish(
     let pool = volumes.pool();
     let request = pool::CreateVolumeRequest {
         name: pool_name(kubelet_id)?,
+        id: None,
         capacity: CapacityRange::new(spec.size_bytes, 0),
         access: VolumeAccess::Mount { fs_type: spec.fs },
         parameters: BTreeMap::from([(PARAMETER.to_owned(), "true".to_owned())]),

@@ -6,6 +6,7 @@
 
 use tonic::{Code, Status};
 
+use crate::cluster::ClusterError;
 use crate::grow::GrowError;
 use crate::mount::MountError;
 use crate::pool::PoolError;
@@ -48,6 +49,8 @@ pub enum Error {
     InvalidToken(String),
     #[error("blocking task failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 impl Error {
@@ -69,6 +72,7 @@ impl Error {
             // Spec (ListVolumes): an invalid starting_token is ABORTED.
             Self::InvalidToken(_) => Code::Aborted,
             Self::Task(_) => Code::Internal,
+            Self::Cluster(e) => e.code(),
         }
     }
 }

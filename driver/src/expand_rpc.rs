@@ -7,11 +7,12 @@
 
 use plinth_csi_proto::v1;
 
+use crate::cluster::handoff;
 use crate::error::Error;
 use crate::pool::{CapacityRange, GRANULARITY, image_size};
 use crate::state::Driver;
 use crate::validate::{self, existing_id};
-use crate::volume;
+use crate::{local, volume};
 
 fn require_feature(driver: &Driver, rpc: &'static str) -> Result<(), Error> {
     if driver.config.features.expansion {
@@ -48,11 +49,10 @@ pub async fn controller_expand(
     if let Some(cap) = &req.volume_capability {
         validate::required_capability("volume_capability", Some(cap))?;
     }
-    let pool = driver.pool()?;
-    let key = id.to_string();
-    let size = driver
-        .exclusive(&key, move || Ok(pool.expand_volume(&id, wanted)?))
-        .await?;
+    let size = match driver.handoff() {
+        Some(cluster) => handoff::expand_volume(cluster, &id, wanted).await?,
+        None => local::expand_volume(driver, id, wanted).await?,
+    };
     if capacity.limit != 0 && size > capacity.limit {
         // Only possible when the volume was already larger than the limit.
         return Err(Error::OutOfRange(format!(

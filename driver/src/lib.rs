@@ -2,6 +2,7 @@
 //! attached through loop devices, formatted ext4/xfs or handed out as raw block).
 
 pub mod capabilities;
+pub mod cluster;
 pub mod mount;
 pub mod pool;
 pub mod volume;
@@ -12,6 +13,7 @@ pub mod controller;
 pub mod error;
 pub mod identity;
 pub mod inflight;
+pub mod local;
 pub mod node;
 pub mod server;
 pub mod socket;

@@ -33,12 +33,40 @@ pub struct Source {
 /// Resolve a request's `volume_content_source`. Sources of a switched-off feature are
 /// INVALID_ARGUMENT (the spec's "unsupported source"); a missing source is NOT_FOUND.
 pub fn resolve(driver: &Driver, source: &v1::VolumeContentSource) -> Result<Source, Error> {
+    resolve_content(driver, &requested(driver, source)?)
+}
+
+/// The content source a request names, if its feature is on.
+pub fn requested(
+    driver: &Driver,
+    source: &v1::VolumeContentSource,
+) -> Result<ContentSource, Error> {
     let features = driver.config.features;
     match &source.r#type {
         Some(SourceType::Snapshot(SnapshotSource { snapshot_id })) => {
             if !features.snapshots {
                 return Err(unsupported("restoring snapshots is switched off"));
             }
+            Ok(ContentSource::Snapshot {
+                snapshot_id: snapshot_id.clone(),
+            })
+        }
+        Some(SourceType::Volume(VolumeSource { volume_id })) => {
+            if !features.clones {
+                return Err(unsupported("cloning volumes is switched off"));
+            }
+            Ok(ContentSource::Volume {
+                volume_id: volume_id.clone(),
+            })
+        }
+        None => Err(Error::MissingField("volume_content_source.type")),
+    }
+}
+
+/// Find `content` in this node's pool (a missing source is NOT_FOUND).
+pub fn resolve_content(driver: &Driver, content: &ContentSource) -> Result<Source, Error> {
+    match content {
+        ContentSource::Snapshot { snapshot_id } => {
             let id = SnapshotId::parse(snapshot_id).map_err(SnapshotError::from)?;
             let store = driver.snapshots()?;
             let snapshot = store.get(&id)?;
@@ -52,10 +80,7 @@ pub fn resolve(driver: &Driver, source: &v1::VolumeContentSource) -> Result<Sour
                 live_volume: None,
             })
         }
-        Some(SourceType::Volume(VolumeSource { volume_id })) => {
-            if !features.clones {
-                return Err(unsupported("cloning volumes is switched off"));
-            }
+        ContentSource::Volume { volume_id } => {
             let id = existing_id(volume_id)?;
             let pool = driver.pool()?;
             let volume = pool.get(&id)?;
@@ -69,7 +94,6 @@ pub fn resolve(driver: &Driver, source: &v1::VolumeContentSource) -> Result<Sour
                 live_volume: Some(id),
             })
         }
-        None => Err(Error::MissingField("volume_content_source.type")),
     }
 }
 
@@ -94,28 +118,29 @@ fn unsupported(reason: &str) -> Error {
 /// capability must fit it: data is never reinterpreted as another filesystem or as
 /// raw blocks), and at least the source's size.
 pub fn plan(
-    source: &Source,
+    source_access: VolumeAccess,
+    source_size: u64,
     caps: &[Capability],
     capacity: Capacity,
 ) -> Result<(VolumeAccess, CapacityRange), Error> {
-    if let Some(cap) = caps.iter().find(|c| !c.access.fits(source.access)) {
+    if let Some(cap) = caps.iter().find(|c| !c.access.fits(source_access)) {
         return Err(Error::InvalidArgument {
             field: "volume_capabilities",
             reason: format!(
-                "the source holds {:?} data, which cannot be served as {:?}",
-                source.access, cap.access
+                "the source holds {source_access:?} data, which cannot be served as {:?}",
+                cap.access
             ),
         });
     }
-    if capacity.limit != 0 && capacity.limit < source.size_bytes {
+    if capacity.limit != 0 && capacity.limit < source_size {
         return Err(Error::OutOfRange(format!(
-            "capacity_range.limit_bytes {} is below the source's size {}",
-            capacity.limit, source.size_bytes
+            "capacity_range.limit_bytes {} is below the source's size {source_size}",
+            capacity.limit
         )));
     }
     Ok((
-        source.access,
-        CapacityRange::new(capacity.required.max(source.size_bytes), capacity.limit),
+        source_access,
+        CapacityRange::new(capacity.required.max(source_size), capacity.limit),
     ))
 }
 

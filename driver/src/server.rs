@@ -11,7 +11,8 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
-use crate::config::Config;
+use crate::cluster::{self, Cluster};
+use crate::config::{Config, Mode};
 use crate::controller::ControllerService;
 use crate::error::{Error, chain};
 use crate::group::GroupControllerService;
@@ -33,12 +34,32 @@ pub enum RunError {
     Listen(#[from] SocketError),
     #[error("server failed")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cluster mode needs the Kubernetes API: no in-cluster or KUBECONFIG configuration")]
+    Kube(#[source] kube::Error),
+    #[error("cluster mode ({0:?}) needs a Kubernetes API client")]
+    NoClient(Mode),
 }
 
-/// Runs the driver until `shutdown` resolves. The socket is bound first, so kubelet and
-/// the sidecars can connect at once (Probe says not ready until the pool is open); the pool
-/// is opened in the background and retried; the socket is removed on the way out.
+/// Runs the driver until `shutdown` resolves. In cluster mode the API client comes from
+/// the pod's service account or KUBECONFIG.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let client = if config.mode.is_cluster() {
+        Some(kube::Client::try_default().await.map_err(RunError::Kube)?)
+    } else {
+        None
+    };
+    run_with(config, client, shutdown).await
+}
+
+/// [`run`] with the API client given (cluster mode; ignored all-in-one). The socket is
+/// bound first, so kubelet and the sidecars can connect at once (Probe says not ready
+/// until the pool is open); the pool is opened in the background and retried; the
+/// socket is removed on the way out.
+pub async fn run_with(
+    config: Config,
+    client: Option<kube::Client>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         driver = %config.driver_name,
@@ -58,12 +79,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
     let grace = config.shutdown_grace;
+    let cluster = match (config.mode.is_cluster(), client) {
+        (false, _) => None,
+        (true, Some(client)) => Some(Cluster::new(client, &config)),
+        (true, None) => return Err(RunError::NoClient(config.mode)),
+    };
     let driver = Driver::new(config);
-    let opening = tokio::spawn(open_pool(driver.clone()));
+    if let Some(cluster) = cluster {
+        driver.set_cluster(cluster);
+    }
+    let background = tokio::spawn(background(driver.clone()));
     let served = serve(driver, listener, shutdown, grace).await;
-    opening.abort();
+    background.abort();
     drop(socket_guard);
     Ok(served?)
+}
+
+/// What runs beside the CSI server: the pool being opened (the controller of a cluster
+/// has none), then the node plugin's cluster agent.
+async fn background(driver: Arc<Driver>) {
+    let mode = driver.config.mode;
+    if mode.serves_node() {
+        open_pool(driver.clone()).await;
+    }
+    if mode == Mode::Node {
+        cluster::agent::run(driver).await;
+    }
 }
 
 /// Opens (and recovers) the pool, retrying until it works: a pool on a volume that is

@@ -340,17 +340,35 @@ impl SnapshotStore {
 
     /// Cut a snapshot of `source` named `name`, or return the one `name` already names.
     /// `ALREADY_EXISTS` when `name` names a snapshot of another volume.
-    #[tracing::instrument(skip(self, pool), fields(source_volume_id = %source))]
     pub fn create(
         &self,
         pool: &Pool,
         name: &str,
         source: &VolumeId,
     ) -> Result<(Snapshot, Created), SnapshotError> {
+        self.create_as(pool, name, source, None)
+    }
+
+    /// [`SnapshotStore::create`] under a chosen ID (cluster mode derives it from the
+    /// name); `None` draws a random one.
+    #[tracing::instrument(skip(self, pool), fields(source_volume_id = %source))]
+    pub fn create_as(
+        &self,
+        pool: &Pool,
+        name: &str,
+        source: &VolumeId,
+        id: Option<SnapshotId>,
+    ) -> Result<(Snapshot, Created), SnapshotError> {
         let _pending = {
             let mut index = self.lock();
-            if let Some(id) = index.by_name.get(name) {
-                let existing = &index.snapshots[id];
+            if let Some(existing_id) = index.by_name.get(name) {
+                let existing = &index.snapshots[existing_id];
+                if id.as_ref().is_some_and(|want| want != existing_id) {
+                    return Err(SnapshotError::AlreadyExists {
+                        name: name.to_owned(),
+                        existing: format!("snapshot {existing_id}"),
+                    });
+                }
                 return if existing.source_volume_id == *source {
                     Ok((existing.clone(), Created::Existing))
                 } else {
@@ -360,9 +378,17 @@ impl SnapshotStore {
                     })
                 };
             }
+            if let Some(taken) = id.as_ref().filter(|id| index.snapshots.contains_key(*id)) {
+                return Err(SnapshotError::AlreadyExists {
+                    name: name.to_owned(),
+                    existing: format!("snapshot {taken} under another name"),
+                });
+            }
             self.claim_name(&mut index, name)?
         };
-        let mut cut = self.cut(pool, std::slice::from_ref(source))?;
+        let mut chosen = id;
+        let mut next_id = || chosen.take().map_or_else(SnapshotId::generate, Ok);
+        let mut cut = self.cut(pool, std::slice::from_ref(source), &mut next_id)?;
         let (taken, mut snapshot) = cut.pop().ok_or_else(|| {
             SnapshotError::InvalidRequest("no source volume to snapshot".to_owned())
         })?;
@@ -397,13 +423,13 @@ impl SnapshotStore {
         &self,
         pool: &Pool,
         sources: &[VolumeId],
+        next_id: &mut dyn FnMut() -> io::Result<SnapshotId>,
     ) -> Result<Vec<(Planned, Snapshot)>, SnapshotError> {
         let mut planned = Vec::with_capacity(sources.len());
         let mut needed: u64 = 0;
         for source in sources {
             let volume = pool.get(source)?;
-            let id =
-                SnapshotId::generate().map_err(io_err("generate id", Path::new("/dev/urandom")))?;
+            let id = next_id().map_err(io_err("generate id", Path::new("/dev/urandom")))?;
             needed = needed.saturating_add(self.copy_cost(&pool.image_path(source))?);
             let image = self.image_path(&id);
             planned.push(Planned { id, volume, image });
@@ -579,7 +605,7 @@ impl SnapshotStore {
         };
         let group_id =
             GroupId::generate().map_err(io_err("generate id", Path::new("/dev/urandom")))?;
-        let cut = self.cut(pool, sources)?;
+        let cut = self.cut(pool, sources, &mut SnapshotId::generate)?;
         let remove_all = |cut: &[(Planned, Snapshot)]| {
             for (p, s) in cut {
                 let _ = self.remove_record(s.id.as_str());

@@ -7,11 +7,12 @@
 
 use plinth_csi_proto::v1;
 
+use crate::cluster::handoff;
 use crate::error::Error;
-use crate::page;
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotId};
 use crate::state::Driver;
 use crate::validate::{self, existing_id};
+use crate::{local, page};
 
 fn require_feature(driver: &Driver, rpc: &'static str) -> Result<(), Error> {
     if driver.config.features.snapshots {
@@ -57,12 +58,14 @@ pub async fn create(
     validate::required("source_volume_id", &req.source_volume_id)?;
     let source = existing_id(&req.source_volume_id)?;
     tracing::Span::current().record("source_volume_id", source.as_str());
-    let pool = driver.pool()?;
-    let store = driver.snapshots()?;
-    let keys = [format!("snapshot:{name}"), source.to_string()];
-    let (snapshot, created) = driver
-        .exclusive_all(&keys, move || Ok(store.create(&pool, &name, &source)?))
-        .await?;
+    if let Some(cluster) = driver.handoff() {
+        let snapshot = handoff::create_snapshot(cluster, &name, &source).await?;
+        tracing::Span::current().record("snapshot_id", snapshot.snapshot_id.as_str());
+        return Ok(v1::CreateSnapshotResponse {
+            snapshot: Some(snapshot),
+        });
+    }
+    let (snapshot, created) = local::create_snapshot(driver, name, source, None).await?;
     tracing::Span::current().record("snapshot_id", snapshot.id.as_str());
     tracing::info!(?created, method = %snapshot.copy_method, "CreateSnapshot done");
     Ok(v1::CreateSnapshotResponse {
@@ -80,51 +83,53 @@ pub async fn delete(
     let Ok(id) = SnapshotId::parse(&req.snapshot_id) else {
         return Ok(v1::DeleteSnapshotResponse {});
     };
-    let store = driver.snapshots()?;
-    let key = id.to_string();
-    driver
-        .exclusive(&key, move || Ok(store.delete(&id)?))
-        .await?;
+    match driver.handoff() {
+        Some(cluster) => handoff::delete_snapshot(cluster, &id).await?,
+        None => local::delete_snapshot(driver, id).await?,
+    }
     Ok(v1::DeleteSnapshotResponse {})
 }
 
-pub fn get(
+pub async fn get(
     driver: &Driver,
     req: &v1::GetSnapshotRequest,
 ) -> Result<v1::GetSnapshotResponse, Error> {
     require_feature(driver, "GetSnapshot")?;
     validate::volume_id("snapshot_id", &req.snapshot_id)?;
     let id = SnapshotId::parse(&req.snapshot_id).map_err(SnapshotError::from)?;
-    let snapshot = driver.snapshots()?.get(&id)?;
+    let snapshot = match driver.handoff() {
+        Some(cluster) => handoff::get_snapshot(cluster, &id).await?,
+        None => to_proto(&driver.snapshots()?.get(&id)?),
+    };
     Ok(v1::GetSnapshotResponse {
-        snapshot: Some(to_proto(&snapshot)),
+        snapshot: Some(snapshot),
     })
 }
 
 /// Pages are ordered by snapshot ID; a token is the ID the next page starts at, so a
 /// snapshot deleted between pages does not invalidate it. Filters that name something
 /// that does not exist give an empty list, as the spec asks.
-pub fn list(
+pub async fn list(
     driver: &Driver,
     req: &v1::ListSnapshotsRequest,
 ) -> Result<v1::ListSnapshotsResponse, Error> {
     require_feature(driver, "ListSnapshots")?;
     let size = page::page_size(req.max_entries)?;
-    let start = page::start(&req.starting_token, SnapshotId::parse)?;
-    let matching: Vec<Snapshot> = driver
-        .snapshots()?
-        .list()
+    let start = page::start(&req.starting_token, SnapshotId::parse)?.map(|id| id.to_string());
+    let all = match driver.handoff() {
+        Some(cluster) => handoff::list_snapshots(cluster).await?,
+        None => driver.snapshots()?.list().iter().map(to_proto).collect(),
+    };
+    let matching: Vec<v1::Snapshot> = all
         .into_iter()
-        .filter(|s| req.snapshot_id.is_empty() || s.id.as_str() == req.snapshot_id)
-        .filter(|s| {
-            req.source_volume_id.is_empty() || s.source_volume_id.as_str() == req.source_volume_id
-        })
+        .filter(|s| req.snapshot_id.is_empty() || s.snapshot_id == req.snapshot_id)
+        .filter(|s| req.source_volume_id.is_empty() || s.source_volume_id == req.source_volume_id)
         .collect();
-    let (entries, next_token) = page::page(&matching, |s| &s.id, start.as_ref(), size);
+    let (entries, next_token) = page::page(&matching, |s| &s.snapshot_id, start.as_ref(), size);
     let entries = entries
         .iter()
         .map(|s| v1::list_snapshots_response::Entry {
-            snapshot: Some(to_proto(s)),
+            snapshot: Some(s.clone()),
         })
         .collect();
     Ok(v1::ListSnapshotsResponse {

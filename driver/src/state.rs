@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use crate::capabilities::Capabilities;
-use crate::config::Config;
+use crate::cluster::Cluster;
+use crate::config::{Config, Mode};
 use crate::error::Error;
 use crate::inflight::{Guard, InFlight};
 use crate::pool::Pool;
@@ -25,6 +26,7 @@ pub struct Driver {
     pool: OnceLock<Arc<Pool>>,
     volumes: OnceLock<Arc<NodeVolumes>>,
     snapshots: OnceLock<Arc<SnapshotStore>>,
+    cluster: OnceLock<Cluster>,
     inflight: InFlight,
     last_ready: Mutex<Option<Instant>>,
 }
@@ -38,6 +40,7 @@ impl Driver {
             pool: OnceLock::new(),
             volumes: OnceLock::new(),
             snapshots: OnceLock::new(),
+            cluster: OnceLock::new(),
             inflight: InFlight::default(),
             last_ready: Mutex::new(None),
         })
@@ -63,6 +66,26 @@ impl Driver {
         if self.snapshots.set(Arc::new(store)).is_err() {
             tracing::warn!("snapshot store opened twice; keeping the first");
         }
+    }
+
+    /// Installs the API client of cluster mode.
+    pub fn set_cluster(&self, cluster: Cluster) {
+        if self.cluster.set(cluster).is_err() {
+            tracing::warn!("cluster client set twice; keeping the first");
+        }
+    }
+
+    /// The cluster-mode context; `None` in all-in-one mode.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
+    }
+
+    /// The cluster context of a controller-mode driver, which hands every volume call
+    /// to a node; `None` when this process serves from its own pool.
+    pub fn handoff(&self) -> Option<&Cluster> {
+        (self.config.mode == Mode::Controller)
+            .then(|| self.cluster.get())
+            .flatten()
     }
 
     pub fn snapshots(&self) -> Result<Arc<SnapshotStore>, Error> {
@@ -123,8 +146,12 @@ impl Driver {
         .await
     }
 
-    /// Probe: the pool is open and still writable. Concurrent probes share one check.
+    /// Probe: the pool is open and still writable (a controller-mode driver has no pool:
+    /// it is ready once it has its API client). Concurrent probes share one check.
     pub async fn ready(&self) -> bool {
+        if self.config.mode == Mode::Controller {
+            return self.cluster.get().is_some();
+        }
         let Ok(pool) = self.pool() else {
             return false;
         };

@@ -203,9 +203,18 @@ async fn group_snapshot_misuse_gets_the_codes_the_spec_names() {
 }
 
 #[tokio::test]
-async fn node_mode_and_switched_off_groups_do_not_serve_the_group_controller() {
-    for args in [&["--mode=node"][..], &["--disable=group-snapshots"][..]] {
-        let driver = TestDriver::start_with(args).await;
+async fn cluster_modes_and_switched_off_groups_do_not_serve_the_group_controller() {
+    let cluster = stand_in().await;
+    for args in [
+        &["--mode=node"][..],
+        &["--mode=controller"][..],
+        &["--disable=group-snapshots"][..],
+    ] {
+        let driver = if args[0].starts_with("--mode") {
+            cluster.driver(NODE_ID, args).await
+        } else {
+            TestDriver::start_with(args).await
+        };
         let mut group = GroupControllerClient::new(driver.channel().await);
         assert_code(
             group

@@ -197,7 +197,8 @@ async fn switched_off_snapshot_and_expansion_rpcs_answer_unimplemented() {
 
 #[tokio::test]
 async fn node_mode_serves_identity_and_node_only() {
-    let driver = TestDriver::start_with(&["--mode=node"]).await;
+    let cluster = stand_in().await;
+    let driver = cluster.driver(NODE_ID, &["--mode=node"]).await;
     assert!(
         !plugin_services(&driver)
             .await
@@ -221,7 +222,8 @@ async fn node_mode_serves_identity_and_node_only() {
 
 #[tokio::test]
 async fn controller_mode_serves_identity_and_controller_only() {
-    let driver = TestDriver::start_with(&["--mode=controller"]).await;
+    let cluster = stand_in().await;
+    let driver = cluster.driver(NODE_ID, &["--mode=controller"]).await;
     assert!(
         plugin_services(&driver)
             .await
@@ -236,4 +238,19 @@ async fn controller_mode_serves_identity_and_controller_only() {
         Code::Unimplemented,
     );
     assert!(!controller_caps(&driver).await.is_empty());
+}
+
+#[tokio::test]
+async fn cluster_modes_without_an_api_server_exit_saying_so() {
+    for mode in ["--mode=controller", "--mode=node"] {
+        let mut driver = TestDriver::prepare(&[mode]).env("KUBECONFIG", "/nonexistent/kubeconfig");
+        driver.spawn_unready();
+        let status = driver.wait_exit(std::time::Duration::from_secs(30)).await;
+        assert!(!status.success(), "{mode} started without an API server");
+        assert!(
+            driver.log().contains("needs the Kubernetes API"),
+            "{mode} exited without saying why:\n{}",
+            driver.log()
+        );
+    }
 }

@@ -233,11 +233,14 @@ pub struct Features {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_tracking: Option<bool>,
     /// Topology: volumes are bound to the node holding them (the provisioner's Topology
-    /// feature gate). Local volumes without topology are only safe on one-node clusters.
+    /// feature gate). Required by the built-in driver, whose volumes live in one node's
+    /// pool; only a third-party driver can switch it off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<bool>,
     /// VolumeGroupSnapshots (beta upstream): the snapshotter's CSIVolumeGroupSnapshot
-    /// feature gate and its RBAC. Off unless set: it needs the group snapshot CRDs.
+    /// feature gate and its RBAC. Off unless set: it needs the group snapshot CRDs. Third-
+    /// party drivers only: the built-in driver's volumes live in different nodes' pools,
+    /// with no point in time across them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_snapshots: Option<bool>,
 }
@@ -275,6 +278,8 @@ pub struct ControllerSpec {
     pub resources: BTreeMap<String, ResourceRequirements>,
 
     /// Timeout of the sidecars' CSI calls (their `--timeout`), a Go duration such as `60s`.
+    /// The built-in controller waits half of it for the node plugin before answering
+    /// ABORTED (the sidecar retries), so it needs at least `2s`.
     #[serde(default = "default_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub timeout: String,

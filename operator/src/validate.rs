@@ -10,6 +10,7 @@ use plinth_driver::capabilities::{ControllerCapability, Sidecar};
 
 use crate::crd::{CsiDeployment, LifecycleMode};
 use crate::render::RenderEnv;
+use crate::render::controller::{MIN_BUILTIN_TIMEOUT_MILLIS, go_duration_millis};
 use crate::render::images;
 use crate::render::names::MAX_CR_NAME;
 use crate::render::plan::{Feature, Plan};
@@ -188,6 +189,49 @@ fn driver(cr: &CsiDeployment, errors: &mut Errors) {
     }
 }
 
+/// The built-in driver runs as a controller and node plugins that hand work to each other
+/// through the API: some features follow from that design, not from the release.
+fn builtin_features(cr: &CsiDeployment, env: &RenderEnv, errors: &mut Errors) {
+    let f = &cr.spec.features;
+    let served = env.builtin_features.capabilities();
+    for feature in Feature::ALL {
+        if feature.switch(f) != Some(true) || feature.served_by(&served) {
+            continue;
+        }
+        let message = match feature {
+            Feature::GroupSnapshots => {
+                "the built-in driver does not serve group snapshots in a cluster: its \
+                 volumes live in different nodes' pools, and no single point in time spans \
+                 them; unset it or set it to false"
+            }
+            _ => {
+                "the built-in driver of this release does not serve it yet: unset it \
+                 (unset features follow what the driver serves) or set it to false"
+            }
+        };
+        errors.add(format!("spec.features.{}", feature.field()), message);
+    }
+    if f.topology == Some(false) {
+        errors.add(
+            "spec.features.topology",
+            "the built-in driver needs topology: each volume lives in one node's pool, so \
+             the provisioner must create it where the pod is scheduled; unset it or set it \
+             to true",
+        );
+    }
+    let timeout = &cr.spec.controller.timeout;
+    if go_duration_millis(timeout).is_none_or(|ms| ms < MIN_BUILTIN_TIMEOUT_MILLIS) {
+        errors.add(
+            "spec.controller.timeout",
+            format!(
+                "{timeout:?} is too short for the built-in driver: its controller waits half \
+                 the sidecars' timeout for the node plugin before answering ABORTED, and \
+                 needs at least a second of that; use 2s or more (60s is the default)"
+            ),
+        );
+    }
+}
+
 fn features(cr: &CsiDeployment, env: &RenderEnv, errors: &mut Errors) {
     let f = &cr.spec.features;
     if f.group_snapshots == Some(true) && f.snapshots == Some(false) {
@@ -197,16 +241,7 @@ fn features(cr: &CsiDeployment, env: &RenderEnv, errors: &mut Errors) {
         );
     }
     let Some(third) = &cr.spec.driver.third_party else {
-        let served = env.builtin_features.capabilities();
-        for feature in Feature::ALL {
-            if feature.switch(f) == Some(true) && !feature.served_by(&served) {
-                errors.add(
-                    format!("spec.features.{}", feature.field()),
-                    "the built-in driver of this release does not serve it yet: unset it \
-                     (unset features follow what the driver serves) or set it to false",
-                );
-            }
-        }
+        builtin_features(cr, env, errors);
         return;
     };
     for feature in Feature::ALL {

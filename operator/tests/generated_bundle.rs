@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use generated_support::{read, repo_root, yaml};
 use k8s_openapi::api::rbac::v1::PolicyRule;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use plinth_driver::capabilities::{DriverFeatures, Sidecar};
 use plinth_operator::crd::CsiDeployment;
@@ -206,13 +207,91 @@ fn install_strategy_is_the_generated_deployment_and_rbac() {
     }
 }
 
+/// The operator's CRD and the built-in driver's, as the code defines them.
+fn all_crds() -> Vec<CustomResourceDefinition> {
+    std::iter::once(CsiDeployment::crd())
+        .chain(generate::driver_crds())
+        .collect()
+}
+
 #[test]
-fn bundle_crd_is_byte_identical_to_config_crd() {
-    let config = read(&format!("config/crd/bases/{}", generate::CRD_FILE));
-    let bundle = read(&format!("bundle/manifests/{}", generate::CRD_FILE));
-    assert_eq!(config, bundle);
-    let crd: Value = yaml(&bundle);
-    assert_eq!(crd, serde_json::to_value(CsiDeployment::crd()).unwrap());
+fn bundle_crds_are_byte_identical_to_config_crds() {
+    assert_eq!(
+        generate::crd_file(&CsiDeployment::crd()),
+        generate::CRD_FILE
+    );
+    for crd in all_crds() {
+        let file = generate::crd_file(&crd);
+        let config = read(&format!("config/crd/bases/{file}"));
+        let bundle = read(&format!("bundle/manifests/{file}"));
+        assert_eq!(config, bundle, "{file}");
+        let parsed: Value = yaml(&bundle);
+        assert_eq!(parsed, serde_json::to_value(&crd).unwrap(), "{file}");
+    }
+}
+
+/// CustomResourceDefinition names of the files in bundle/manifests.
+fn bundle_crd_names() -> BTreeSet<String> {
+    let dir = repo_root().join("bundle/manifests");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|path| {
+            let object: Value = yaml(&std::fs::read_to_string(&path).unwrap());
+            (object["kind"] == "CustomResourceDefinition")
+                .then(|| object["metadata"]["name"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_csv_owns_exactly_the_bundles_crds_and_hides_the_drivers() {
+    let csv = csv();
+    let owned = at(&csv, "/spec/customresourcedefinitions/owned")
+        .as_array()
+        .unwrap();
+    let owned_names: BTreeSet<String> = owned
+        .iter()
+        .map(|o| o["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(owned_names.len(), owned.len(), "a CRD is listed twice");
+    assert_eq!(owned_names, bundle_crd_names());
+    for crd in all_crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        let entry = owned.iter().find(|o| o["name"] == name.as_str()).unwrap();
+        assert_eq!(entry["kind"], crd.spec.names.kind.as_str(), "{name}");
+        assert_eq!(
+            entry["version"],
+            crd.spec.versions[0].name.as_str(),
+            "{name}"
+        );
+        for key in ["displayName", "description"] {
+            assert!(
+                !entry[key].as_str().unwrap_or_default().is_empty(),
+                "{name}: no {key}"
+            );
+        }
+    }
+    // Users manage PVCs and VolumeSnapshots, not the driver's bookkeeping: the console
+    // must not offer forms for it. The CsiDeployment stays public.
+    let internal: Vec<String> = serde_json::from_str(text(
+        &csv,
+        "/metadata/annotations/operators.operatorframework.io~1internal-objects",
+    ))
+    .unwrap();
+    let drivers: Vec<String> = generate::driver_crds()
+        .into_iter()
+        .map(|crd| crd.metadata.name.unwrap())
+        .collect();
+    assert_eq!(internal, drivers);
+    assert_eq!(
+        internal,
+        [
+            "poolvolumes.plinth.dev",
+            "poolsnapshots.plinth.dev",
+            "poolnodes.plinth.dev"
+        ]
+    );
 }
 
 #[test]
@@ -392,6 +471,11 @@ fn operator_cluster_role_holds_every_permission_it_grants() {
         let gaps = policy::missing(&held, &[rules.cluster, rules.namespaced].concat());
         assert!(gaps.is_empty(), "{sidecar:?}: operator lacks {gaps:#?}");
     }
+    // Every rule of the built-in driver's plugins.
+    for plugin in render::rbac::DriverPlugin::ALL {
+        let gaps = policy::missing(&held, &render::rbac::driver_rules(plugin));
+        assert!(gaps.is_empty(), "{plugin:?}: operator lacks {gaps:#?}");
+    }
     // Every rule the renderer actually emits for the samples (sidecars and driver alike).
     let mut checked = 0;
     for (file, objects) in rendered_samples() {
@@ -442,7 +526,7 @@ fn operator_cluster_role_manages_every_kind_without_update_or_wildcards() {
         );
     }
     // `update` only where something the operator grants needs it, or on finalizers.
-    let update_needed: Vec<PolicyRule> = rbac::sidecar_rules()
+    let update_needed: Vec<PolicyRule> = rbac::grantable_rules()
         .into_iter()
         .chain([policy::rule(
             &["plinth.dev"],

@@ -75,6 +75,10 @@ fn kustomize_builds_the_whole_install() {
         ("RoleBinding", "plinth-operator-leader-election"),
         ("Deployment", "plinth-operator"),
         ("Service", "plinth-operator-metrics"),
+        // The built-in driver's: a CsiDeployment of it must work with no manual step.
+        ("CustomResourceDefinition", "poolvolumes.plinth.dev"),
+        ("CustomResourceDefinition", "poolsnapshots.plinth.dev"),
+        ("CustomResourceDefinition", "poolnodes.plinth.dev"),
     ] {
         assert!(
             kinds.contains(&(kind.to_owned(), name.to_owned())),

@@ -7,6 +7,8 @@ mod common;
 use common::*;
 use plinth_operator::crd::{CsiDeployment, Features};
 
+/// Every optional feature of the built-in driver off (topology is not optional: each volume
+/// lives in one node's pool).
 fn all_off() -> Features {
     Features {
         snapshots: Some(false),
@@ -14,7 +16,7 @@ fn all_off() -> Features {
         clones: Some(false),
         ephemeral: Some(false),
         capacity_tracking: Some(false),
-        topology: Some(false),
+        topology: None,
         group_snapshots: Some(false),
     }
 }
@@ -23,6 +25,13 @@ fn all_off() -> Features {
 fn with(features: Features) -> CsiDeployment {
     let mut cr = fixture("minimal");
     cr.spec.features = features;
+    cr
+}
+
+/// Only a third-party driver can run without topology.
+fn third_party_without_topology() -> CsiDeployment {
+    let mut cr = fixture("third-party");
+    cr.spec.features.topology = Some(false);
     cr
 }
 
@@ -62,14 +71,7 @@ fn matrix() -> Vec<(&'static str, CsiDeployment)> {
                 ..off
             }),
         ),
-        (
-            "topology-off",
-            with(Features {
-                topology: Some(false),
-                capacity_tracking: Some(false),
-                ..Features::default()
-            }),
-        ),
+        ("topology-off", third_party_without_topology()),
         (
             "ephemeral",
             with(Features {
@@ -77,13 +79,7 @@ fn matrix() -> Vec<(&'static str, CsiDeployment)> {
                 ..off
             }),
         ),
-        (
-            "group-snapshots",
-            with(Features {
-                group_snapshots: Some(true),
-                ..Features::default()
-            }),
-        ),
+        ("group-snapshots", group_snapshot_driver()),
         ("three-replicas", three),
     ]
 }

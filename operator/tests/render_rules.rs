@@ -75,14 +75,11 @@ fn topology_gate_only_with_accessibility_constraints() {
     let gate = "--feature-gates=Topology=true";
     let on = render_ok(&fixture("minimal"), &full_env());
     assert!(args(container(controller_pod(&on), "csi-provisioner").unwrap()).contains(&gate));
-    let off = render_ok(
-        &features(Features {
-            topology: Some(false),
-            capacity_tracking: Some(false),
-            ..Features::default()
-        }),
-        &full_env(),
-    );
+    // Only a third-party driver can do without topology (see
+    // `the_builtin_driver_refuses_what_a_cluster_of_pools_cannot_serve`).
+    let mut cr = fixture("third-party");
+    cr.spec.features.topology = Some(false);
+    let off = render_ok(&cr, &full_env());
     let provisioner = container(controller_pod(&off), "csi-provisioner").unwrap();
     assert!(!args(provisioner).iter().any(|a| a.contains("Topology")));
     assert!(!args(provisioner).contains(&"--strict-topology=true"));
@@ -416,6 +413,19 @@ fn the_real_driver_cli_accepts_the_rendered_arguments() {
                 let config = plinth_driver::config::Config::from_cli(cli, Some("worker-1".into()))
                     .unwrap_or_else(|e| panic!("{name} {mode}: {e}"));
                 assert_eq!(config.driver_name, cr.spec.driver.name);
+                assert_eq!(config.mode.serves_controller(), mode == "controller");
+                if mode == "controller" {
+                    let half = plinth_operator::render::controller::go_duration_millis(
+                        &cr.spec.controller.timeout,
+                    )
+                    .unwrap()
+                        / 2;
+                    assert_eq!(
+                        config.handoff_timeout.as_millis(),
+                        u128::from(half),
+                        "{name}"
+                    );
+                }
                 let planned = plinth_operator::render::Plan::new(&cr, &env)
                     .builtin
                     .unwrap();
@@ -602,20 +612,248 @@ fn sidecar_rbac_is_within_what_the_operator_may_grant() {
                 assert!(all.cluster.contains(rule), "{name}: {role} grants {rule:?}");
             }
         }
-        // The node plugin talks only to kubelet: nothing is bound to its ServiceAccount.
-        let node_sa = format!("plinth-{}-node", fixture(&name).metadata.name.unwrap());
-        for o in &r.objects {
-            let subjects = match o {
-                ManagedObject::ClusterRoleBinding(b) => b.subjects.clone(),
-                ManagedObject::RoleBinding(b) => b.subjects.clone(),
+        // The node ServiceAccount is bound to the built-in node plugin's role and nothing
+        // else: a third-party node plugin and the registrar talk only to kubelet.
+        let cr_name = fixture(&name).metadata.name.unwrap();
+        let node_sa = format!("plinth-{cr_name}-node");
+        let bound: Vec<String> = r
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                ManagedObject::ClusterRoleBinding(b) => {
+                    Some((b.role_ref.name.clone(), b.subjects.clone()))
+                }
+                ManagedObject::RoleBinding(b) => {
+                    Some((b.role_ref.name.clone(), b.subjects.clone()))
+                }
                 _ => None,
-            };
-            assert!(
-                !subjects.iter().flatten().any(|s| s.name == node_sa),
-                "{name}"
+            })
+            .filter(|(_, subjects)| subjects.iter().flatten().any(|s| s.name == node_sa))
+            .map(|(role, _)| role)
+            .collect();
+        let expected: Vec<String> = if name == "third-party" {
+            Vec::new()
+        } else {
+            vec![format!("plinth-{cr_name}-driver-node")]
+        };
+        assert_eq!(bound, expected, "{name}");
+    }
+}
+
+/// Every grant of a ClusterRole, as `verb resource` strings.
+fn grants_of(r: &plinth_operator::render::Rendered, role: &str) -> Vec<String> {
+    let mut out: Vec<String> = cluster_role(r, role)
+        .unwrap_or_else(|| panic!("no ClusterRole {role}"))
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|rule| {
+            assert_eq!(
+                rule.api_groups.as_deref(),
+                Some(&["plinth.dev".to_owned()][..])
             );
+            assert!(rule.resource_names.is_none());
+            rule.resources
+                .iter()
+                .flatten()
+                .flat_map(|res| rule.verbs.iter().map(move |verb| format!("{verb} {res}")))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn builtin_driver_plugins_get_least_privilege_on_the_driver_resources() {
+    let r = render_ok(&fixture("minimal"), &full_env());
+    let expect = |list: &[&str]| {
+        let mut v: Vec<String> = list.iter().map(|s| (*s).to_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        grants_of(&r, "plinth-local-driver-controller"),
+        expect(&[
+            "get poolvolumes",
+            "list poolvolumes",
+            "watch poolvolumes",
+            "create poolvolumes",
+            "patch poolvolumes",
+            "delete poolvolumes",
+            "get poolsnapshots",
+            "list poolsnapshots",
+            "watch poolsnapshots",
+            "create poolsnapshots",
+            "patch poolsnapshots",
+            "delete poolsnapshots",
+            "get poolnodes",
+            "list poolnodes",
+            "watch poolnodes",
+        ])
+    );
+    // The node plugin never creates or deletes work, and never writes another kind's
+    // status: it patches finalizers and status, and applies its own PoolNode.
+    assert_eq!(
+        grants_of(&r, "plinth-local-driver-node"),
+        expect(&[
+            "get poolvolumes",
+            "list poolvolumes",
+            "watch poolvolumes",
+            "patch poolvolumes",
+            "get poolsnapshots",
+            "list poolsnapshots",
+            "watch poolsnapshots",
+            "patch poolsnapshots",
+            "patch poolvolumes/status",
+            "patch poolsnapshots/status",
+            "get poolnodes",
+            "create poolnodes",
+            "patch poolnodes",
+            "patch poolnodes/status",
+        ])
+    );
+    let binding = |name: &str| {
+        r.objects
+            .iter()
+            .find_map(|o| match o {
+                ManagedObject::ClusterRoleBinding(b)
+                    if b.metadata.name.as_deref() == Some(name) =>
+                {
+                    Some(b)
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no binding {name}"))
+    };
+    for (role, sa) in [
+        ("plinth-local-driver-controller", "plinth-local-controller"),
+        ("plinth-local-driver-node", "plinth-local-node"),
+    ] {
+        let b = binding(role);
+        assert_eq!(b.role_ref.kind, "ClusterRole");
+        assert_eq!(b.role_ref.name, role);
+        let subjects = b.subjects.as_deref().unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].name, sa);
+        assert_eq!(subjects[0].namespace.as_deref(), Some("plinth-system"));
+    }
+    // A third-party driver brings its own RBAC story: no driver roles.
+    let third = render_ok(&fixture("third-party"), &full_env());
+    assert!(cluster_role(&third, "plinth-acme-driver-controller").is_none());
+    assert!(cluster_role(&third, "plinth-acme-driver-node").is_none());
+}
+
+#[test]
+fn builtin_controller_runs_without_a_pool_and_answers_before_the_sidecars_give_up() {
+    for (name, handoff) in [("minimal", "30"), ("full", "60")] {
+        let r = render_ok(&fixture(name), &full_env());
+        let pod = controller_pod(&r);
+        let driver = container(pod, "plinth-driver").unwrap();
+        let a = args(driver);
+        assert!(!a.iter().any(|x| x.starts_with("--pool")), "{name}: {a:?}");
+        assert!(
+            a.contains(&format!("--handoff-timeout-seconds={handoff}").as_str()),
+            "{name}: {a:?}"
+        );
+        let volumes: Vec<&str> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, ["socket-dir"], "{name}");
+        let mounts: Vec<&str> = driver
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, ["/csi"], "{name}");
+    }
+    // A third-party controller gets exactly its own arguments.
+    let third = render_ok(&fixture("third-party"), &full_env());
+    let driver = container(controller_pod(&third), "csi-driver").unwrap();
+    assert_eq!(
+        args(driver),
+        ["--mode=controller", "--endpoint=$(CSI_ENDPOINT)"]
+    );
+}
+
+fn service_account<'a>(
+    r: &'a plinth_operator::render::Rendered,
+    name: &str,
+) -> &'a k8s_openapi::api::core::v1::ServiceAccount {
+    r.objects
+        .iter()
+        .find_map(|o| match o {
+            ManagedObject::ServiceAccount(sa) if o.name() == name => Some(sa),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no ServiceAccount {name}"))
+}
+
+#[test]
+fn only_the_builtin_node_driver_container_carries_an_api_token() {
+    const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let r = render_ok(&fixture("minimal"), &full_env());
+    let node_sa = service_account(&r, "plinth-local-node");
+    assert_eq!(node_sa.automount_service_account_token, Some(false));
+    let pod = node_pod(&r);
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "kube-api-access")
+        .expect("a projected token volume");
+    let sources = volume
+        .projected
+        .as_ref()
+        .unwrap()
+        .sources
+        .as_deref()
+        .unwrap();
+    let token = sources
+        .iter()
+        .find_map(|s| s.service_account_token.as_ref())
+        .unwrap();
+    assert_eq!(token.path, "token");
+    assert!(token.audience.is_none(), "the apiserver's own audience");
+    assert!(sources.iter().any(|s| {
+        s.config_map
+            .as_ref()
+            .is_some_and(|c| c.name == "kube-root-ca.crt")
+    }));
+    assert!(
+        sources.iter().any(|s| s.downward_api.is_some()),
+        "namespace file"
+    );
+    for c in &pod.containers {
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "kube-api-access");
+        if c.name == "plinth-driver" {
+            let mount = mount.expect("the driver mounts the token");
+            assert_eq!(mount.mount_path, TOKEN_DIR);
+            assert_eq!(mount.read_only, Some(true));
+        } else {
+            assert!(mount.is_none(), "{} gets no token", c.name);
         }
     }
+    // The controller pod keeps the ServiceAccount's own token (sidecars and driver alike).
+    let controller_sa = service_account(&r, "plinth-local-controller");
+    assert_ne!(controller_sa.automount_service_account_token, Some(false));
+    // A third-party node plugin gets none.
+    let third = render_ok(&fixture("third-party"), &full_env());
+    assert!(
+        !node_pod(&third)
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.projected.is_some())
+    );
 }
 
 #[test]
@@ -687,13 +925,12 @@ fn switching_off_a_declared_third_party_capability_drops_its_sidecar() {
 
 #[test]
 fn group_snapshots_gate_needs_the_group_crds() {
-    let mut cr = fixture("minimal");
-    cr.spec.features.group_snapshots = Some(true);
+    let cr = group_snapshot_driver();
     let gate = "--feature-gates=CSIVolumeGroupSnapshot=true";
     let with = render_ok(&cr, &full_env());
     let snapshotter = container(controller_pod(&with), "csi-snapshotter").unwrap();
     assert!(args(snapshotter).contains(&gate));
-    let role = cluster_role(&with, "plinth-local-snapshotter").unwrap();
+    let role = cluster_role(&with, "plinth-acme-snapshotter").unwrap();
     assert!(role.rules.iter().flatten().any(|r| {
         r.api_groups
             .iter()
@@ -709,8 +946,15 @@ fn group_snapshots_gate_needs_the_group_crds() {
     let snapshotter = container(controller_pod(&r), "csi-snapshotter").unwrap();
     assert!(!args(snapshotter).contains(&gate));
     assert!(r.warnings.iter().any(|w| w.contains("VolumeGroupSnapshot")));
-    // Unset, group snapshots stay off even when the driver could: they need extra CRDs.
-    let default = render_ok(&fixture("minimal"), &full_env());
-    let snapshotter = container(controller_pod(&default), "csi-snapshotter").unwrap();
+    // The built-in driver never runs the gate: a cluster of pools has no group snapshots.
+    let builtin = render_ok(&fixture("minimal"), &full_env());
+    let snapshotter = container(controller_pod(&builtin), "csi-snapshotter").unwrap();
     assert!(!args(snapshotter).contains(&gate));
+    let role = cluster_role(&builtin, "plinth-local-snapshotter").unwrap();
+    assert!(!role.rules.iter().flatten().any(|r| {
+        r.api_groups
+            .iter()
+            .flatten()
+            .any(|g| g == "groupsnapshot.storage.k8s.io")
+    }));
 }

@@ -113,8 +113,17 @@ fn builtin_feature_the_release_does_not_serve() {
     let errors = validate_in(&cr, &none).unwrap_err();
     assert!(errors.has_field("spec.features.snapshots"), "{errors}");
     // And render refuses it the same way, with the same field.
-    match render(&cr, &none) {
-        Err(RenderError::Invalid(e)) => assert!(e.has_field("spec.features.snapshots")),
+    assert_render_refuses(&cr, &none, &["spec.features.snapshots"]);
+}
+
+/// `render` refuses `cr` as invalid, naming each of `fields`.
+fn assert_render_refuses(cr: &CsiDeployment, env: &RenderEnv, fields: &[&str]) {
+    match render(cr, env) {
+        Err(RenderError::Invalid(e)) => {
+            for field in fields {
+                assert!(e.has_field(field), "{field}: {e}");
+            }
+        }
         other => panic!("expected InvalidSpec, got {other:?}"),
     }
 }
@@ -204,4 +213,37 @@ fn names_that_cannot_prefix_objects() {
     assert_refused(&cr, "metadata.name", "at most 34");
     assert_refused(&cr, "spec.namespace", "namespace name");
     assert_refused(&cr, "spec.driver.name", "DNS subdomain");
+}
+
+#[test]
+fn the_builtin_driver_refuses_what_a_cluster_of_pools_cannot_serve() {
+    let mut cr = fixture("minimal");
+    cr.spec.features.topology = Some(false);
+    cr.spec.features.group_snapshots = Some(true);
+    cr.spec.controller.timeout = "1s".into();
+    assert_refused(&cr, "spec.features.topology", "needs topology");
+    assert_refused(
+        &cr,
+        "spec.features.groupSnapshots",
+        "does not serve group snapshots in a cluster",
+    );
+    assert_refused(&cr, "spec.controller.timeout", "2s or more");
+    // The same CR is refused by render, against the release's own driver.
+    assert_render_refuses(
+        &cr,
+        &RenderEnv::default(),
+        &[
+            "spec.features.topology",
+            "spec.features.groupSnapshots",
+            "spec.controller.timeout",
+        ],
+    );
+    // 2s is enough; a third-party driver may run without topology and with any timeout.
+    let mut ok = fixture("minimal");
+    ok.spec.controller.timeout = "2s".into();
+    validate_in(&ok, &full_env()).unwrap();
+    let mut third = fixture("third-party");
+    third.spec.features.topology = Some(false);
+    third.spec.controller.timeout = "500ms".into();
+    validate_in(&third, &full_env()).unwrap();
 }

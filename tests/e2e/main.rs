@@ -5,21 +5,31 @@
 //! Every test is `#[ignore]`d so a plain `cargo test` reports them as ignored, never as
 //! passed; with `--ignored` and no reachable cluster they fail saying so. The operator runs
 //! in-process (the same `reconcile::controller::run` as `plinth-operator run`), so the suite
-//! needs no operator image: only the CsiDeployment CRD (installed from the code) and a
-//! cluster that can pull the driver and sidecar images. Environment:
-//! - `PLINTH_E2E_NAMESPACE` (default `plinth-e2e`): where the driver's workloads go;
+//! needs no operator image: only the CsiDeployment CRD and the driver's PoolVolume /
+//! PoolSnapshot / PoolNode CRDs (installed from the code) and a cluster that can pull the
+//! driver and sidecar images. The volume test ([`volumes`]) also needs the
+//! external-snapshotter CRDs and snapshot-controller, and pulls a busybox image for its
+//! pods. Environment:
+//! - `PLINTH_E2E_NAMESPACE` (default `plinth-e2e`): where the driver's workloads and the
+//!   test's claims and pods go;
 //! - `PLINTH_E2E_DRIVER_IMAGE`: driver image to deploy (e.g. one loaded into kind);
 //!   default: the release image the operator would deploy;
-//! - `PLINTH_E2E_EDITS` (default 20): CR edits timed by the latency probe.
+//! - `PLINTH_E2E_EDITS` (default 20): CR edits timed by the latency probe;
+//! - `PLINTH_E2E_PVCS` (default 1): claims provisioned at once for the provisioning
+//!   latency figures;
+//! - `PLINTH_E2E_POD_IMAGE` (default `busybox:1.37`): image of the test's pods.
 //!
 //! Each test uses its own CR, driver name and pool directory, and the tests take a lock,
 //! so they never disturb one another (nor a real Plinth install: driver names differ).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod volumes;
+mod workloads;
+
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::PersistentVolume;
@@ -29,7 +39,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use plinth_driver::config::served_features;
 use plinth_e2e::{
-    Operator, TEST_MANAGER, connect, ensure_namespace, install_crd, percentile, wait_for,
+    Operator, TEST_MANAGER, connect, ensure_namespace, install_crd, none_left, percentile, wait_for,
 };
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::render::{self, ManagedKind, ManagedObject, RenderEnv};
@@ -221,15 +231,41 @@ async fn delete_and_wait_clean(client: &Client, name: &str) -> anyhow::Result<()
                         Err(e) => return Err(e.into()),
                     }
                 }
-                if left.is_empty() {
-                    Ok(Some(()))
-                } else {
-                    bail!("still present: {left:?}")
-                }
+                none_left(left)
             }
         },
     )
     .await
+}
+
+/// Waits until kubelet has registered `driver` (CSINode) on every node the DaemonSet
+/// targets; returns how many nodes that is.
+async fn wait_registered(
+    client: &Client,
+    ns: &str,
+    ds_name: &str,
+    driver: &str,
+) -> anyhow::Result<usize> {
+    let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
+    let csinode_api: Api<CSINode> = Api::all(client.clone());
+    let registered = wait_for(
+        "the driver to register on every node the DaemonSet targets (is the driver image pullable? set PLINTH_E2E_DRIVER_IMAGE)",
+        LONG,
+        || async {
+            let ds = ds_api.get(ds_name).await?;
+            let targeted = ds.status.map(|s| s.desired_number_scheduled).unwrap_or_default();
+            let nodes = csinode_api.list(&ListParams::default()).await?;
+            let registered = nodes
+                .items
+                .iter()
+                .filter(|n| n.spec.drivers.iter().any(|d| d.name == driver))
+                .count();
+            Ok((targeted > 0 && registered >= usize::try_from(targeted)?).then_some(registered))
+        },
+    )
+    .await?;
+    eprintln!("e2e: driver registered on {registered} nodes");
+    Ok(registered)
 }
 
 struct Setup {
@@ -325,24 +361,7 @@ async fn lifecycle_from_apply_through_feature_toggles_to_cleanup() -> anyhow::Re
     assert_eq!(sc_api.get(&class).await?.provisioner, driver);
 
     // kubelet registers the driver on every targeted node.
-    let csinode_api: Api<CSINode> = Api::all(client.clone());
-    let registered = wait_for(
-        "the driver to register on every node the DaemonSet targets (is the driver image pullable? set PLINTH_E2E_DRIVER_IMAGE)",
-        LONG,
-        || async {
-            let ds = ds_api.get(&ds_name).await?;
-            let targeted = ds.status.map(|s| s.desired_number_scheduled).unwrap_or_default();
-            let nodes = csinode_api.list(&ListParams::default()).await?;
-            let registered = nodes
-                .items
-                .iter()
-                .filter(|n| n.spec.drivers.iter().any(|d| d.name == driver))
-                .count();
-            Ok((targeted > 0 && registered >= usize::try_from(targeted)?).then_some(registered))
-        },
-    )
-    .await?;
-    eprintln!("e2e: driver registered on {registered} nodes");
+    wait_registered(&client, &ns, &ds_name, &driver).await?;
     wait_condition(&client, name, "Ready", "True", Some("Available")).await?;
 
     // Snapshots on.

@@ -96,6 +96,9 @@ pub enum ContentSource {
 pub struct CreateVolumeRequest {
     /// CSI name: the idempotency key. Arbitrary UTF-8, ≤ 128 bytes; never a path.
     pub name: String,
+    /// The ID to create the volume under; `None` draws a random one. Cluster mode
+    /// passes the ID the controller derived from the name ([`crate::cluster::ids`]).
+    pub id: Option<VolumeId>,
     pub capacity: CapacityRange,
     pub access: VolumeAccess,
     pub parameters: BTreeMap<String, String>,
@@ -346,7 +349,9 @@ impl Pool {
         let mut index = self.lock();
         if let Some(id) = index.by_name.get(&req.name) {
             let existing = &index.by_id[id];
-            let what = if !req.capacity.is_satisfied_by(existing.size_bytes) {
+            let what = if req.id.as_ref().is_some_and(|want| want != id) {
+                Some("volume id")
+            } else if !req.capacity.is_satisfied_by(existing.size_bytes) {
                 Some("capacity range")
             } else if existing.access != req.access {
                 Some("access type")
@@ -373,7 +378,18 @@ impl Pool {
                 available,
             });
         }
-        let id = VolumeId::generate().map_err(io_err("generate id", Path::new("/dev/urandom")))?;
+        let id = match &req.id {
+            Some(id) if index.by_id.contains_key(id) => {
+                return Err(PoolError::AlreadyExists {
+                    name: req.name.clone(),
+                    what: "volume id (another name holds it)",
+                });
+            }
+            Some(id) => id.clone(),
+            None => {
+                VolumeId::generate().map_err(io_err("generate id", Path::new("/dev/urandom")))?
+            }
+        };
         let volume = Volume {
             id: id.clone(),
             name: req.name.clone(),

@@ -40,6 +40,37 @@ pub fn require_host() {
     );
 }
 
+/// A stand-in for the Kubernetes API and a kubeconfig pointing at it: the driver's
+/// cluster modes need an API server to start.
+pub struct StandIn {
+    pub api: plinth_apistub::Running,
+    _dir: tempfile::TempDir,
+    pub kubeconfig: String,
+}
+
+pub async fn stand_in() -> StandIn {
+    let api = plinth_apistub::ApiStub::start()
+        .await
+        .expect("start the API stand-in");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&path).unwrap();
+    StandIn {
+        api,
+        _dir: dir,
+        kubeconfig: path.display().to_string(),
+    }
+}
+
+impl StandIn {
+    /// A driver on `node` in a cluster-mode (`--mode=...` in `extra`) talking to this API.
+    pub async fn driver(&self, node: &str, extra: &[&str]) -> TestDriver {
+        let mut driver = TestDriver::prepare_as(node, extra).env("KUBECONFIG", &self.kubeconfig);
+        driver.spawn().await;
+        driver
+    }
+}
+
 /// The binary under test: this build's, or `PLINTH_DRIVER_BIN` (e.g. a release build
 /// whose memory use is being measured).
 pub fn driver_binary() -> PathBuf {
@@ -53,6 +84,7 @@ pub struct TestDriver {
     dir: tempfile::TempDir,
     child: Option<Child>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     pub socket: PathBuf,
     pub pool: PathBuf,
 }
@@ -72,6 +104,12 @@ impl TestDriver {
 
     /// Directory and arguments, no process yet: set up the host, then `spawn`.
     pub fn prepare(extra: &[&str]) -> Self {
+        Self::prepare_as(NODE_ID, extra)
+    }
+
+    /// [`TestDriver::prepare`] for a driver on node `node_id` (cluster-mode tests run
+    /// several "nodes" on this machine).
+    pub fn prepare_as(node_id: &str, extra: &[&str]) -> Self {
         require_host();
         let dir = tempfile::Builder::new()
             .prefix("plinth-driver-test-")
@@ -82,7 +120,7 @@ impl TestDriver {
         fs::create_dir_all(dir.path().join("kubelet")).unwrap();
         let mut args = vec![
             format!("--endpoint=unix://{}", socket.display()),
-            format!("--node-id={NODE_ID}"),
+            format!("--node-id={node_id}"),
             format!("--pool={}", pool.display()),
             "--shutdown-grace-seconds=5".to_owned(),
         ];
@@ -91,9 +129,16 @@ impl TestDriver {
             dir,
             child: None,
             args,
+            env: Vec::new(),
             socket,
             pool,
         }
+    }
+
+    /// Sets an environment variable of the driver process (e.g. KUBECONFIG).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -128,6 +173,8 @@ impl TestDriver {
             .env("RUST_LOG", "info,plinth_driver=debug")
             .env_remove("NODE_ID")
             .env_remove("CSI_ENDPOINT")
+            .env_remove("KUBECONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -171,6 +218,22 @@ impl TestDriver {
         let mut child = self.child.take().expect("driver not running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Waits for the process to exit by itself (a start that must fail).
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("driver not running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("driver still running after {limit:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGTERM and wait for the exit status. Async so that the test's own client

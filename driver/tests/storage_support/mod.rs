@@ -97,6 +97,7 @@ impl Drop for Sandbox {
 pub fn request(name: &str, required: u64, limit: u64, access: VolumeAccess) -> CreateVolumeRequest {
     CreateVolumeRequest {
         name: name.to_owned(),
+        id: None,
         capacity: CapacityRange::new(required, limit),
         access,
         parameters: Default::default(),

@@ -147,10 +147,13 @@ struct OwnedCrd {
     name: String,
     version: String,
     kind: String,
-    display_name: &'static str,
+    display_name: String,
     description: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     resources: Vec<OwnedResource>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     spec_descriptors: Vec<Descriptor>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     status_descriptors: Vec<Descriptor>,
 }
 
@@ -257,7 +260,10 @@ fn descriptors(
         .collect()
 }
 
-fn owned_crd(crd: &CustomResourceDefinition) -> Result<OwnedCrd, GenerateError> {
+/// The storage version of a CRD and its schema.
+fn storage_schema(
+    crd: &CustomResourceDefinition,
+) -> Result<(&str, &JSONSchemaProps), GenerateError> {
     let version = crd
         .spec
         .versions
@@ -269,6 +275,34 @@ fn owned_crd(crd: &CustomResourceDefinition) -> Result<OwnedCrd, GenerateError> 
         .as_ref()
         .and_then(|s| s.open_api_v3_schema.as_ref())
         .ok_or_else(|| GenerateError::SchemaPath("openAPIV3Schema".to_owned()))?;
+    Ok((&version.name, root))
+}
+
+/// An owned CRD's entry without descriptors: name, version, kind, names for people.
+fn owned_entry(
+    crd: &CustomResourceDefinition,
+    display_name: String,
+) -> Result<OwnedCrd, GenerateError> {
+    let (version, root) = storage_schema(crd)?;
+    Ok(OwnedCrd {
+        name: crd.metadata.name.clone().unwrap_or_default(),
+        version: version.to_owned(),
+        kind: crd.spec.names.kind.clone(),
+        display_name,
+        description: root
+            .description
+            .as_deref()
+            .map(first_sentence)
+            .unwrap_or_default(),
+        resources: Vec::new(),
+        spec_descriptors: Vec::new(),
+        status_descriptors: Vec::new(),
+    })
+}
+
+/// The CsiDeployment: what it creates, and the console form's descriptors.
+fn owned_crd(crd: &CustomResourceDefinition) -> Result<OwnedCrd, GenerateError> {
+    let (_, root) = storage_schema(crd)?;
     let resources = ManagedKind::ALL
         .iter()
         .map(|kind| {
@@ -281,19 +315,39 @@ fn owned_crd(crd: &CustomResourceDefinition) -> Result<OwnedCrd, GenerateError> 
         })
         .collect();
     Ok(OwnedCrd {
-        name: crd.metadata.name.clone().unwrap_or_default(),
-        version: version.name.clone(),
-        kind: crd.spec.names.kind.clone(),
-        display_name: "CSI Deployment",
-        description: root
-            .description
-            .as_deref()
-            .map(first_sentence)
-            .unwrap_or_default(),
         resources,
         spec_descriptors: descriptors(root, "spec", SPEC_FIELDS)?,
         status_descriptors: descriptors(root, "status", STATUS_FIELDS)?,
+        ..owned_entry(crd, "CSI Deployment".to_owned())?
     })
+}
+
+/// `PoolVolume` -> `Pool Volume`.
+fn words(kind: &str) -> String {
+    let mut out = String::new();
+    for c in kind.chars() {
+        if c.is_uppercase() && !out.is_empty() {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The driver's CRDs: listed as owned (OLM installs and upgrades only owned CRDs) and
+/// marked internal, so the console offers no form to create them.
+fn owned_driver_crd(crd: &CustomResourceDefinition) -> Result<OwnedCrd, GenerateError> {
+    owned_entry(crd, words(&crd.spec.names.kind))
+}
+
+/// The `operators.operatorframework.io/internal-objects` annotation: a JSON list of CRD
+/// names.
+fn internal_objects(driver_crds: &[CustomResourceDefinition]) -> Result<String, GenerateError> {
+    let names: Vec<&str> = driver_crds
+        .iter()
+        .filter_map(|crd| crd.metadata.name.as_deref())
+        .collect();
+    serde_json::to_string(&names).map_err(GenerateError::Json)
 }
 
 /// Every image a default install can run, named: the operator, the driver, each sidecar.
@@ -337,8 +391,14 @@ fn alm_examples() -> Result<String, GenerateError> {
     serde_json::to_string_pretty(&examples).map_err(GenerateError::Json)
 }
 
-/// The ClusterServiceVersion YAML.
-pub fn csv(crd: &CustomResourceDefinition) -> Result<String, GenerateError> {
+/// The ClusterServiceVersion YAML, owning the CsiDeployment CRD and the driver's.
+pub fn csv(
+    operator_crd: &CustomResourceDefinition,
+    driver_crds: &[CustomResourceDefinition],
+) -> Result<String, GenerateError> {
+    let owned = std::iter::once(owned_crd(operator_crd))
+        .chain(driver_crds.iter().map(owned_driver_crd))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
     // YAML, not HTML: values are inserted verbatim.
@@ -368,7 +428,8 @@ pub fn csv(crd: &CustomResourceDefinition) -> Result<String, GenerateError> {
         "icon": icon,
         "alm_examples": alm_examples()?,
         "install_spec": yaml::body("the CSV install strategy", &install_spec())?,
-        "owned_crds": yaml::body("the CSV's owned CRDs", &vec![owned_crd(crd)?])?,
+        "owned_crds": yaml::body("the CSV's owned CRDs", &owned)?,
+        "internal_objects": internal_objects(driver_crds)?,
         "related_images": yaml::body("the CSV's relatedImages", &related)?,
     });
     hb.render("csv", &data)
@@ -424,6 +485,12 @@ mod tests {
             found[1].x_descriptors
         );
         assert!(found[0].description.starts_with("VolumeSnapshots"));
+    }
+
+    #[test]
+    fn kinds_become_display_names_word_by_word() {
+        assert_eq!(words("PoolVolume"), "Pool Volume");
+        assert_eq!(words("PoolNode"), "Pool Node");
     }
 
     #[test]

@@ -20,7 +20,9 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+use plinth_driver::cluster::crd::{PoolNode, PoolSnapshot, PoolVolume};
 use serde::Serialize;
 
 use crate::crd::CsiDeployment;
@@ -35,6 +37,19 @@ pub const NAMESPACE: &str = "plinth-system";
 pub const SERVICE_ACCOUNT: &str = "plinth-operator";
 /// The CRD's file name, the same in config/crd/bases and bundle/manifests.
 pub const CRD_FILE: &str = "plinth.dev_csideployments.yaml";
+/// The CRDs of the built-in driver: its controller and node plugins hand volume work to
+/// each other through them. Internal objects (users manage PVCs and VolumeSnapshots), but
+/// installed with the operator, since a built-in driver cannot run without them.
+pub fn driver_crds() -> Vec<CustomResourceDefinition> {
+    vec![PoolVolume::crd(), PoolSnapshot::crd(), PoolNode::crd()]
+}
+
+/// A CRD's file name (kubebuilder's `<group>_<plural>.yaml`), the same in
+/// config/crd/bases and bundle/manifests.
+pub fn crd_file(crd: &CustomResourceDefinition) -> String {
+    format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural)
+}
+
 /// Directories whose whole content is generated.
 pub const GENERATED_DIRS: &[&str] = &["config", "bundle"];
 
@@ -150,12 +165,30 @@ impl Tree {
 
 /// Every generated file, in memory. Pure: the same code always yields the same bytes.
 pub fn artifacts() -> Result<Vec<Artifact>, GenerateError> {
-    let crd_object = CsiDeployment::crd();
-    let crd = yaml::document("the CsiDeployment CRD", &crd_object)?;
+    let operator_crd = CsiDeployment::crd();
+    let driver_crds = driver_crds();
+    let crd_objects: Vec<&CustomResourceDefinition> =
+        std::iter::once(&operator_crd).chain(&driver_crds).collect();
+    let crd_files = crd_objects
+        .iter()
+        .map(|crd| {
+            let what = format!("the {} CRD", crd.spec.names.kind);
+            Ok((crd_file(crd), yaml::document(&what, crd)?))
+        })
+        .collect::<Result<Vec<_>, GenerateError>>()?;
     let mut tree = Tree::default();
 
-    let crd_entry = format!("bases/{CRD_FILE}");
-    tree.kustomize_dir("config/crd", vec![(crd_entry.as_str(), crd.clone())])?;
+    let crd_entries: Vec<(String, String)> = crd_files
+        .iter()
+        .map(|(file, text)| (format!("bases/{file}"), text.clone()))
+        .collect();
+    tree.kustomize_dir(
+        "config/crd",
+        crd_entries
+            .iter()
+            .map(|(path, text)| (path.as_str(), text.clone()))
+            .collect(),
+    )?;
     tree.kustomize_dir(
         "config/rbac",
         vec![
@@ -216,9 +249,11 @@ pub fn artifacts() -> Result<Vec<Artifact>, GenerateError> {
 
     tree.add(
         format!("bundle/manifests/{}", bundle::CSV_FILE),
-        bundle::csv(&crd_object)?,
+        bundle::csv(&operator_crd, &driver_crds)?,
     );
-    tree.add(format!("bundle/manifests/{CRD_FILE}"), crd);
+    for (file, text) in crd_files {
+        tree.add(format!("bundle/manifests/{file}"), text);
+    }
     tree.add(
         "bundle/metadata/annotations.yaml",
         bundle::annotations_yaml()?,

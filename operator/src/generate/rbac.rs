@@ -3,7 +3,7 @@
 //!
 //! The ClusterRole is computed, not listed by hand: what the reconciler itself calls, plus
 //! every permission of every Role and ClusterRole the renderer can give a driver's sidecars
-//! (the apiserver only lets a subject grant what it holds). A new sidecar permission in
+//! and plugins (the apiserver only lets a subject grant what it holds). A new permission in
 //! `render::rbac` therefore reaches the operator's role by re-running `generate`, and the
 //! drift test fails until someone does.
 
@@ -65,23 +65,26 @@ pub fn own_rules() -> Vec<PolicyRule> {
     rules
 }
 
-/// Everything any Role or ClusterRole the renderer creates can grant: each sidecar's rules
-/// and the sidecars' leader-election Role. Namespaced rules are held cluster-wide: the
-/// operator creates those Roles in whatever namespace a CR names.
-pub fn sidecar_rules() -> Vec<PolicyRule> {
+/// Everything any Role or ClusterRole the renderer creates can grant: each sidecar's rules,
+/// the sidecars' leader-election Role, and the built-in driver's plugins' rules on its
+/// custom resources. Namespaced rules are held cluster-wide: the operator creates those
+/// Roles in whatever namespace a CR names.
+pub fn grantable_rules() -> Vec<PolicyRule> {
+    use crate::render::rbac::{self, DriverPlugin};
     Sidecar::ALL
         .into_iter()
         .flat_map(|sidecar| {
-            let rbac = crate::render::rbac::sidecar_rules(sidecar);
-            rbac.cluster.into_iter().chain(rbac.namespaced)
+            let rules = rbac::sidecar_rules(sidecar);
+            rules.cluster.into_iter().chain(rules.namespaced)
         })
-        .chain(crate::render::rbac::leader_election_rules())
+        .chain(rbac::leader_election_rules())
+        .chain(DriverPlugin::ALL.into_iter().flat_map(rbac::driver_rules))
         .collect()
 }
 
-/// The operator's ClusterRole rules: its own needs ∪ every grantable sidecar permission.
+/// The operator's ClusterRole rules: its own needs ∪ every grantable permission.
 pub fn cluster_rules() -> Vec<PolicyRule> {
-    merge(own_rules().into_iter().chain(sidecar_rules()))
+    merge(own_rules().into_iter().chain(grantable_rules()))
 }
 
 /// Name of the operator's leader-election Lease: the default of `run --lease-name` (a

@@ -28,7 +28,10 @@ impl KindExt for ManagedKind {
     fn tracks_generation(self) -> bool {
         matches!(
             self,
-            Self::StatefulSet | Self::DaemonSet | Self::PodDisruptionBudget
+            Self::StatefulSet
+                | Self::DaemonSet
+                | Self::PodDisruptionBudget
+                | Self::ValidatingAdmissionPolicy
         )
     }
 

@@ -47,7 +47,11 @@ pub fn stateful_set(cr: &CsiDeployment, plan: &Plan) -> StatefulSet {
                     affinity: affinity(cr, &workload.selector),
                     image_pull_secrets: pod::pull_secrets(cr),
                     containers,
-                    volumes: Some(volumes(cr)),
+                    volumes: Some(vec![Volume {
+                        name: SOCKET_VOLUME.to_owned(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    }]),
                     ..PodSpec::default()
                 }),
             },
@@ -81,42 +85,67 @@ fn affinity(cr: &CsiDeployment, selector: &LabelSelector) -> Option<Affinity> {
     })
 }
 
-/// The controller-mode built-in driver opens its pool directory at start and answers
-/// UNAVAILABLE until it can: with a read-only root filesystem it gets a scratch directory
-/// that lives and dies with the pod.
-const SCRATCH_POOL: &str = "/var/lib/plinth/controller";
-const SCRATCH_VOLUME: &str = "controller-scratch";
-
-fn empty_dir(name: &str) -> Volume {
-    Volume {
-        name: name.to_owned(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
+/// A Go duration as the sidecars' `--timeout` takes it (`60s`, `2m`, `1m30s`, `500ms`;
+/// the CRD's pattern), in milliseconds. `None` when it does not parse or overflows.
+pub fn go_duration_millis(text: &str) -> Option<u64> {
+    let mut rest = text;
+    let mut total: u64 = 0;
+    if rest.is_empty() {
+        return None;
     }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total = total.checked_add(value.checked_mul(unit)?)?;
+    }
+    Some(total)
 }
 
-fn volumes(cr: &CsiDeployment) -> Vec<Volume> {
-    let mut volumes = vec![empty_dir(SOCKET_VOLUME)];
-    if cr.spec.is_builtin() {
-        volumes.push(empty_dir(SCRATCH_VOLUME));
-    }
-    volumes
+/// The shortest sidecar `--timeout` the built-in driver can work with: its handoff wait
+/// (half the timeout) must be at least a second.
+pub const MIN_BUILTIN_TIMEOUT_MILLIS: u64 = 2_000;
+
+/// The built-in controller's `--handoff-timeout-seconds`: half the sidecars' `--timeout`,
+/// at least one second. The driver then answers ABORTED while the node is still working,
+/// before the sidecar gives up on the call, so the sidecar's retry finds the work in
+/// progress instead of starting a second attempt next to a cancelled one.
+pub fn handoff_timeout_seconds(cr: &CsiDeployment) -> u64 {
+    let timeout = go_duration_millis(&cr.spec.controller.timeout).unwrap_or(0);
+    (timeout / 2 / 1_000).max(1)
 }
 
 fn driver(cr: &CsiDeployment, plan: &Plan) -> Container {
-    let mut mounts = vec![pod::socket_mount()];
     let args = match (&plan.builtin, &cr.spec.driver.third_party) {
         (Some(features), _) => {
-            mounts.push(pod::mount(SCRATCH_VOLUME, SCRATCH_POOL));
+            // No pool here: the controller records work in the API and the node plugins
+            // do it in theirs.
             let mut args = pod::builtin_args(cr, "controller", &plan::disabled_switches(features));
-            args.push(format!("--pool={SCRATCH_POOL}"));
+            args.push(format!(
+                "--handoff-timeout-seconds={}",
+                handoff_timeout_seconds(cr)
+            ));
             args
         }
         (None, Some(third)) => third.controller_args.clone(),
         (None, None) => Vec::new(),
     };
     let mut container = pod::driver_container(cr, args, &cr.spec.controller.resources);
-    container.volume_mounts = Some(mounts);
+    container.volume_mounts = Some(vec![pod::socket_mount()]);
     container.security_context = Some(pod::restricted());
     container
 }
@@ -203,4 +232,35 @@ pub fn disruption_budget(cr: &CsiDeployment, _plan: &Plan) -> Option<PodDisrupti
         }),
         status: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_parse_like_the_sidecars_flag() {
+        assert_eq!(go_duration_millis("60s"), Some(60_000));
+        assert_eq!(go_duration_millis("2m"), Some(120_000));
+        assert_eq!(go_duration_millis("1m30s"), Some(90_000));
+        assert_eq!(go_duration_millis("500ms"), Some(500));
+        assert_eq!(go_duration_millis("1h"), Some(3_600_000));
+        assert_eq!(go_duration_millis(""), None);
+        assert_eq!(go_duration_millis("10"), None);
+        assert_eq!(go_duration_millis("s"), None);
+        assert_eq!(go_duration_millis("5d"), None);
+        assert_eq!(go_duration_millis("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn the_handoff_waits_half_the_sidecar_timeout_and_at_least_a_second() {
+        let mut cr = crate::render::yaml::parse(
+            "apiVersion: plinth.dev/v1alpha1\nkind: CsiDeployment\nmetadata: {name: local}\nspec: {namespace: plinth}\n",
+        )
+        .unwrap();
+        for (timeout, handoff) in [("60s", 30), ("2m", 60), ("3s", 1), ("2s", 1), ("1m1s", 30)] {
+            cr.spec.controller.timeout = timeout.to_owned();
+            assert_eq!(handoff_timeout_seconds(&cr), handoff, "{timeout}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! No client, no async: the reconciler applies what comes out, `plinth-operator render`
 //! prints it, and the golden tests pin it.
 
+pub mod admission;
 pub mod classes;
 pub mod controller;
 mod csidriver;
@@ -85,6 +86,7 @@ pub fn render(cr: &CsiDeployment, env: &RenderEnv) -> Result<Rendered, RenderErr
     let plan = Plan::new(cr, env);
     let mut objects = vec![ManagedObject::CsiDriver(csidriver::csi_driver(cr, &plan))];
     objects.extend(rbac::objects(cr, &plan));
+    objects.extend(admission::objects(cr));
     objects.push(ManagedObject::StatefulSet(controller::stateful_set(
         cr, &plan,
     )));

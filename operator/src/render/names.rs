@@ -58,3 +58,18 @@ pub fn sidecar_role(cr: &CsiDeployment, sidecar: Sidecar) -> String {
 pub fn leader_election_role(cr: &CsiDeployment) -> String {
     prefixed(cr, "leader-election")
 }
+
+/// The ClusterRole (and binding) of the built-in driver's controller plugin.
+pub fn driver_controller_role(cr: &CsiDeployment) -> String {
+    prefixed(cr, "driver-controller")
+}
+
+/// The ClusterRole (and binding) of the built-in driver's node plugin.
+pub fn driver_node_role(cr: &CsiDeployment) -> String {
+    prefixed(cr, "driver-node")
+}
+
+/// The ValidatingAdmissionPolicy (and binding) holding the node plugin to its own node.
+pub fn driver_node_policy(cr: &CsiDeployment) -> String {
+    prefixed(cr, "driver-node")
+}

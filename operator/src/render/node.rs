@@ -4,8 +4,10 @@ use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ExecAction, PodSpec, PodTemplateSpec, Probe, SecurityContext, Toleration, Volume,
-    VolumeMount,
+    ConfigMapProjection, Container, DownwardAPIProjection, DownwardAPIVolumeFile, ExecAction,
+    KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Toleration, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use plinth_driver::capabilities::Sidecar;
@@ -21,6 +23,13 @@ const PODS_VOLUME: &str = "pods-dir";
 const CSI_PLUGINS_VOLUME: &str = "csi-plugins-dir";
 const DEV_VOLUME: &str = "dev";
 const POOL_VOLUME: &str = "pool";
+const API_TOKEN_VOLUME: &str = "kube-api-access";
+/// Where client libraries (kube-rs's in-cluster config among them) look for the token, the
+/// cluster CA and the namespace.
+const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// An hour, like kubelet's own: kubelet rotates the file at 80% of it and kube-rs re-reads
+/// the file, so a short life costs nothing.
+const API_TOKEN_SECONDS: i64 = 3600;
 
 /// kubelet's paths for this driver, from `spec.node.kubeletDir`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,8 +145,59 @@ fn volumes(cr: &CsiDeployment, paths: &KubeletPaths) -> Vec<Volume> {
             &cr.spec.node.pool_path,
             "DirectoryOrCreate",
         ));
+        volumes.push(api_token_volume());
     }
     volumes
+}
+
+/// The built-in node plugin's own API credentials: what kubelet would automount (a bound
+/// token, the cluster CA, the namespace), mounted into the driver container only. The
+/// ServiceAccount keeps `automountServiceAccountToken: false`, so the registrar and the
+/// livenessprobe, which never call the API, carry no token. The token is bound to the pod
+/// and, from Kubernetes 1.32, names the pod's node (`authentication.kubernetes.io/
+/// node-name`), which is what admission checks the plugin's writes against.
+fn api_token_volume() -> Volume {
+    let projection = VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            path: "token".to_owned(),
+            expiration_seconds: Some(API_TOKEN_SECONDS),
+            audience: None,
+        }),
+        ..VolumeProjection::default()
+    };
+    let ca = VolumeProjection {
+        config_map: Some(ConfigMapProjection {
+            name: "kube-root-ca.crt".to_owned(),
+            items: Some(vec![KeyToPath {
+                key: "ca.crt".to_owned(),
+                path: "ca.crt".to_owned(),
+                mode: None,
+            }]),
+            optional: None,
+        }),
+        ..VolumeProjection::default()
+    };
+    let namespace = VolumeProjection {
+        downward_api: Some(DownwardAPIProjection {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: "namespace".to_owned(),
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: Some("v1".to_owned()),
+                    field_path: "metadata.namespace".to_owned(),
+                }),
+                ..DownwardAPIVolumeFile::default()
+            }]),
+        }),
+        ..VolumeProjection::default()
+    };
+    Volume {
+        name: API_TOKEN_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![projection, ca, namespace]),
+            default_mode: Some(0o644),
+        }),
+        ..Volume::default()
+    }
 }
 
 /// Mounts made here must reach kubelet and the pods on the host: Bidirectional.
@@ -176,6 +236,10 @@ fn driver(cr: &CsiDeployment, plan: &Plan, paths: &KubeletPaths) -> Container {
     ];
     if cr.spec.is_builtin() {
         mounts.push(pod::mount(POOL_VOLUME, &node.pool_path));
+        mounts.push(VolumeMount {
+            read_only: Some(true),
+            ..pod::mount(API_TOKEN_VOLUME, API_TOKEN_DIR)
+        });
     }
     container.volume_mounts = Some(mounts);
     // Mounting, loop devices and mkfs need it; Bidirectional propagation requires it.

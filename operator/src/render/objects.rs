@@ -1,5 +1,8 @@
 //! The objects the operator manages, as one typed enum, and their kinds.
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -65,6 +68,8 @@ pub enum ManagedKind {
     ClusterRoleBinding,
     Role,
     RoleBinding,
+    ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
     StatefulSet,
     DaemonSet,
     PodDisruptionBudget,
@@ -80,6 +85,8 @@ impl ManagedKind {
         Self::ClusterRoleBinding,
         Self::Role,
         Self::RoleBinding,
+        Self::ValidatingAdmissionPolicy,
+        Self::ValidatingAdmissionPolicyBinding,
         Self::StatefulSet,
         Self::DaemonSet,
         Self::PodDisruptionBudget,
@@ -96,6 +103,10 @@ impl ManagedKind {
             Self::ClusterRoleBinding => ApiResource::erase::<ClusterRoleBinding>(&()),
             Self::Role => ApiResource::erase::<Role>(&()),
             Self::RoleBinding => ApiResource::erase::<RoleBinding>(&()),
+            Self::ValidatingAdmissionPolicy => ApiResource::erase::<ValidatingAdmissionPolicy>(&()),
+            Self::ValidatingAdmissionPolicyBinding => {
+                ApiResource::erase::<ValidatingAdmissionPolicyBinding>(&())
+            }
             Self::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
             Self::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
             Self::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
@@ -148,9 +159,12 @@ impl ManagedKind {
             // The snapshot CRD does not forbid changes, but snapshots record their class's
             // driver and parameters at creation: replace rather than silently diverge.
             Self::VolumeSnapshotClass => &[&["driver"], &["parameters"]],
-            Self::ServiceAccount | Self::ClusterRole | Self::Role | Self::PodDisruptionBudget => {
-                &[]
-            }
+            Self::ServiceAccount
+            | Self::ClusterRole
+            | Self::Role
+            | Self::ValidatingAdmissionPolicy
+            | Self::ValidatingAdmissionPolicyBinding
+            | Self::PodDisruptionBudget => &[],
         }
     }
 
@@ -185,6 +199,8 @@ pub enum ManagedObject {
     ClusterRoleBinding(ClusterRoleBinding),
     Role(Role),
     RoleBinding(RoleBinding),
+    ValidatingAdmissionPolicy(ValidatingAdmissionPolicy),
+    ValidatingAdmissionPolicyBinding(ValidatingAdmissionPolicyBinding),
     StatefulSet(StatefulSet),
     DaemonSet(DaemonSet),
     PodDisruptionBudget(PodDisruptionBudget),
@@ -202,6 +218,8 @@ macro_rules! each {
             ManagedObject::ClusterRoleBinding($inner) => $body,
             ManagedObject::Role($inner) => $body,
             ManagedObject::RoleBinding($inner) => $body,
+            ManagedObject::ValidatingAdmissionPolicy($inner) => $body,
+            ManagedObject::ValidatingAdmissionPolicyBinding($inner) => $body,
             ManagedObject::StatefulSet($inner) => $body,
             ManagedObject::DaemonSet($inner) => $body,
             ManagedObject::PodDisruptionBudget($inner) => $body,
@@ -220,6 +238,10 @@ impl ManagedObject {
             Self::ClusterRoleBinding(_) => ManagedKind::ClusterRoleBinding,
             Self::Role(_) => ManagedKind::Role,
             Self::RoleBinding(_) => ManagedKind::RoleBinding,
+            Self::ValidatingAdmissionPolicy(_) => ManagedKind::ValidatingAdmissionPolicy,
+            Self::ValidatingAdmissionPolicyBinding(_) => {
+                ManagedKind::ValidatingAdmissionPolicyBinding
+            }
             Self::StatefulSet(_) => ManagedKind::StatefulSet,
             Self::DaemonSet(_) => ManagedKind::DaemonSet,
             Self::PodDisruptionBudget(_) => ManagedKind::PodDisruptionBudget,

@@ -1,17 +1,22 @@
-//! ServiceAccounts and per-sidecar least-privilege RBAC.
+//! ServiceAccounts and least-privilege RBAC, per sidecar and per driver plugin.
 //!
 //! Each sidecar gets its own ClusterRole (and Role for namespaced objects) holding what its
 //! upstream `deploy/kubernetes/rbac.yaml` asks for, narrowed to the features in use: no
 //! snapshot rules for a provisioner without snapshots, no VolumeAttachment access without
-//! PUBLISH_UNPUBLISH_VOLUME, no CSIStorageCapacity without capacity tracking. The node
-//! plugin and the registrar talk only to kubelet: the node ServiceAccount gets no roles and
-//! no token.
+//! PUBLISH_UNPUBLISH_VOLUME, no CSIStorageCapacity without capacity tracking.
+//!
+//! The built-in driver's controller and node plugins hand work to each other through the
+//! driver's custom resources (`plinth_driver::cluster::crd`): each plugin gets a ClusterRole
+//! for exactly its side of that exchange. A third-party driver gets no driver roles; its
+//! node ServiceAccount no roles at all.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
+use kube::Resource;
 use plinth_driver::capabilities::{PluginCapability, Sidecar};
+use plinth_driver::cluster::crd::{GROUP, PoolNode, PoolSnapshot, PoolVolume};
 
 use super::{ManagedObject, Plan, controller, names};
 use crate::crd::CsiDeployment;
@@ -211,6 +216,71 @@ pub fn sidecar_rules(sidecar: Sidecar) -> SidecarRbac {
     rules(sidecar, Needs::ALL)
 }
 
+/// One of the built-in driver's two plugins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverPlugin {
+    /// `--mode=controller`, in the controller StatefulSet.
+    Controller,
+    /// `--mode=node`, in the node DaemonSet.
+    Node,
+}
+
+impl DriverPlugin {
+    pub const ALL: [DriverPlugin; 2] = [Self::Controller, Self::Node];
+}
+
+/// A driver resource's plural (from the driver's types, so a renamed resource cannot leave
+/// a stale rule behind).
+fn plural<K: Resource<DynamicType = ()>>() -> String {
+    K::plural(&()).into_owned()
+}
+
+/// Its status subresource.
+fn status<K: Resource<DynamicType = ()>>() -> String {
+    format!("{}/status", K::plural(&()))
+}
+
+fn driver_rule(resources: &[String], verbs: &[&str]) -> PolicyRule {
+    let resources: Vec<&str> = resources.iter().map(String::as_str).collect();
+    rule(GROUP, &resources, verbs)
+}
+
+/// What `plugin` of the built-in driver does with the driver's custom resources.
+///
+/// The controller records work (create), follows it (watch), raises a volume's size
+/// (patch), withdraws it (delete), and reads PoolNodes to place volumes. The node plugin
+/// does the work: it removes its finalizer when the image is gone (patch), answers in
+/// status, and publishes its own PoolNode by server-side apply (create and patch). Neither
+/// needs `update` (every write is a patch), `deletecollection` or wildcards.
+///
+/// RBAC cannot narrow the node plugin to its own node's objects: rules name resources, and
+/// `resourceNames` would have to list volume IDs that do not exist yet. Each node plugin
+/// watches only the objects labelled with its node (`plinth.dev/node`), which keeps a
+/// healthy plugin to its own work; a compromised node pod could still write any node's
+/// objects of this group, which is why [`super::admission`] holds its writes to objects
+/// whose `spec.node` is the node its token was issued on.
+pub fn driver_rules(plugin: DriverPlugin) -> Vec<PolicyRule> {
+    let work = [plural::<PoolVolume>(), plural::<PoolSnapshot>()];
+    match plugin {
+        DriverPlugin::Controller => vec![
+            driver_rule(
+                &work,
+                &["get", "list", "watch", "create", "patch", "delete"],
+            ),
+            driver_rule(&[plural::<PoolNode>()], READ),
+        ],
+        DriverPlugin::Node => vec![
+            driver_rule(&work, &["get", "list", "watch", "patch"]),
+            driver_rule(
+                &[status::<PoolVolume>(), status::<PoolSnapshot>()],
+                &["patch"],
+            ),
+            driver_rule(&[plural::<PoolNode>()], &["get", "create", "patch"]),
+            driver_rule(&[status::<PoolNode>()], &["patch"]),
+        ],
+    }
+}
+
 /// The Lease rules of leader election (in the driver's namespace).
 pub fn leader_election_rules() -> Vec<PolicyRule> {
     vec![rule("coordination.k8s.io", &["leases"], LEASES)]
@@ -231,13 +301,38 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
     }
 }
 
-fn controller_subject(cr: &CsiDeployment) -> Vec<Subject> {
+fn subject(cr: &CsiDeployment, service_account: String) -> Vec<Subject> {
     vec![Subject {
         kind: "ServiceAccount".to_owned(),
-        name: names::controller_service_account(cr),
+        name: service_account,
         namespace: Some(cr.spec.namespace.clone()),
         api_group: None,
     }]
+}
+
+fn controller_subject(cr: &CsiDeployment) -> Vec<Subject> {
+    subject(cr, names::controller_service_account(cr))
+}
+
+/// A ClusterRole and its ClusterRoleBinding to `subjects`.
+fn cluster_grant(
+    cr: &CsiDeployment,
+    name: String,
+    rules: Vec<PolicyRule>,
+    subjects: Vec<Subject>,
+) -> [ManagedObject; 2] {
+    [
+        ManagedObject::ClusterRole(ClusterRole {
+            metadata: labels::metadata(cr, name.clone(), None),
+            rules: Some(rules),
+            aggregation_rule: None,
+        }),
+        ManagedObject::ClusterRoleBinding(ClusterRoleBinding {
+            metadata: labels::metadata(cr, name.clone(), None),
+            role_ref: role_ref("ClusterRole", &name),
+            subjects: Some(subjects),
+        }),
+    ]
 }
 
 /// A Role and its RoleBinding to the controller's ServiceAccount.
@@ -265,11 +360,27 @@ pub fn objects(cr: &CsiDeployment, plan: &Plan) -> Vec<ManagedObject> {
     let mut out = vec![
         ManagedObject::ServiceAccount(service_account(cr, names::controller_service_account(cr))),
         ManagedObject::ServiceAccount(ServiceAccount {
-            // The node pod never calls the API server: no token in it.
+            // The registrar and livenessprobe never call the API server, so no container
+            // gets a token by default; the built-in driver's container mounts one of its
+            // own (`node::api_token_volume`).
             automount_service_account_token: Some(false),
             ..service_account(cr, names::node_service_account(cr))
         }),
     ];
+    if cr.spec.is_builtin() {
+        out.extend(cluster_grant(
+            cr,
+            names::driver_controller_role(cr),
+            driver_rules(DriverPlugin::Controller),
+            controller_subject(cr),
+        ));
+        out.extend(cluster_grant(
+            cr,
+            names::driver_node_role(cr),
+            driver_rules(DriverPlugin::Node),
+            subject(cr, names::node_service_account(cr)),
+        ));
+    }
     let needs = Needs::of(plan);
     for need in &plan.controller_sidecars {
         let SidecarRbac {
@@ -278,16 +389,12 @@ pub fn objects(cr: &CsiDeployment, plan: &Plan) -> Vec<ManagedObject> {
         } = rules(need.sidecar, needs);
         let name = names::sidecar_role(cr, need.sidecar);
         if !cluster.is_empty() {
-            out.push(ManagedObject::ClusterRole(ClusterRole {
-                metadata: labels::metadata(cr, name.clone(), None),
-                rules: Some(cluster),
-                aggregation_rule: None,
-            }));
-            out.push(ManagedObject::ClusterRoleBinding(ClusterRoleBinding {
-                metadata: labels::metadata(cr, name.clone(), None),
-                role_ref: role_ref("ClusterRole", &name),
-                subjects: Some(controller_subject(cr)),
-            }));
+            out.extend(cluster_grant(
+                cr,
+                name.clone(),
+                cluster,
+                controller_subject(cr),
+            ));
         }
         if !namespaced.is_empty() {
             out.extend(namespaced_grant(cr, name, namespaced));

@@ -7,7 +7,9 @@ use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
-use plinth_driver::capabilities::DriverFeatures;
+use plinth_driver::capabilities::{
+    ControllerCapability, GroupControllerCapability, PluginCapability,
+};
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::render::{self, ManagedObject, RenderEnv, Rendered, VolumeSnapshotClass};
 
@@ -32,14 +34,32 @@ pub fn fixture(name: &str) -> CsiDeployment {
     render::yaml::parse(&text).unwrap_or_else(|e| panic!("fixture {name}: {e:?}"))
 }
 
-/// A cluster with the snapshot CRDs, and a built-in driver serving every feature, so the
-/// matrix does not move while the driver grows into its features.
+/// A cluster with every optional CRD (snapshots, group snapshots), and the built-in driver
+/// of this release as a controller/node pair serves it: everything but group snapshots,
+/// which no point in time across nodes' pools could give.
 pub fn full_env() -> RenderEnv {
     RenderEnv {
         snapshot_crds_present: true,
         group_snapshot_crds_present: true,
-        builtin_features: DriverFeatures::default(),
+        builtin_features: plinth_driver::config::served_features(),
     }
+}
+
+/// `third-party.yaml` with a driver that declares snapshots and group snapshots (the
+/// built-in driver serves no group snapshots in a cluster).
+pub fn group_snapshot_driver() -> CsiDeployment {
+    let mut cr = fixture("third-party");
+    let caps = &mut cr.spec.driver.third_party.as_mut().unwrap().capabilities;
+    caps.controller.extend([
+        ControllerCapability::CreateDeleteSnapshot,
+        ControllerCapability::ListSnapshots,
+    ]);
+    caps.plugin.insert(PluginCapability::GroupControllerService);
+    caps.group_controller
+        .insert(GroupControllerCapability::CreateDeleteGetVolumeGroupSnapshot);
+    cr.spec.features.snapshots = Some(true);
+    cr.spec.features.group_snapshots = Some(true);
+    cr
 }
 
 pub fn render_ok(cr: &CsiDeployment, env: &RenderEnv) -> Rendered {

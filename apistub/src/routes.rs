@@ -1,0 +1,526 @@
+//! HTTP: maps Kubernetes API paths, verbs and content types onto the store.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{Request, State},
+    response::{IntoResponse, Response},
+};
+use http::{Method, StatusCode, header, request::Parts};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info_span};
+
+use crate::{
+    error::{ApiError, Reason},
+    fault::{Faults, Pauses, WatchInfo},
+    selector::Selector,
+    store::{Preconditions, ResourceKey, Scope, Store, presented},
+    watch::{self as watching, WatchContext, WatchCounters, WatchSpec},
+    writes::Verb,
+};
+
+/// Request bodies larger than this are refused (the real server's limit is 3 MiB per object).
+const MAX_BODY: usize = 8 << 20;
+
+/// State shared by every request.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub store: Arc<Store>,
+    pub faults: Faults,
+    pub pauses: Pauses,
+    pub shutdown: watch::Receiver<bool>,
+    pub watches: Arc<WatchCounters>,
+    pub bookmark_interval: Duration,
+}
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new().fallback(handle).with_state(app)
+}
+
+/// What a path names.
+#[derive(Debug)]
+enum Target {
+    Version,
+    Collection(Resource),
+    Object(Resource, String),
+    Status(Resource, String),
+}
+
+#[derive(Debug)]
+struct Resource {
+    key: ResourceKey,
+    /// `group/version` as the request spelled it.
+    api_version: String,
+}
+
+impl Target {
+    fn parse(path: &str) -> Option<Target> {
+        if path == "/version" || path == "/version/" {
+            return Some(Target::Version);
+        }
+        let segments: Vec<&str> = path
+            .strip_prefix("/apis/")?
+            .trim_end_matches('/')
+            .split('/')
+            .collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return None;
+        }
+        let resource = |group: &str, version: &str, plural: &str| Resource {
+            key: ResourceKey {
+                group: group.to_owned(),
+                plural: plural.to_owned(),
+            },
+            api_version: format!("{group}/{version}"),
+        };
+        match segments.as_slice() {
+            [group, version, plural] => Some(Target::Collection(resource(group, version, plural))),
+            [group, version, plural, name] => Some(Target::Object(
+                resource(group, version, plural),
+                (*name).to_owned(),
+            )),
+            [group, version, plural, name, "status"] => Some(Target::Status(
+                resource(group, version, plural),
+                (*name).to_owned(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The decoded query string.
+#[derive(Debug, Default)]
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("true" | "1"))
+    }
+
+    /// Refuses what the stub does not implement rather than silently doing something else.
+    fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        if self.get("dryRun").is_some_and(|v| !v.is_empty()) {
+            return Err(ApiError::bad_request(
+                "dryRun is not supported by plinth-apistub",
+            ));
+        }
+        if self.get("resourceVersionMatch") == Some("Exact") {
+            return Err(ApiError::bad_request(
+                "resourceVersionMatch=Exact is not supported by plinth-apistub",
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let span = info_span!("request", method = %parts.method, path = %parts.uri.path());
+    async move {
+        if let Some(status) = app.faults.take(&parts.method, parts.uri.path()) {
+            debug!(%status, "answering with an injected fault");
+            return ApiError::new(
+                status,
+                Reason::for_code(status),
+                format!("injected fault: {status}"),
+            )
+            .into_response();
+        }
+        match serve(&app, &parts, body).await {
+            Ok(response) => response,
+            Err(error) => {
+                debug!(%error, "request refused");
+                error.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve(app: &App, parts: &Parts, body: Body) -> Result<Response, ApiError> {
+    let path = parts.uri.path();
+    let query = Query::parse(parts.uri.query());
+    let target = Target::parse(path).ok_or_else(|| ApiError::no_route(path))?;
+    query.refuse_unsupported()?;
+    let store = &app.store;
+    match (&parts.method, target) {
+        (&Method::GET, Target::Version) => Ok(version()),
+        (&Method::GET, Target::Collection(r)) if query.flag("watch") => {
+            watch(app, parts, &query, r)
+        }
+        (&Method::GET, Target::Collection(r)) => {
+            let selector = Selector::parse(query.get("labelSelector"), query.get("fieldSelector"))?;
+            let listing = store.list(&r.key, &selector);
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "apiVersion": r.api_version,
+                    "kind": format!("{}List", store.kind_of(&r.key)),
+                    "metadata": {"resourceVersion": listing.resource_version.to_string()},
+                    "items": listing.items.iter().map(|o| presented(o, &r.api_version)).collect::<Vec<_>>(),
+                }),
+            ))
+        }
+        (&Method::POST, Target::Collection(r)) => {
+            store.record_write(Verb::Create, &r.key.plural, false);
+            let object = json_body(parts, body).await?;
+            let created = store.create(&r.key, object)?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &presented(&created, &r.api_version),
+            ))
+        }
+        (&Method::GET, Target::Object(r, name) | Target::Status(r, name)) => Ok(json_response(
+            StatusCode::OK,
+            &presented(&*store.get(&r.key, &name)?, &r.api_version),
+        )),
+        (&Method::PUT, Target::Object(r, name)) => {
+            replace(app, parts, body, r, &name, Scope::Main).await
+        }
+        (&Method::PUT, Target::Status(r, name)) => {
+            replace(app, parts, body, r, &name, Scope::Status).await
+        }
+        (&Method::PATCH, Target::Object(r, name)) => {
+            patch(app, parts, &query, body, r, &name, Scope::Main).await
+        }
+        (&Method::PATCH, Target::Status(r, name)) => {
+            patch(app, parts, &query, body, r, &name, Scope::Status).await
+        }
+        (&Method::DELETE, Target::Object(r, name)) => {
+            store.record_write(Verb::Delete, &r.key.plural, false);
+            let preconditions = delete_options(&body_bytes(body).await?)?;
+            let deleted = store.delete(&r.key, &name, &preconditions)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &presented(&deleted, &r.api_version),
+            ))
+        }
+        (method, _) => Err(ApiError::method_not_allowed(method)),
+    }
+}
+
+fn watch(app: &App, parts: &Parts, query: &Query, r: Resource) -> Result<Response, ApiError> {
+    let selector = Selector::parse(query.get("labelSelector"), query.get("fieldSelector"))?;
+    let bookmarks = query.flag("allowWatchBookmarks");
+    let start = watching::start_from_query(
+        query.get("resourceVersion"),
+        query.get("sendInitialEvents"),
+        bookmarks,
+        query.get("resourceVersionMatch"),
+    )?;
+    let timeout = query
+        .get("timeoutSeconds")
+        .map(|t| t.parse::<u64>().map(Duration::from_secs))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("invalid timeoutSeconds: {e}")))?;
+    let info = WatchInfo {
+        group: r.key.group.clone(),
+        plural: r.key.plural.clone(),
+        label_selector: query.get("labelSelector").map(str::to_owned),
+        field_selector: query.get("fieldSelector").map(str::to_owned),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    let ctx = WatchContext {
+        store: app.store.clone(),
+        pauses: app.pauses.subscribe(),
+        shutdown: app.shutdown.clone(),
+        counters: app.watches.clone(),
+        bookmark_interval: app.bookmark_interval,
+    };
+    let spec = WatchSpec {
+        key: r.key,
+        api_version: r.api_version,
+        selector,
+        start,
+        timeout,
+        bookmarks,
+        info,
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        watching::stream(ctx, spec),
+    )
+        .into_response())
+}
+
+async fn replace(
+    app: &App,
+    parts: &Parts,
+    body: Body,
+    r: Resource,
+    name: &str,
+    scope: Scope,
+) -> Result<Response, ApiError> {
+    app.store
+        .record_write(Verb::Update, &r.key.plural, scope == Scope::Status);
+    let object = json_body(parts, body).await?;
+    // Custom resources do not allow unconditional updates.
+    if object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(ApiError::invalid(
+            &r.key.to_string(),
+            name,
+            "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+        ));
+    }
+    let updated = app.store.update(&r.key, name, scope, |_| Ok(object))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &presented(&updated, &r.api_version),
+    ))
+}
+
+async fn patch(
+    app: &App,
+    parts: &Parts,
+    query: &Query,
+    body: Body,
+    r: Resource,
+    name: &str,
+    scope: Scope,
+) -> Result<Response, ApiError> {
+    app.store
+        .record_write(Verb::Patch, &r.key.plural, scope == Scope::Status);
+    let content_type = media_type(parts);
+    let bytes = body_bytes(body).await?;
+    let resource = r.key.to_string();
+    let updated = match content_type.as_str() {
+        "application/merge-patch+json" => {
+            let patch = parse_json(&bytes)?;
+            app.store.update(&r.key, name, scope, |current| {
+                let mut next = current.clone();
+                json_patch::merge(&mut next, &patch);
+                Ok(next)
+            })?
+        }
+        "application/json-patch+json" => {
+            let patch: json_patch::Patch = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            app.store.update(&r.key, name, scope, |current| {
+                let mut next = current.clone();
+                json_patch::patch(&mut next, &patch.0)
+                    .map_err(|e| ApiError::invalid(&resource, name, e))?;
+                Ok(next)
+            })?
+        }
+        "application/apply-patch+yaml" => {
+            let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+                return Err(ApiError::bad_request(
+                    "PATCH requests with application/apply-patch+yaml require fieldManager",
+                ));
+            };
+            if let Some(force) = query.get("force")
+                && !matches!(force, "true" | "false")
+            {
+                return Err(ApiError::bad_request(format!(
+                    "invalid force value: {force:?}"
+                )));
+            }
+            app.store
+                .apply(&r.key, name, scope, manager, &parse_json_or_yaml(&bytes)?)?
+        }
+        // Custom resources have no strategic-merge schema; the real server answers 415 too.
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &presented(&updated, &r.api_version),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeleteOptions {
+    preconditions: Option<PreconditionsBody>,
+    propagation_policy: Option<String>,
+    #[serde(default)]
+    dry_run: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PreconditionsBody {
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+fn delete_options(bytes: &Bytes) -> Result<Preconditions, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Preconditions::default());
+    }
+    let options: DeleteOptions = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+    if !options.dry_run.is_empty() {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by plinth-apistub",
+        ));
+    }
+    // Foreground and Orphan need a garbage collector, which the stub does not run.
+    if let Some(policy) = options.propagation_policy.filter(|p| p != "Background") {
+        return Err(ApiError::bad_request(format!(
+            "propagationPolicy {policy} is not supported by plinth-apistub"
+        )));
+    }
+    let pre = options.preconditions.unwrap_or_default();
+    Ok(Preconditions {
+        uid: pre.uid,
+        resource_version: pre.resource_version,
+    })
+}
+
+fn media_type(parts: &Parts) -> String {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+async fn body_bytes(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))
+}
+
+/// A POST or PUT body: JSON only (YAML or protobuf bodies are 415).
+async fn json_body(parts: &Parts, body: Body) -> Result<Value, ApiError> {
+    let content_type = media_type(parts);
+    if !content_type.is_empty() && content_type != "application/json" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Reason::UnsupportedMediaType,
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json (got {content_type:?})"
+            ),
+        ));
+    }
+    parse_json(&body_bytes(body).await?)
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+/// Apply configurations are YAML on the wire; kube sends JSON, which is also YAML.
+fn parse_json_or_yaml(bytes: &[u8]) -> Result<Value, ApiError> {
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the apply configuration is not UTF-8: {e}")))?;
+    serde_saphyr::from_str(text).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the apply configuration is neither JSON nor YAML: {e}"
+        ))
+    })
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "major": "1",
+            "minor": "34",
+            "gitVersion": "v1.34.0-plinth-apistub",
+            "gitCommit": "0000000000000000000000000000000000000000",
+            "gitTreeState": "clean",
+            "buildDate": "2025-08-27T00:00:00Z",
+            "goVersion": "go1.24.0",
+            "compiler": "gc",
+            "platform": "linux/amd64",
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert!(matches!(Target::parse("/version"), Some(Target::Version)));
+        let Some(Target::Collection(r)) = Target::parse("/apis/plinth.dev/v1alpha1/poolvolumes")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                r.key.group.as_str(),
+                r.key.plural.as_str(),
+                r.api_version.as_str()
+            ),
+            ("plinth.dev", "poolvolumes", "plinth.dev/v1alpha1")
+        );
+        assert!(
+            matches!(Target::parse("/apis/plinth.dev/v1alpha1/poolvolumes/a"), Some(Target::Object(_, n)) if n == "a")
+        );
+        assert!(
+            matches!(Target::parse("/apis/plinth.dev/v1alpha1/poolvolumes/a/status"), Some(Target::Status(_, n)) if n == "a")
+        );
+        for unserved in [
+            "/api/v1/pods",
+            "/apis",
+            "/apis/g/v/ns/x/plural",
+            "/apis/g//p",
+            "/apis/g/v/p/a/scale",
+        ] {
+            assert!(Target::parse(unserved).is_none(), "{unserved}");
+        }
+    }
+
+    #[test]
+    fn delete_options_parse() {
+        assert!(delete_options(&Bytes::new()).unwrap().uid.is_none());
+        let pre = delete_options(&Bytes::from_static(
+            br#"{"preconditions":{"uid":"u","resourceVersion":"7"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (pre.uid.as_deref(), pre.resource_version.as_deref()),
+            (Some("u"), Some("7"))
+        );
+        assert!(delete_options(&Bytes::from_static(b"{not json")).is_err());
+        assert!(
+            delete_options(&Bytes::from_static(
+                br#"{"propagationPolicy":"Foreground"}"#
+            ))
+            .is_err()
+        );
+    }
+}

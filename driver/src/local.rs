@@ -1,0 +1,67 @@
+//! Volume and snapshot work on this node's pool. The all-in-one Controller service and
+//! the cluster-mode node agent ([`crate::cluster::agent`]) both do it through these
+//! functions, so both hold the same per-volume claims around the same pool calls.
+
+use crate::error::Error;
+use crate::pool::{self, VolumeId};
+use crate::restore;
+use crate::snapshot::{self, Snapshot, SnapshotId};
+use crate::state::Driver;
+
+/// Create the volume `request` describes, filled from `source` when given. The source is
+/// claimed too: it must not be deleted while it is copied.
+pub async fn create_volume(
+    driver: &Driver,
+    request: pool::CreateVolumeRequest,
+    source: Option<restore::Source>,
+) -> Result<(pool::Volume, pool::Created), Error> {
+    let pool = driver.pool()?;
+    let mut keys = vec![format!("name:{}", request.name)];
+    keys.extend(source.as_ref().map(restore::Source::key));
+    driver
+        .exclusive_all(&keys, move || match &source {
+            Some(source) => restore::create(&pool, &request, source),
+            None => Ok(pool.create_volume(&request)?),
+        })
+        .await
+}
+
+pub async fn delete_volume(driver: &Driver, id: VolumeId) -> Result<(), Error> {
+    let pool = driver.pool()?;
+    let key = id.to_string();
+    driver
+        .exclusive(&key, move || Ok(pool.delete_volume(&id)?))
+        .await
+}
+
+/// Grow the image to `size` bytes; returns the size it has.
+pub async fn expand_volume(driver: &Driver, id: VolumeId, size: u64) -> Result<u64, Error> {
+    let pool = driver.pool()?;
+    let key = id.to_string();
+    driver
+        .exclusive(&key, move || Ok(pool.expand_volume(&id, size)?))
+        .await
+}
+
+/// Cut snapshot `name` of `source` (under `id` when given).
+pub async fn create_snapshot(
+    driver: &Driver,
+    name: String,
+    source: VolumeId,
+    id: Option<SnapshotId>,
+) -> Result<(Snapshot, snapshot::Created), Error> {
+    let pool = driver.pool()?;
+    let store = driver.snapshots()?;
+    let keys = [format!("snapshot:{name}"), source.to_string()];
+    driver
+        .exclusive_all(&keys, move || {
+            Ok(store.create_as(&pool, &name, &source, id)?)
+        })
+        .await
+}
+
+pub async fn delete_snapshot(driver: &Driver, id: SnapshotId) -> Result<(), Error> {
+    let store = driver.snapshots()?;
+    let key = id.to_string();
+    driver.exclusive(&key, move || Ok(store.delete(&id)?)).await
+}

@@ -59,6 +59,7 @@ mod store;
 mod watch;
 mod writes;
 
+use axum::serve::ListenerExt;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::Path,
@@ -152,6 +153,13 @@ impl ApiStub {
         let router = routes::router(app.clone());
         let mut stop = shutdown_rx;
         let server = tokio::spawn(async move {
+            // Go's net package (and so the real API server) disables Nagle's algorithm
+            // on every connection; without this, small responses wait for a delayed ACK.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::warn!(%error, "cannot set TCP_NODELAY");
+                }
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|down| *down).await;

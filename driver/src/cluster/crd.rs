@@ -8,8 +8,12 @@
 
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use std::fmt::Debug;
+
+use kube::core::ClusterResourceScope;
+use kube::{CustomResource, Resource};
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::mount::FsType;
@@ -246,6 +250,32 @@ pub enum Operation {
     Create,
     Expand,
     Delete,
+}
+
+/// What the typed API needs of a cluster-scoped resource of ours (one set of bounds for
+/// the controller's and the node's generic code).
+pub trait Record:
+    Resource<DynamicType = (), Scope = ClusterResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Record for T where
+    T: Resource<DynamicType = (), Scope = ClusterResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Serialize
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// The name of `node`'s PoolNode for `driver`: both are DNS subdomains, so is this.

@@ -12,37 +12,25 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::core::ClusterResourceScope;
 use kube::runtime::wait::await_condition;
 use kube::{Api, Resource, ResourceExt};
 use plinth_csi_proto::v1;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tracing::Span;
 
 use super::crd::{
     self, ContentSourceSpec, Operation, Phase, PoolNode, PoolSnapshot, PoolSnapshotSpec,
-    PoolVolume, PoolVolumeSpec, WorkError,
+    PoolVolume, PoolVolumeSpec, Record, WorkError,
 };
 use super::placement::{self, Room};
 use super::{Cluster, ClusterError, ids, is_transient, parse_code};
 use crate::error::Error;
-use crate::pool::{CapacityRange, ContentSource, GRANULARITY, VolumeAccess, VolumeId, image_size};
+use crate::pool::{CapacityRange, ContentSource, VolumeAccess, VolumeId, image_size};
 use crate::snapshot::SnapshotId;
 use crate::validate::{self, Capability, Capacity};
 use crate::{restore, snapshot_rpc};
 
 /// A piece of work handed to a node: a PoolVolume or a PoolSnapshot.
-trait Work:
-    Resource<DynamicType = (), Scope = ClusterResourceScope>
-    + Clone
-    + Debug
-    + DeserializeOwned
-    + Serialize
-    + Send
-    + Sync
-    + 'static
-{
+trait Work: Record {
     /// "volume" or "snapshot", for messages.
     const WHAT: &'static str;
     fn driver(&self) -> &str;
@@ -303,13 +291,6 @@ async fn delete_work<K: Work>(cluster: &Cluster, name: &str) -> Result<(), Error
 }
 
 /// The smallest image of `access`, as the pool computes it.
-fn min_size(access: VolumeAccess) -> u64 {
-    match access {
-        VolumeAccess::Mount { fs_type } => fs_type.min_size_bytes(),
-        VolumeAccess::Block => GRANULARITY,
-    }
-}
-
 /// The rooms the node plugins published.
 async fn rooms(cluster: &Cluster) -> Result<Vec<Room>, Error> {
     let nodes = api_nodes(cluster)
@@ -428,7 +409,7 @@ async fn plan_volume(
         ),
     };
     let size_bytes =
-        image_size(range, min_size(access)).map_err(|e| Error::OutOfRange(e.to_string()))?;
+        image_size(range, access.min_size_bytes()).map_err(|e| Error::OutOfRange(e.to_string()))?;
     let node = placement::choose(
         new.requirement.as_ref(),
         &cluster.topology_key,

@@ -77,6 +77,16 @@ pub enum VolumeAccess {
     Block,
 }
 
+impl VolumeAccess {
+    /// The smallest image this access can use (a filesystem needs room for itself).
+    pub fn min_size_bytes(self) -> u64 {
+        match self {
+            Self::Mount { fs_type } => fs_type.min_size_bytes(),
+            Self::Block => GRANULARITY,
+        }
+    }
+}
+
 /// Where a volume's initial content comes from (CSI `VolumeContentSource`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
@@ -340,11 +350,8 @@ impl Pool {
         if req.content_source.is_some() && populate.is_none() {
             return Err(PoolError::ContentSourceUnsupported);
         }
-        let min = match req.access {
-            VolumeAccess::Mount { fs_type } => fs_type.min_size_bytes(),
-            VolumeAccess::Block => GRANULARITY,
-        };
-        let size = image_size(req.capacity, min).map_err(PoolError::OutOfRange)?;
+        let size =
+            image_size(req.capacity, req.access.min_size_bytes()).map_err(PoolError::OutOfRange)?;
 
         let mut index = self.lock();
         if let Some(id) = index.by_name.get(&req.name) {

@@ -23,16 +23,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::ClusterResourceScope;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::cluster::crd::{self, Operation, WorkError};
+use crate::cluster::crd::{self, Operation, Record, WorkError};
 use crate::cluster::{parse_code, work_error};
 use crate::error::{Error, chain};
 use crate::state::Driver;
@@ -57,16 +55,7 @@ pub enum AgentError {
 }
 
 /// A PoolVolume or PoolSnapshot: work this node does and answers in status.
-pub trait Work:
-    Resource<DynamicType = (), Scope = ClusterResourceScope>
-    + Clone
-    + Debug
-    + DeserializeOwned
-    + Serialize
-    + Send
-    + Sync
-    + 'static
-{
+pub trait Work: Record {
     type Status: Clone + Debug + Default + PartialEq + Serialize + Send + Sync;
 
     fn status(&self) -> Option<&Self::Status>;

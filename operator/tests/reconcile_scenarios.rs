@@ -630,6 +630,12 @@ async fn deletion_without_volumes_removes_every_object_and_the_finalizer() {
     h.create("local", minimal());
     h.reconcile_ok("local").await;
     let created = expected(&h, "local", true);
+    // The node plugins' capacity records: ours go with the driver, another driver's stay.
+    let ours = "/apis/plinth.dev/v1alpha1/poolnodes/worker-1.local.csi.plinth.dev";
+    let theirs = "/apis/plinth.dev/v1alpha1/poolnodes/worker-1.other.csi.plinth.dev";
+    h.fake.insert(ours, pool_node("worker-1", DRIVER));
+    h.fake
+        .insert(theirs, pool_node("worker-1", "other.csi.plinth.dev"));
     delete_cr(&mut h, "local").await;
     h.fake.clear_log();
 
@@ -638,8 +644,11 @@ async fn deletion_without_volumes_removes_every_object_and_the_finalizer() {
     let mut deleted = deletes(&log);
     deleted.sort();
     let mut want: Vec<String> = created.into_iter().map(|(p, _)| p).collect();
+    want.push(ours.to_owned());
     want.sort();
     assert_eq!(deleted, want);
+    assert!(h.fake.get(theirs).is_some(), "another driver's record");
+    h.fake.remove(theirs);
     assert_eq!(
         managed_paths(&h),
         Vec::<String>::new(),
@@ -660,6 +669,18 @@ async fn deletion_without_volumes_removes_every_object_and_the_finalizer() {
             .get("finalizers")
             .is_none()
     );
+}
+
+fn pool_node(node: &str, driver: &str) -> Value {
+    json!({
+        "apiVersion": "plinth.dev/v1alpha1",
+        "kind": "PoolNode",
+        "metadata": {
+            "name": format!("{node}.{driver}"),
+            "labels": {"plinth.dev/driver": driver, "plinth.dev/node": node},
+        },
+        "spec": {"driver": driver, "node": node},
+    })
 }
 
 /// Stored objects other than CRs, events and PersistentVolumes.

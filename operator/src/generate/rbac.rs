@@ -52,6 +52,8 @@ pub fn own_rules() -> Vec<PolicyRule> {
         ),
         // Whether volumes of a driver still exist before deleting it.
         rule(&[""], &["persistentvolumes"], &["list"]),
+        // The built-in driver's per-node capacity records go with the driver.
+        rule(&["plinth.dev"], &["poolnodes"], &["list", "delete"]),
         // No rule for CustomResourceDefinitions: whether the snapshot APIs are served is
         // asked through API discovery, which every authenticated user may read.
         // Events about a cluster-scoped CsiDeployment land in `default`; about namespaced

@@ -2,8 +2,9 @@
 //! deployed, but never while PersistentVolumes of its driver exist unless the user said so.
 
 use k8s_openapi::api::core::v1::PersistentVolume;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
+use plinth_driver::cluster::crd::{PoolNode, driver_selector};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
@@ -113,4 +114,26 @@ pub async fn count_volumes(client: &Client, driver: &str) -> Result<usize, Error
     }
     info!(count, "PersistentVolumes of the driver");
     Ok(count)
+}
+
+/// Deletes the PoolNodes of `driver`: its node plugins' capacity records, which nothing
+/// else removes once the DaemonSet is gone. PoolVolumes and PoolSnapshots are never
+/// touched: with `OrphanVolumes` they are the record of images left on the nodes.
+#[instrument(skip(client))]
+pub async fn delete_pool_nodes(client: &Client, driver: &str) -> Result<usize, Error> {
+    let api: Api<PoolNode> = Api::all(client.clone());
+    let nodes = api
+        .list_metadata(&ListParams::default().labels(&driver_selector(driver)))
+        .await
+        .map_err(Error::api(Verb::List, "PoolNodes"))?;
+    for node in &nodes.items {
+        let name = node.name_any();
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if super::error::is_not_found(&e) => {}
+            Err(e) => return Err(Error::api(Verb::Delete, format!("PoolNode {name}"))(e)),
+        }
+    }
+    info!(count = nodes.items.len(), "PoolNodes of the driver deleted");
+    Ok(nodes.items.len())
 }

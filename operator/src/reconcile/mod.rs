@@ -291,6 +291,9 @@ async fn cleanup(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Error> {
         prune::delete_owned(&ctx.client, obj).await?;
         Metrics::count(&ctx.metrics.prunes, &obj.key.kind);
     }
+    if owns_driver && cr.spec.is_builtin() {
+        finalizer::delete_pool_nodes(&ctx.client, driver).await?;
+    }
     events::publish(ctx, cr, Note::CleanedUp(live.len())).await;
     finalizer::remove(&ctx.client, cr).await?;
     ctx.fingerprints.forget_owner(&name);

@@ -226,7 +226,29 @@ async fn a_volume_still_attached_keeps_its_finalizer_and_the_refusal_is_recorded
         .expect("the finalizer holds it");
     assert_eq!(held["metadata"]["finalizers"], json!([crd::FINALIZER]));
 
-    // Unstaged; a restarted agent retries at once and finishes.
+    // Unstaged. Another event for the same attempt waits out the backoff...
+    drop(attached);
+    reconcile_stored::<PoolVolume>(&api, &node, id.as_str()).await;
+    assert_eq!(
+        node.image_len(&id),
+        Some(64 * MIB),
+        "retried before its backoff"
+    );
+    // ...but the controller passing on the CO's retry is a new attempt, done at once.
+    api.update(VOLUMES, id.as_str(), |object| {
+        object["metadata"]["annotations"] = json!({crd::RETRY_ANNOTATION: "7"});
+    });
+    reconcile_stored::<PoolVolume>(&api, &node, id.as_str()).await;
+    assert_eq!(node.image_len(&id), None);
+    assert_eq!(api.get(VOLUMES, id.as_str()), None);
+
+    // A restarted agent retries at once as well (its backoff memory is gone).
+    let id = provisioned(&api, &node, "pvc-2", 64 * MIB).await;
+    let attached = Attached(
+        plinth_driver::mount::loopdev::attach(&node.pool().image_path(&id)).expect("attach"),
+    );
+    delete::<PoolVolume>(&client, id.as_str()).await;
+    reconcile_stored::<PoolVolume>(&api, &node, id.as_str()).await;
     drop(attached);
     let restarted = plinth_driver::cluster::agent::Agent::new(node.driver.clone()).unwrap();
     restarted

@@ -552,11 +552,36 @@ async fn delete_answers_the_failure_the_node_recorded_and_aborted_while_pending(
     let status = delete(&service, &id).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("still staged"), "{status:?}");
-    // One DELETE: the retry found the object being deleted and only waited.
+    // One DELETE: the retry found the object being deleted and did not delete again.
     assert_eq!(
         api.writes().iter().filter(|r| r.method == "DELETE").count(),
         1
     );
+    // It asked the node to retry now rather than at the end of its backoff: the CO's
+    // retries drive the node's.
+    let asked = retry_requests(&api, &id);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    delete(&service, &id).await.unwrap_err();
+    let asked = retry_requests(&api, &id);
+    assert_eq!(asked.len(), 2);
+    assert_ne!(asked[0], asked[1], "each retry is a new request");
+}
+
+/// The `plinth.dev/retry` values the controller wrote to `id`, in order.
+fn retry_requests(api: &MockApi, id: &str) -> Vec<Value> {
+    api.writes()
+        .iter()
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.path == object_path::<PoolVolume>(id)
+                && r.content_type.as_deref() == Some("application/merge-patch+json")
+        })
+        .filter_map(|r| {
+            r.body.as_ref()?["metadata"]["annotations"]
+                .get("plinth.dev/retry")
+                .cloned()
+        })
+        .collect()
 }
 
 /// ControllerExpandVolume of `id` to `required` bytes, in the background.
@@ -653,6 +678,22 @@ async fn a_failed_expansion_is_answered_and_leaves_the_volume_in_place() {
     let mut retry = create_request("pvc-x", MIB);
     retry.accessibility_requirements = None;
     assert_eq!(create(&service, retry).await.unwrap().volume_id, id);
+
+    // The resizer retries the same size: the recorded failure answers at once, the size
+    // is not written again, and the node is asked to retry now.
+    let spec_patches = |api: &MockApi| {
+        api.writes()
+            .iter()
+            .filter(|r| r.body.as_ref().is_some_and(|b| b.get("spec").is_some()))
+            .count()
+    };
+    let before = spec_patches(&api);
+    let status = join(spawn_expand(&service, &id, 1_i64 << 40))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(spec_patches(&api), before);
+    assert_eq!(retry_requests(&api, &id).len(), 1);
 }
 
 #[tokio::test]

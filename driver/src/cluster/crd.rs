@@ -29,6 +29,9 @@ pub const NODE_LABEL: &str = "plinth.dev/node";
 /// Held by every PoolVolume and PoolSnapshot while its image may exist on the node: the
 /// record of a volume is never lost while its bytes are still there.
 pub const FINALIZER: &str = "plinth.dev/pool-image";
+/// Set by the controller when the CO retries work the node has failed: the node tries
+/// again at once instead of waiting out its own backoff, so the sidecar's retries drive it.
+pub const RETRY_ANNOTATION: &str = "plinth.dev/retry";
 /// The field manager of the driver's writes.
 pub const FIELD_MANAGER: &str = "plinth-driver";
 

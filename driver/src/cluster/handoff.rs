@@ -241,6 +241,32 @@ fn recorded(node: &str, error: WorkError) -> Error {
     .into()
 }
 
+/// The CO retried work its node has already failed: ask the node to try again now
+/// (instead of when its own backoff ends) and answer with the failure it recorded; the
+/// CO's next retry finds the new outcome. A failure to ask is only logged: the node
+/// retries on its own anyway.
+async fn retry_failed<K: Work>(api: &Api<K>, object: &K, error: WorkError) -> Error {
+    // Any new value is a new request; the resourceVersion the object had is one.
+    let request = object.resource_version().unwrap_or_default();
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {crd::RETRY_ANNOTATION: request}},
+    });
+    let params = PatchParams {
+        field_manager: Some(crd::FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    match api
+        .patch(&object.name_any(), &params, &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(code = %error.code, "the node failed this before; asked it to retry now")
+        }
+        Err(e) => tracing::warn!(error = %crate::error::chain(&e), "cannot ask the node to retry"),
+    }
+    recorded(object.node(), error)
+}
+
 /// A deletion of exactly `object`: not of another object written under its name since.
 fn delete_params<K: Work>(object: &K) -> DeleteParams {
     DeleteParams {
@@ -270,6 +296,9 @@ async fn delete_work<K: Work>(cluster: &Cluster, name: &str) -> Result<(), Error
     };
     Span::current().record("node", object.node());
     let object = if is_deleting(&object) {
+        if let Some(Settled::Failed(object, error)) = settled(&object, Operation::Delete) {
+            return Err(retry_failed(&api, &object, error).await);
+        }
         object
     } else {
         match api.delete(name, &delete_params(&object)).await {
@@ -562,6 +591,8 @@ pub async fn expand_volume(cluster: &Cluster, id: &VolumeId, wanted: u64) -> Res
             "expansion handed to the node"
         );
         patched
+    } else if let Some(Settled::Failed(volume, error)) = settled(&volume, Operation::Expand) {
+        return Err(retry_failed(&api, &volume, error).await);
     } else {
         volume
     };

@@ -3,8 +3,9 @@
 //! A failure is recorded in the object's status, and that write comes back through the
 //! watch as a new event for the same object: without memory of the failure the agent
 //! would retry at once, every time. So the agent remembers, per attempt (object UID,
-//! generation, deleting or not), when it may try again; a new generation (the spec
-//! changed) or the start of deletion is a new attempt and runs at once. The memory is
+//! generation, deleting or not, the controller's retry request), when it may try again;
+//! a new generation (the spec changed), the start of deletion or a retry request (the CO
+//! retried the call) is a new attempt and runs at once. The memory is
 //! per process: a restarted agent retries everything once, which is what a restart is
 //! for.
 
@@ -31,6 +32,8 @@ pub struct Attempt {
     uid: String,
     generation: i64,
     deleting: bool,
+    /// The controller's retry request (`plinth.dev/retry`): a new value is a new attempt.
+    retry: Option<String>,
 }
 
 impl Attempt {
@@ -40,6 +43,10 @@ impl Attempt {
             uid: object.uid().unwrap_or_else(|| object.name_any()),
             generation: super::generation(object),
             deleting: object.meta().deletion_timestamp.is_some(),
+            retry: object
+                .annotations()
+                .get(crate::cluster::crd::RETRY_ANNOTATION)
+                .cloned(),
         }
     }
 }
@@ -137,6 +144,7 @@ mod tests {
             uid: "u1".into(),
             generation,
             deleting,
+            retry: None,
         }
     }
 
@@ -174,6 +182,12 @@ mod tests {
             matches!(retries.pending(&attempt(1, false)), Some(a) if a != Action::await_change())
         );
         assert_eq!(retries.pending(&attempt(1, true)), None);
+        // The CO retried the call and the controller asked for a retry: new work too.
+        let requested = Attempt {
+            retry: Some("1".into()),
+            ..attempt(1, false)
+        };
+        assert_eq!(retries.pending(&requested), None);
         // The second failure of the same attempt waits twice as long.
         let second = retries.failed(attempt(1, false), Code::ResourceExhausted);
         assert_eq!(second, Action::requeue(TERMINAL_FIRST * 2));

@@ -15,11 +15,6 @@ use crate::validate::{self, Access, Capability, existing_id};
 use crate::volume::{self, VolumeStats};
 use crate::{advertise, ephemeral, expand_rpc, grow};
 
-/// A read-only bind of a loop device node still lets the pod write the device (the mount
-/// flag covers the filesystem holding the node, not the device). Until the volume layer
-/// publishes a read-only device, such publishes are refused rather than silently writable.
-const READONLY_BLOCK_SUPPORTED: bool = false;
-
 #[derive(Debug, Clone)]
 pub struct NodeService {
     driver: Arc<Driver>,
@@ -92,12 +87,6 @@ impl NodeService {
         }
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let readonly = req.readonly || cap.mode.read_only();
-        if readonly && cap.access == Access::Block && !READONLY_BLOCK_SUPPORTED {
-            return Err(Error::InvalidArgument {
-                field: "readonly",
-                reason: "read-only publishing of block volumes is not supported yet".into(),
-            });
-        }
         let volumes = self.driver.volumes()?;
         let key = id.to_string();
         self.driver
@@ -196,10 +185,10 @@ fn other_publication(
     // mountinfo shows resolved paths; resolve ours the same way before comparing.
     let staging = volume::resolve_path(staging, pool.dir())?;
     let target = volume::resolve_path(target, pool.dir())?;
-    let node_root = dev.node_root();
+    let users = dev.users();
     Ok(mountinfo::read_self()?
         .into_iter()
-        .filter(|m| m.dev == dev.dev || m.root == Path::new(&node_root))
+        .filter(|m| users.contains(m))
         .map(|m| m.mount_point)
         .find(|p| !p.starts_with(&staging) && *p != target))
 }

@@ -875,7 +875,7 @@ fn print_latencies(
 }
 
 /// The size of the filesystem mounted at `mount`, from `df -Pk` output.
-fn df_size_bytes(output: &str, mount: &str) -> Option<u64> {
+pub(crate) fn df_size_bytes(output: &str, mount: &str) -> Option<u64> {
     output.lines().find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.len() >= 6 && fields.last() == Some(&mount) {

@@ -79,6 +79,7 @@ mod raw {
     nix::ioctl_write_int_bad!(loop_set_fd, 0x4C00);
     nix::ioctl_none_bad!(loop_clr_fd, 0x4C01);
     nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, LoopInfo64);
+    nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
     nix::ioctl_none_bad!(loop_set_capacity, 0x4C07);
     nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, LoopConfig);
     // FICLONE = _IOW(0x94, 9, int).
@@ -110,6 +111,15 @@ pub fn loop_set_fd(dev: BorrowedFd<'_>, backing: BorrowedFd<'_>) -> Result<(), E
 pub fn loop_set_status64(dev: BorrowedFd<'_>, info: &LoopInfo64) -> Result<(), Errno> {
     // SAFETY: `info` is a valid `struct loop_info64` that outlives the call; read-only.
     unsafe { raw::loop_set_status64(dev.as_raw_fd(), info) }.map(drop)
+}
+
+/// `LOOP_GET_STATUS64`: what the device is bound to. `ENXIO` when it is unbound.
+pub fn loop_get_status64(dev: BorrowedFd<'_>) -> Result<LoopInfo64, Errno> {
+    let mut info = LoopInfo64::new(0, &[]);
+    // SAFETY: `info` is a valid, writable `struct loop_info64` that outlives the call;
+    // the kernel fills it in.
+    unsafe { raw::loop_get_status64(dev.as_raw_fd(), &mut info) }?;
+    Ok(info)
 }
 
 /// `LOOP_CLR_FD`: detach the backing file (deferred by the kernel while still open).

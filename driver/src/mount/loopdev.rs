@@ -1,18 +1,21 @@
 //! Loop devices through `/dev/loop-control` and the loop ioctls (no losetup).
 //!
-//! A mapping is discoverable from sysfs (`/sys/block/loopN/loop/backing_file`), which is
-//! how the pool finds devices still attached after a driver restart.
+//! Which device backs which image is asked of the devices themselves
+//! (`LOOP_GET_STATUS64`: the backing file's device and inode, see [`FileId`]), never
+//! matched by path, so a driver restarted in a new mount namespace finds the devices its
+//! predecessor attached.
 //!
-//! Finding the device of an image means scanning every loop device in sysfs. The
+//! Finding the device of an image means scanning every bound loop device. The
 //! read-write device of each image this process attached or found is remembered (see
 //! [`RwCache`]) so that the calls that need it (publish, unpublish, stats, attachment)
-//! confirm it with one read instead of a scan. Only positive answers come from the
+//! confirm it with one ioctl instead of a scan. Only positive answers come from the
 //! cache: "nothing attached" always comes from a scan.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 use std::thread;
@@ -20,8 +23,8 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 
-use super::MountError;
 use super::ioctl::{self, LO_FLAGS_DIRECT_IO, LO_FLAGS_READ_ONLY, LoopConfig, LoopInfo64};
+use super::{MountEntry, MountError};
 
 const LOOP_CONTROL: &str = "/dev/loop-control";
 const SYS_BLOCK: &str = "/sys/block";
@@ -81,10 +84,36 @@ impl LoopDevice {
         fs::read_to_string(sys).is_ok_and(|s| s.trim() == "1")
     }
 
-    /// The device name mountinfo shows as the root of a bind of the device node
-    /// (`/loopN`).
-    pub fn node_root(&self) -> String {
-        format!("/loop{}", self.number)
+    /// What tells the mounts that use this device from the others.
+    pub fn users(&self) -> DeviceUsers {
+        DeviceUsers {
+            dev: self.dev,
+            node_root: PathBuf::from(format!("/loop{}", self.number)),
+            node_fs: fs::metadata(&self.path)
+                .ok()
+                .map(|meta| split_dev(meta.dev())),
+        }
+    }
+}
+
+/// The mounts that use a loop device: its filesystem (mounted from the device), or a bind
+/// of its device node — a mount whose root is `/loopN` *on the filesystem that holds
+/// `/dev/loopN`* (devtmpfs).
+///
+/// The root alone would not do: any filesystem can hold a `loopN` entry, and a pod
+/// mounting its emptyDir with `subPath: loop0` would pass for a user of `/dev/loop0` and
+/// block other tenants' unstage.
+#[derive(Clone, Debug)]
+pub struct DeviceUsers {
+    dev: (u32, u32),
+    node_root: PathBuf,
+    /// Device of the filesystem holding the device node; `None` if it is gone.
+    node_fs: Option<(u32, u32)>,
+}
+
+impl DeviceUsers {
+    pub fn contains(&self, m: &MountEntry) -> bool {
+        m.dev == self.dev || (m.root == self.node_root && Some(m.dev) == self.node_fs)
     }
 }
 
@@ -142,8 +171,12 @@ fn attach_with(image: &Path, read_only: bool) -> Result<LoopDevice, MountError> 
         match configure(&dev, &backing, name, read_only) {
             Ok(()) => {
                 let device = LoopDevice::from_number(number)?;
-                if !read_only {
-                    RW_CACHE.remember(image, &device);
+                if !read_only && let Ok(meta) = backing.metadata() {
+                    let id = FileId {
+                        dev: split_dev(meta.dev()),
+                        ino: meta.ino(),
+                    };
+                    RW_CACHE.remember(id, &device);
                 }
                 return Ok(device);
             }
@@ -238,8 +271,76 @@ pub fn refresh_capacity(dev: &LoopDevice) -> Result<(), MountError> {
     ioctl::loop_set_capacity(file.as_fd()).map_err(MountError::sys("LOOP_SET_CAPACITY", &dev.path))
 }
 
-/// Every attached loop device with its backing file, from sysfs.
-pub fn list_attached() -> Result<Vec<(LoopDevice, PathBuf)>, MountError> {
+/// The identity of a backing file that every process on the node agrees on: its
+/// filesystem's device number and its inode.
+///
+/// The path the kernel reports for a loop device's backing file (sysfs
+/// `loop/backing_file`, `LOOP_GET_STATUS64`'s `lo_file_name`) is not that: it is rendered
+/// through the mount the file was opened by. A restarted node plugin runs in a new mount
+/// namespace with its own bind mount of the pool, and there the device attached by its
+/// predecessor reports `/volumes/<id>.img`, not the pool path. Device and inode do not
+/// change across namespaces, bind mounts or renames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// `(major, minor)` of the filesystem holding the file.
+    pub dev: (u32, u32),
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of the file at `path`; `None` when there is no such file.
+    pub fn of(path: &Path) -> Result<Option<Self>, MountError> {
+        match fs::metadata(path) {
+            Ok(meta) => Ok(Some(Self {
+                dev: split_dev(meta.dev()),
+                ino: meta.ino(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(MountError::io("stat", path)(e)),
+        }
+    }
+
+    /// The backing file of a bound loop device, as `LOOP_GET_STATUS64` reports it.
+    fn of_loop(info: &LoopInfo64) -> Self {
+        // The kernel encodes `lo_device` with `huge_encode_dev` (the "new" dev_t layout:
+        // minor's low byte, major, then minor's upper bits).
+        let d = info.lo_device;
+        let major = ((d >> 8) & 0xfff) as u32;
+        let minor = ((d & 0xff) | ((d >> 12) & 0xfff00)) as u32;
+        Self {
+            dev: (major, minor),
+            ino: info.lo_inode,
+        }
+    }
+}
+
+fn split_dev(dev: u64) -> (u32, u32) {
+    (
+        nix::sys::stat::major(dev) as u32,
+        nix::sys::stat::minor(dev) as u32,
+    )
+}
+
+/// What `/dev/loopN` is bound to: `None` when unbound (or gone).
+fn status_of(dev: &LoopDevice) -> Result<Option<LoopInfo64>, MountError> {
+    let file = match File::open(&dev.path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(MountError::io("open", &dev.path)(e)),
+    };
+    match ioctl::loop_get_status64(file.as_fd()) {
+        Ok(info) => Ok(Some(info)),
+        Err(Errno::ENXIO) => Ok(None),
+        Err(e) => Err(MountError::sys("LOOP_GET_STATUS64", &dev.path)(e)),
+    }
+}
+
+/// Every bound loop device with the identity of its backing file.
+///
+/// sysfs lists the devices and says which are bound (`loop/` exists); the backing file's
+/// identity comes from the device itself, so the answer is the same in every mount
+/// namespace (see [`FileId`]).
+pub fn list_attached() -> Result<Vec<(LoopDevice, FileId)>, MountError> {
     let root = Path::new(SYS_BLOCK);
     let entries = fs::read_dir(root).map_err(MountError::io("read_dir", root))?;
     let mut out = Vec::new();
@@ -253,107 +354,103 @@ pub fn list_attached() -> Result<Vec<(LoopDevice, PathBuf)>, MountError> {
         else {
             continue;
         };
-        let backing_path = entry.path().join("loop").join("backing_file");
-        // Absent `loop/` directory means the device is unbound; races with a concurrent
-        // detach also end here.
-        let Ok(backing) = fs::read(&backing_path) else {
+        // No `loop/` directory: unbound, so not worth opening. Races with a concurrent
+        // attach or detach are settled by the ioctl below.
+        if !entry.path().join("loop").exists() {
             continue;
-        };
-        let backing = trim_newline(&backing);
+        }
         let Ok(dev) = LoopDevice::from_number(number) else {
             continue;
         };
-        out.push((dev, PathBuf::from(std::ffi::OsStr::from_bytes(backing))));
+        if let Some(info) = status_of(&dev)? {
+            out.push((dev, FileId::of_loop(&info)));
+        }
     }
     Ok(out)
 }
 
-fn trim_newline(b: &[u8]) -> &[u8] {
-    b.strip_suffix(b"\n").unwrap_or(b)
-}
-
-/// The read-write loop device backed by `image` (compared by canonical path), if any:
-/// the one stage attached. Read-only devices of read-only block publishes are not it.
+/// The read-write loop device backed by `image` (the same file, by device and inode), if
+/// any: the one stage attached. Read-only devices of read-only block publishes are not it.
 ///
-/// A device remembered for `image` is returned after confirming in sysfs that it is
-/// still bound to `image` and writable; otherwise (never seen, detached or rebound behind
-/// our back) every loop device is scanned.
+/// A device remembered for the image is returned after confirming with the device itself
+/// that it is still bound to that file and writable; otherwise (never seen, detached or
+/// rebound behind our back) every loop device is scanned.
 pub fn find_loop_for(image: &Path) -> Result<Option<LoopDevice>, MountError> {
-    if let Some(dev) = RW_CACHE.confirmed(image) {
+    let Some(id) = FileId::of(image)? else {
+        return Ok(None);
+    };
+    if let Some(dev) = RW_CACHE.confirmed(id)? {
         return Ok(Some(dev));
     }
-    Ok(loops_for(image)?.into_iter().find(|d| !d.is_read_only()))
+    Ok(scan_for(id)?.into_iter().find(|d| !d.is_read_only()))
 }
 
 /// Every loop device backed by `image`, read-write and read-only (always a full scan).
 pub fn loops_for(image: &Path) -> Result<Vec<LoopDevice>, MountError> {
-    let canonical = match fs::canonicalize(image) {
-        Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            RW_CACHE.forget_image(image);
-            return Ok(Vec::new());
-        }
-        Err(e) => return Err(MountError::io("canonicalize", image)(e)),
-    };
+    match FileId::of(image)? {
+        Some(id) => scan_for(id),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn scan_for(id: FileId) -> Result<Vec<LoopDevice>, MountError> {
     let found: Vec<LoopDevice> = list_attached()?
         .into_iter()
-        .filter(|(_, backing)| *backing == canonical)
+        .filter(|(_, backing)| *backing == id)
         .map(|(dev, _)| dev)
         .collect();
-    // The scan is the truth: refresh what the cache says about this image.
+    // The scan is the truth: refresh what the cache says about this file.
     match found.iter().find(|d| !d.is_read_only()) {
-        Some(rw) => RW_CACHE.remember(&canonical, rw),
-        None => RW_CACHE.forget_image(&canonical),
+        Some(rw) => RW_CACHE.remember(id, rw),
+        None => RW_CACHE.forget_file(id),
     }
     Ok(found)
 }
 
-/// Read-write loop devices by the image path they were attached or found under.
+/// Read-write loop devices by the identity of the file they are bound to.
 ///
-/// An entry is a hint, never trusted as is: [`RwCache::confirmed`] re-reads the device's
-/// `loop/backing_file` and `ro` in sysfs, so a device detached by someone else (and
-/// maybe re-bound to another file under the same number) is noticed and the caller
-/// falls back to the scan. Entries are keyed by the path the kernel reports (canonical);
-/// a lookup under any other spelling simply misses.
-struct RwCache(LazyLock<Mutex<HashMap<PathBuf, LoopDevice>>>);
+/// An entry is a hint, never trusted as is: [`RwCache::confirmed`] asks the device what
+/// it is bound to, so a device detached by someone else (and maybe re-bound to another
+/// file under the same number) is noticed and the caller falls back to the scan.
+struct RwCache(LazyLock<Mutex<HashMap<FileId, LoopDevice>>>);
 
 static RW_CACHE: RwCache = RwCache(LazyLock::new(|| Mutex::new(HashMap::new())));
 
 impl RwCache {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, LoopDevice>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, LoopDevice>> {
         // A panic elsewhere cannot make an entry unsafe: every entry is re-checked.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remember(&self, image: &Path, dev: &LoopDevice) {
-        self.map().insert(image.to_path_buf(), dev.clone());
+    fn remember(&self, id: FileId, dev: &LoopDevice) {
+        self.map().insert(id, dev.clone());
     }
 
-    fn forget_image(&self, image: &Path) {
-        self.map().remove(image);
+    fn forget_file(&self, id: FileId) {
+        self.map().remove(&id);
     }
 
     fn forget_device(&self, number: u32) {
         self.map().retain(|_, d| d.number != number);
     }
 
-    /// The remembered device of `image` if sysfs still shows it bound to `image`,
+    /// The remembered device of `id` if the device still says it is bound to that file,
     /// read-write. A stale entry is dropped.
-    fn confirmed(&self, image: &Path) -> Option<LoopDevice> {
-        let dev = self.map().get(image).cloned()?;
-        let backing = Path::new(SYS_BLOCK)
-            .join(format!("loop{}", dev.number))
-            .join("loop/backing_file");
-        let bound =
-            fs::read(&backing).is_ok_and(|b| trim_newline(&b) == image.as_os_str().as_bytes());
-        if bound && !dev.is_read_only() {
-            return Some(dev);
+    fn confirmed(&self, id: FileId) -> Result<Option<LoopDevice>, MountError> {
+        let Some(dev) = self.map().get(&id).cloned() else {
+            return Ok(None);
+        };
+        let bound = status_of(&dev)?.is_some_and(|info| {
+            FileId::of_loop(&info) == id && info.lo_flags & LO_FLAGS_READ_ONLY == 0
+        });
+        if bound {
+            return Ok(Some(dev));
         }
         let mut map = self.map();
-        if map.get(image) == Some(&dev) {
-            map.remove(image);
+        if map.get(&id) == Some(&dev) {
+            map.remove(&id);
         }
-        None
+        Ok(None)
     }
 }
 
@@ -362,19 +459,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_entry_that_sysfs_does_not_confirm_is_dropped() {
-        let image = Path::new("/nonexistent/plinth-cache-test.img");
-        // No loop device is bound to a path that does not exist, whatever number it has.
+    fn an_entry_that_the_device_does_not_confirm_is_dropped() {
+        // Inode 0 is never a file's: no loop device is bound to it, whatever its number.
+        let id = FileId {
+            dev: (0, 0),
+            ino: 0,
+        };
         let dev = LoopDevice {
             number: 0,
             path: PathBuf::from("/dev/loop0"),
             dev: (7, 0),
         };
-        RW_CACHE.remember(image, &dev);
-        assert_eq!(RW_CACHE.confirmed(image), None);
-        assert!(!RW_CACHE.map().contains_key(image), "stale entry kept");
-        RW_CACHE.remember(image, &dev);
+        RW_CACHE.remember(id, &dev);
+        assert_eq!(RW_CACHE.confirmed(id).unwrap(), None);
+        assert!(!RW_CACHE.map().contains_key(&id), "stale entry kept");
+        RW_CACHE.remember(id, &dev);
         RW_CACHE.forget_device(0);
-        assert!(!RW_CACHE.map().contains_key(image));
+        assert!(!RW_CACHE.map().contains_key(&id));
+    }
+
+    #[test]
+    fn the_kernels_device_encoding_is_decoded() {
+        let mut info = LoopInfo64::new(0, &[]);
+        // 254:0 (a virtio disk), as `stat -c %d` prints it too.
+        info.lo_device = 65024;
+        info.lo_inode = 42;
+        assert_eq!(
+            FileId::of_loop(&info),
+            FileId {
+                dev: (254, 0),
+                ino: 42
+            }
+        );
+        // 259:300: minors past 255 keep their upper bits above the major.
+        info.lo_device = 44 | (259 << 8) | (256 << 12);
+        assert_eq!(FileId::of_loop(&info).dev, (259, 300));
     }
 }

@@ -705,22 +705,22 @@ impl Pool {
         records: &BTreeMap<VolumeId, Volume>,
         recovery: &mut Recovery,
     ) -> Result<(), PoolError> {
-        let volumes_dir = self.root.join(VOLUMES);
+        // By device and inode, not path: a predecessor in another mount namespace
+        // attached these through its own bind mount of the pool (see `FileId`).
+        let mut ours = HashMap::new();
+        for id in records.keys() {
+            if let Some(file) = loopdev::FileId::of(&self.image_path(id))? {
+                ours.insert(file, id);
+            }
+        }
         let mounts = mountinfo::read_self()?;
         for (dev, backing) in loopdev::list_attached()? {
-            if backing.parent() != Some(volumes_dir.as_path()) {
-                continue;
-            }
-            let id = backing
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| VolumeId::parse(s).ok());
-            let Some(id) = id.filter(|id| records.contains_key(id)) else {
+            let Some(&id) = ours.get(&backing) else {
                 continue;
             };
-            let used = mounts
-                .iter()
-                .any(|m| m.dev == dev.dev || m.root == Path::new(&dev.node_root()));
+            let id = id.clone();
+            let users = dev.users();
+            let used = mounts.iter().any(|m| users.contains(m));
             if used {
                 recovery.in_use.push((id, dev));
             } else {

@@ -380,7 +380,8 @@ impl NodeVolumes {
             return Ok(Outcome::AlreadyDone);
         };
         let mounts = self.host.mountinfo()?;
-        let ours = |m: &&MountEntry| uses_device(m, &dev);
+        let users = dev.users();
+        let ours = |m: &&MountEntry| users.contains(m);
         if let Some(other) = mounts
             .iter()
             .filter(ours)
@@ -397,7 +398,8 @@ impl NodeVolumes {
             if ro == dev {
                 continue;
             }
-            if let Some(m) = mounts.iter().find(|m| uses_device(m, &ro)) {
+            let ro_users = ro.users();
+            if let Some(m) = mounts.iter().find(|m| ro_users.contains(m)) {
                 return Err(VolumeError::StillPublished {
                     id: id.clone(),
                     mount_point: m.mount_point.clone(),
@@ -560,11 +562,12 @@ impl NodeVolumes {
         if loops.is_empty() {
             return Ok(Vec::new());
         }
+        let users: Vec<_> = loops.iter().map(LoopDevice::users).collect();
         Ok(self
             .host
             .mountinfo()?
             .into_iter()
-            .filter(|m| loops.iter().any(|d| uses_device(m, d)))
+            .filter(|m| users.iter().any(|u| u.contains(m)))
             .map(|m| m.mount_point)
             .filter(|p| *p != staging && *p != device_file)
             .collect())
@@ -638,11 +641,6 @@ fn bind_flags_match(entry: &MountEntry, flags: MsFlags) -> bool {
         && REPORTED_FLAGS
             .iter()
             .all(|(name, flag)| !flags.contains(*flag) || entry.has_option(name))
-}
-
-/// A mount that uses `dev`: its filesystem, or a bind of its device node.
-fn uses_device(m: &MountEntry, dev: &LoopDevice) -> bool {
-    m.dev == dev.dev || m.root == Path::new(&dev.node_root())
 }
 
 /// `(major, minor)` of the block device at `path`, if it is one.

@@ -85,6 +85,9 @@ pub struct TestDriver {
     child: Option<Child>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Each start is a new process in a new mount namespace (see
+    /// [`TestDriver::in_new_mount_namespace`]).
+    new_mount_namespace: bool,
     pub socket: PathBuf,
     pub pool: PathBuf,
 }
@@ -130,9 +133,37 @@ impl TestDriver {
             child: None,
             args,
             env: Vec::new(),
+            new_mount_namespace: false,
             socket,
             pool,
         }
+    }
+
+    /// Start (and restart) the driver the way Kubernetes runs a container: every start
+    /// is a new process in a new mount namespace, with its own bind mount of the pool at
+    /// the same path (a hostPath volume), and the kubelet directory shared both ways
+    /// (Bidirectional propagation), so mounts the driver makes there reach this process
+    /// and the next driver. When the driver exits its namespace and its pool mount go
+    /// with it, as they do with a container; loop devices it attached stay, bound to
+    /// files it opened through a mount that no longer exists anywhere.
+    ///
+    /// Set up here: this test's directory becomes a private mount (so nothing a driver
+    /// mounts beside the kubelet directory propagates back), and the kubelet directory
+    /// a shared one.
+    pub fn in_new_mount_namespace(mut self) -> Self {
+        use nix::mount::{MsFlags, mount};
+        let none: Option<&str> = None;
+        let dir = self.dir.path().to_path_buf();
+        let kubelet = dir.join("kubelet");
+        fs::create_dir_all(&self.pool).unwrap();
+        for (path, propagation) in [(&dir, MsFlags::MS_PRIVATE), (&kubelet, MsFlags::MS_SHARED)] {
+            mount(Some(path), path, none, MsFlags::MS_BIND, none)
+                .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+            mount(none, path, none, propagation, none)
+                .unwrap_or_else(|e| panic!("set propagation of {}: {e}", path.display()));
+        }
+        self.new_mount_namespace = true;
+        self
     }
 
     /// Sets an environment variable of the driver process (e.g. KUBECONFIG).
@@ -168,7 +199,20 @@ impl TestDriver {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(driver_binary())
+        let mut command = if self.new_mount_namespace {
+            // unshare(1) execs sh, sh execs the driver: one process, whose PID we hold.
+            // "unchanged" keeps the kubelet directory a peer of ours (see
+            // `in_new_mount_namespace`); the pool bind is made under a private mount.
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "unchanged", "--", "sh", "-c"])
+                .arg(r#"mount --bind "$0" "$0" && exec "$@""#)
+                .arg(&self.pool)
+                .arg(driver_binary());
+            c
+        } else {
+            Command::new(driver_binary())
+        };
+        let child = command
             .args(&self.args)
             .env("RUST_LOG", "info,plinth_driver=debug")
             .env_remove("NODE_ID")
@@ -307,9 +351,15 @@ impl TestDriver {
         parent.join("volume").display().to_string()
     }
 
-    /// Mount points under this test's directory, from this process's mountinfo.
+    /// Mount points under this test's directory, from this process's mountinfo (the
+    /// harness's own binds of [`TestDriver::in_new_mount_namespace`] left out).
     pub fn mounts(&self) -> Vec<PathBuf> {
-        mounts_under(self.dir.path())
+        let dir = self.dir.path();
+        let kubelet = dir.join("kubelet");
+        mounts_under(dir)
+            .into_iter()
+            .filter(|p| !(self.new_mount_namespace && (p == dir || *p == kubelet)))
+            .collect()
     }
 
     /// Loop devices backed by images of this test's pool.
@@ -366,20 +416,63 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Loop devices backed by files under `dir`, by what `losetup` reports (independent of
+/// the driver's own code): the backing file's device and inode, matched against the
+/// files under `dir`, or, for files already deleted, the backing path as this process
+/// sees it. Paths alone are not enough: a device attached by a driver in another mount
+/// namespace reports its file relative to that driver's mount of the pool.
 pub fn loops_backed_under(dir: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir("/sys/block") else {
+    let mut files = std::collections::HashSet::new();
+    collect_file_ids(dir, &mut files);
+    let Ok(out) = Command::new("losetup")
+        .args([
+            "--json",
+            "--list",
+            "-O",
+            "NAME,BACK-MAJ:MIN,BACK-INO,BACK-FILE",
+        ])
+        .output()
+    else {
         return Vec::new();
     };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let backing = fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
-            Path::new(backing.trim())
-                .starts_with(dir)
-                .then(|| format!("/dev/{name}"))
+    // No loop device at all: losetup prints nothing.
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let Some(devices) = listing["loopdevices"].as_array() else {
+        return Vec::new();
+    };
+    devices
+        .iter()
+        .filter_map(|d| {
+            let name = d["name"].as_str()?;
+            let dev = d["back-maj:min"].as_str()?.trim().to_owned();
+            let ino = d["back-ino"].as_u64()?;
+            let backing = d["back-file"].as_str().unwrap_or("");
+            let by_id = files.contains(&(dev, ino));
+            let by_path = Path::new(backing).starts_with(dir);
+            (by_id || by_path).then(|| name.to_owned())
         })
         .collect()
+}
+
+fn collect_file_ids(dir: &Path, out: &mut std::collections::HashSet<(String, u64)>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            collect_file_ids(&entry.path(), out);
+        } else if meta.is_file() {
+            let dev = meta.dev();
+            let dev = format!(
+                "{}:{}",
+                nix::sys::stat::major(dev),
+                nix::sys::stat::minor(dev)
+            );
+            out.insert((dev, meta.ino()));
+        }
+    }
 }
 
 pub fn mode_cap(mode: Mode, access: AccessType) -> v1::VolumeCapability {

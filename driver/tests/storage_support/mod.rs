@@ -66,12 +66,14 @@ impl Sandbox {
         entries.into_iter().map(|e| e.mount_point).collect()
     }
 
-    /// Loop devices backed by files under the sandbox.
+    /// Loop devices backed by files under the sandbox (matched by device and inode).
     pub fn loops(&self) -> Vec<loopdev::LoopDevice> {
+        let mut files = Vec::new();
+        file_ids(&self.root, &mut files);
         loopdev::list_attached()
             .expect("list loops")
             .into_iter()
-            .filter(|(_, backing)| backing.starts_with(&self.root))
+            .filter(|(_, backing)| files.contains(backing))
             .map(|(dev, _)| dev)
             .collect()
     }
@@ -91,6 +93,20 @@ impl Drop for Sandbox {
             let _ = loopdev::detach(&dev);
         }
         let _ = &self.dir;
+    }
+}
+
+fn file_ids(dir: &Path, out: &mut Vec<loopdev::FileId>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => file_ids(&path, out),
+            Ok(t) if t.is_file() => out.extend(loopdev::FileId::of(&path).ok().flatten()),
+            _ => {}
+        }
     }
 }
 

@@ -152,6 +152,14 @@ pub struct Cli {
     #[arg(long, env = "PLINTH_EPHEMERAL_MAX_SIZE", default_value = "16GiB", value_parser = parse_size)]
     pub ephemeral_max_size: u64,
 
+    /// Bytes all inline (ephemeral) volumes of this node may have together.
+    #[arg(long, env = "PLINTH_EPHEMERAL_MAX_TOTAL_SIZE", default_value = "64GiB", value_parser = parse_size)]
+    pub ephemeral_max_total_size: u64,
+
+    /// How many inline (ephemeral) volumes this node may hold at once.
+    #[arg(long, env = "PLINTH_EPHEMERAL_MAX_VOLUMES", default_value_t = 32)]
+    pub ephemeral_max_volumes: u32,
+
     /// How long in-flight calls may run after SIGTERM before the driver exits anyway.
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub shutdown_grace_seconds: Duration,
@@ -249,6 +257,13 @@ impl Config {
                 reason: "must be above zero and at most --ephemeral-max-size",
             });
         }
+        if cli.ephemeral_max_size > cli.ephemeral_max_total_size {
+            return Err(ConfigError::Invalid {
+                flag: "ephemeral-max-size",
+                value: cli.ephemeral_max_size.to_string(),
+                reason: "must be at most --ephemeral-max-total-size",
+            });
+        }
         let mut requested = DriverFeatures::default();
         for feature in &cli.disable {
             feature.set(&mut requested, false);
@@ -292,6 +307,8 @@ impl Config {
             ephemeral: ephemeral::Limits {
                 default_bytes: cli.ephemeral_default_size,
                 max_bytes: cli.ephemeral_max_size,
+                node_max_bytes: cli.ephemeral_max_total_size,
+                node_max_volumes: cli.ephemeral_max_volumes,
             },
             handoff_timeout: cli.handoff_timeout_seconds,
             capacity_interval: cli.capacity_interval_seconds,

@@ -38,14 +38,22 @@ pub const FS_TYPE_KEY: &str = "fsType";
 const NAME_PREFIX: &str = "ephemeral:";
 /// Parameter recorded on inline volumes, so listings can tell them apart.
 pub const PARAMETER: &str = "plinth.dev/ephemeral";
+/// Parameter recording an inline volume's target path (its only mount), so that a start
+/// after a crash can tell a volume whose pod is gone.
+pub const TARGET_PARAMETER: &str = "plinth.dev/ephemeral-target";
 
-/// Sizes an inline volume may have.
+/// What inline volumes may take: per volume, and on the whole node. Any pod spec can
+/// ask for inline volumes without a claim or a quota, so the node bounds them all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Size of an inline volume whose attributes name none.
     pub default_bytes: u64,
     /// Largest inline volume: a pod spec alone must not be able to fill the pool.
     pub max_bytes: u64,
+    /// Bytes all inline volumes of the node together may have.
+    pub node_max_bytes: u64,
+    /// How many inline volumes the node may hold at once.
+    pub node_max_volumes: u32,
 }
 
 impl Default for Limits {
@@ -53,8 +61,70 @@ impl Default for Limits {
         Self {
             default_bytes: 1 << 30,
             max_bytes: 16 << 30,
+            node_max_bytes: 64 << 30,
+            node_max_volumes: 32,
         }
     }
+}
+
+/// Serialises "count the node's inline volumes, then create one": publishes of different
+/// inline volumes run concurrently, and two must not both take the last place.
+static ADMISSION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn is_inline(volume: &pool::Volume) -> bool {
+    volume
+        .parameters
+        .get(PARAMETER)
+        .is_some_and(|v| v == "true")
+}
+
+/// Refuse a new inline volume the node-wide limits have no room for (a retry of one that
+/// exists is always let through). Nothing is reserved before this says yes.
+fn admit(pool: &Pool, name: &str, spec: InlineSpec, limits: Limits) -> Result<(), Error> {
+    if pool.get_by_name(name).is_some() {
+        return Ok(());
+    }
+    let inline: Vec<pool::Volume> = pool.list().into_iter().filter(is_inline).collect();
+    if inline.len() >= limits.node_max_volumes as usize {
+        return Err(Error::ResourceExhausted(format!(
+            "this node already holds {} inline volumes, its limit (--ephemeral-max-volumes); \
+             use a PersistentVolumeClaim or schedule the pod elsewhere",
+            inline.len()
+        )));
+    }
+    let used: u64 = inline.iter().map(|v| v.size_bytes).sum();
+    if used.saturating_add(spec.size_bytes) > limits.node_max_bytes {
+        return Err(Error::ResourceExhausted(format!(
+            "an inline volume of {} bytes does not fit: inline volumes on this node already \
+             take {used} of their {} bytes (--ephemeral-max-total-size)",
+            spec.size_bytes, limits.node_max_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Delete the inline volumes a crash orphaned: their target path is gone (kubelet
+/// removed the pod's directory) and nothing has their image attached. Runs once the pool
+/// is open and its loop devices recovered; returns what it deleted.
+pub fn collect_orphans(pool: &Pool) -> Result<Vec<VolumeId>, pool::PoolError> {
+    let mut collected = Vec::new();
+    for volume in pool.list().into_iter().filter(is_inline) {
+        // Volumes created before targets were recorded cannot be judged: kept.
+        let Some(target) = volume.parameters.get(TARGET_PARAMETER) else {
+            continue;
+        };
+        let target_gone = matches!(
+            std::fs::symlink_metadata(target),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        );
+        if !target_gone || pool.attachment(&volume.id)?.is_some() {
+            continue;
+        }
+        pool.delete_volume(&volume.id)?;
+        tracing::info!(volume_id = %volume.id, %target, "deleted an inline volume whose pod is gone");
+        collected.push(volume.id);
+    }
+    Ok(collected)
 }
 
 /// An inline volume as the attributes describe it.
@@ -125,12 +195,13 @@ pub fn find(pool: &Pool, kubelet_id: &str) -> Option<pool::Volume> {
 
 /// Create (or find) the inline volume and mount it at `target`. Blocking. Idempotent
 /// for retries with the same attributes; a failed first publish leaves nothing behind.
-#[tracing::instrument(skip(volumes, spec, mount_flags), fields(kubelet_volume_id = %kubelet_id, volume_id))]
+#[tracing::instrument(skip(volumes, spec, limits, mount_flags), fields(kubelet_volume_id = %kubelet_id, volume_id))]
 pub fn publish(
     volumes: &NodeVolumes,
     kubelet_id: &str,
     target: &Path,
     spec: InlineSpec,
+    limits: Limits,
     mount_flags: Vec<String>,
     readonly: bool,
 ) -> Result<VolumeId, Error> {
@@ -140,10 +211,17 @@ pub fn publish(
         id: None,
         capacity: CapacityRange::new(spec.size_bytes, 0),
         access: VolumeAccess::Mount { fs_type: spec.fs },
-        parameters: BTreeMap::from([(PARAMETER.to_owned(), "true".to_owned())]),
+        parameters: BTreeMap::from([
+            (PARAMETER.to_owned(), "true".to_owned()),
+            (TARGET_PARAMETER.to_owned(), target.display().to_string()),
+        ]),
         content_source: None,
     };
-    let (volume, created) = pool.create_volume(&request)?;
+    let (volume, created) = {
+        let _admission = ADMISSION.lock().unwrap_or_else(|e| e.into_inner());
+        admit(pool, &request.name, spec, limits)?;
+        pool.create_volume(&request)?
+    };
     tracing::Span::current().record("volume_id", volume.id.as_str());
     let access = NodeAccess::Mount {
         fs_type: Some(spec.fs),
@@ -237,9 +315,19 @@ pub async fn node_publish(driver: &Driver, req: v1::NodePublishVolumeRequest) ->
     let readonly = req.readonly || cap.mode.read_only();
     let volumes = driver.volumes()?;
     let kubelet_id = req.volume_id.clone();
+    let limits = driver.config.ephemeral;
     driver
         .exclusive(&req.volume_id, move || {
-            publish(&volumes, &kubelet_id, &target, spec, flags, readonly).map(drop)
+            publish(
+                &volumes,
+                &kubelet_id,
+                &target,
+                spec,
+                limits,
+                flags,
+                readonly,
+            )
+            .map(drop)
         })
         .await
 }

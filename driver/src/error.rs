@@ -35,6 +35,8 @@ pub enum Error {
     TopologyUnsatisfiable(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Pool(#[from] PoolError),
     #[error(transparent)]
@@ -64,6 +66,7 @@ impl Error {
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::TopologyUnsatisfiable(_) => Code::ResourceExhausted,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Pool(e) => pool_code(e),
             Self::Volume(e) => volume_code(e),
             Self::Mount(e) => mount_code(e),
@@ -88,9 +91,10 @@ fn pool_code(e: &PoolError) -> Code {
         PoolError::ResourceExhausted { .. } => Code::ResourceExhausted,
         PoolError::InUse { .. } => Code::FailedPrecondition,
         PoolError::Host(e) => mount_code(e),
-        PoolError::UnsupportedFormat { .. } | PoolError::Io { .. } | PoolError::Metadata { .. } => {
-            Code::Internal
-        }
+        PoolError::UnsupportedFormat { .. }
+        | PoolError::Busy { .. }
+        | PoolError::Io { .. }
+        | PoolError::Metadata { .. } => Code::Internal,
     }
 }
 

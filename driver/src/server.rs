@@ -18,11 +18,11 @@ use crate::error::{Error, chain};
 use crate::group::GroupControllerService;
 use crate::identity::IdentityService;
 use crate::node::NodeService;
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolError};
 use crate::snapshot::SnapshotStore;
 use crate::socket::{self, SocketError};
 use crate::state::Driver;
-use crate::{freeze, grow};
+use crate::{ephemeral, freeze, grow};
 
 /// Delay between attempts to open a pool that is not usable yet.
 const POOL_RETRY: Duration = Duration::from_secs(5);
@@ -38,6 +38,8 @@ pub enum RunError {
     Kube(#[source] kube::Error),
     #[error("cluster mode ({0:?}) needs a Kubernetes API client")]
     NoClient(Mode),
+    #[error("cannot serve this pool")]
+    Pool(#[source] PoolError),
 }
 
 /// Runs the driver until `shutdown` resolves. In cluster mode the API client comes from
@@ -88,28 +90,43 @@ pub async fn run_with(
     if let Some(cluster) = cluster {
         driver.set_cluster(cluster);
     }
-    let background = tokio::spawn(background(driver.clone()));
-    let served = serve(driver, listener, shutdown, grace).await;
+    let mut background = tokio::spawn(background(driver.clone()));
+    // A pool that is not ours to serve stops the driver; everything else in the
+    // background is retried there.
+    let mut fatal = None;
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            Ok(Err(error)) = &mut background => fatal = Some(error),
+        }
+    };
+    let served = serve(driver, listener, stop, grace).await;
     background.abort();
     drop(socket_guard);
+    if let Some(error) = fatal {
+        return Err(RunError::Pool(error));
+    }
     Ok(served?)
 }
 
 /// What runs beside the CSI server: the pool being opened (the controller of a cluster
-/// has none), then the node plugin's cluster agent.
-async fn background(driver: Arc<Driver>) {
+/// has none), then the node plugin's cluster agent. Ends with an error only when the
+/// pool can never be this driver's.
+async fn background(driver: Arc<Driver>) -> Result<(), PoolError> {
     let mode = driver.config.mode;
     if mode.serves_node() {
-        open_pool(driver.clone()).await;
+        open_pool(driver.clone()).await?;
     }
     if mode == Mode::Node {
         cluster::agent::run(driver).await;
     }
+    Ok(())
 }
 
 /// Opens (and recovers) the pool, retrying until it works: a pool on a volume that is
-/// mounted late should not need a restart.
-async fn open_pool(driver: Arc<Driver>) {
+/// mounted late should not need a restart. A pool another driver holds is refused at
+/// once: waiting could only end with two owners.
+async fn open_pool(driver: Arc<Driver>) -> Result<(), PoolError> {
     loop {
         let dir = driver.config.pool.clone();
         let reserve = driver.config.pool_reserve;
@@ -118,7 +135,11 @@ async fn open_pool(driver: Arc<Driver>) {
                 driver.set_snapshots(snapshots);
                 driver.set_pool(pool);
                 tracing::info!("pool ready");
-                return;
+                return Ok(());
+            }
+            Ok(Err(Error::Pool(busy @ PoolError::Busy { .. }))) => {
+                tracing::error!(error = %busy, "refusing to start");
+                return Err(busy);
             }
             Ok(Err(error)) => {
                 tracing::error!(error = %chain(&error), "cannot open the pool; retrying");
@@ -139,6 +160,10 @@ fn open_storage(dir: &Path, reserve: u64) -> Result<(Pool, SnapshotStore), Error
         .map(|(_, dev)| dev.clone())
         .collect();
     freeze::thaw_after_crash(&staged)?;
+    let orphans = ephemeral::collect_orphans(&pool)?;
+    if !orphans.is_empty() {
+        tracing::info!(count = orphans.len(), "inline volumes of gone pods deleted");
+    }
     let snapshots = SnapshotStore::open(&pool)?;
     let fs = snapshots.filesystem();
     tracing::info!(pool_filesystem = %fs.kind, copy = fs.copy_method(), "snapshots ready");

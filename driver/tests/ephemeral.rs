@@ -147,3 +147,100 @@ async fn switched_off_inline_volumes_are_refused() {
     );
     assert_eq!(image_count(&driver), 0);
 }
+
+/// Inline volumes need no claim and no quota, so the node bounds them all: past the
+/// node-wide count or bytes, a publish is refused with RESOURCE_EXHAUSTED before anything
+/// is created, and one that exists can still be retried.
+#[tokio::test]
+async fn inline_volumes_are_bounded_per_node() {
+    let driver = TestDriver::start_with(&[
+        "--ephemeral-max-volumes=2",
+        "--ephemeral-max-total-size=96MiB",
+        "--ephemeral-max-size=64MiB",
+        "--ephemeral-default-size=16MiB",
+    ])
+    .await;
+    let mut node = driver.node().await;
+    let publish = |label: &str, size: &str| {
+        let target = driver.target(label);
+        (
+            inline_request(&kubelet_id(label), &target, &[("size", size)]),
+            target,
+        )
+    };
+    let (first, first_target) = publish("cap-a", "64Mi");
+    node.node_publish_volume(first.clone()).await.unwrap();
+
+    // Bytes: 64 MiB taken, 48 MiB more would pass 96 MiB.
+    let (too_big, _) = publish("cap-b", "48Mi");
+    let msg = assert_code(
+        node.node_publish_volume(too_big).await,
+        Code::ResourceExhausted,
+    );
+    assert!(msg.contains("--ephemeral-max-total-size"), "{msg}");
+    assert_eq!(image_count(&driver), 1, "a refused publish creates nothing");
+
+    // Count: a second fits, a third does not, whatever its size.
+    let (second, second_target) = publish("cap-c", "16Mi");
+    node.node_publish_volume(second.clone()).await.unwrap();
+    let (third, _) = publish("cap-d", "1Mi");
+    let msg = assert_code(
+        node.node_publish_volume(third).await,
+        Code::ResourceExhausted,
+    );
+    assert!(msg.contains("--ephemeral-max-volumes"), "{msg}");
+    assert_eq!(image_count(&driver), 2);
+
+    // Retries of existing inline volumes are not new volumes.
+    node.node_publish_volume(first.clone()).await.unwrap();
+    for (req, target) in [(first, first_target), (second, second_target)] {
+        node.node_unpublish_volume(unpublish_request(&req.volume_id, &target))
+            .await
+            .unwrap();
+    }
+    assert_eq!(image_count(&driver), 0);
+}
+
+/// A driver that crashed while an inline volume was published, on a node whose pod went
+/// away meanwhile (the mount gone, kubelet removed the pod's directory): the next start
+/// deletes the volume instead of keeping its bytes forever.
+#[tokio::test]
+async fn an_inline_volume_orphaned_by_a_crash_is_collected_at_start() {
+    let mut driver = TestDriver::start().await;
+    let mut node = driver.node().await;
+    let kept_target = driver.target("orphan-kept");
+    let kept = inline_request(
+        &kubelet_id("orphan-kept"),
+        &kept_target,
+        &[("size", "16Mi")],
+    );
+    node.node_publish_volume(kept.clone()).await.unwrap();
+    let gone_target = driver.target("orphan-gone");
+    let gone = inline_request(
+        &kubelet_id("orphan-gone"),
+        &gone_target,
+        &[("size", "16Mi")],
+    );
+    node.node_publish_volume(gone).await.unwrap();
+    assert_eq!(image_count(&driver), 2);
+    drop(node);
+
+    driver.kill9();
+    // What a reboot and kubelet's cleanup of the pod leave: no mount, no directory.
+    nix::mount::umount2(gone_target.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    fs::remove_dir(&gone_target).unwrap();
+    driver.spawn().await;
+
+    assert_eq!(
+        image_count(&driver),
+        1,
+        "the orphan is deleted, the published one kept"
+    );
+    assert_eq!(driver.loops().len(), 1, "{:?}", driver.loops());
+    let mut node = driver.node().await;
+    node.node_unpublish_volume(unpublish_request(&kept.volume_id, &kept_target))
+        .await
+        .unwrap();
+    assert_eq!(image_count(&driver), 0);
+    assert!(driver.loops().is_empty());
+}

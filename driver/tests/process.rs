@@ -97,6 +97,48 @@ async fn invalid_configuration_is_refused_at_startup() {
     }
 }
 
+/// Two drivers on one pool would each recover, reap and allocate as if alone: the second
+/// refuses to start, says why, and the first goes on serving, its volumes untouched.
+#[tokio::test]
+async fn a_second_driver_refuses_a_pool_that_another_driver_serves() {
+    let first = TestDriver::start().await;
+    let vol = create(&first, &name("owned"), mount_cap("ext4"), 16 * MIB).await;
+    let staging = first.staging("owned");
+    first
+        .node()
+        .await
+        .node_stage_volume(stage_request(&vol.volume_id, &staging, mount_cap("ext4")))
+        .await
+        .unwrap();
+
+    let mut second = TestDriver::prepare(&[]).with_pool(&first.pool);
+    second.spawn_unready();
+    let status = second.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success(), "a second driver served the pool");
+    let log = second.log();
+    assert!(
+        log.contains("is in use by another driver process") && log.contains("one owner"),
+        "the refusal does not say why:\n{log}"
+    );
+
+    // The first driver still serves, and its staged volume is still attached.
+    assert_eq!(first.loops().len(), 1);
+    let listed = first
+        .controller()
+        .await
+        .list_volumes(v1::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.entries.len(), 1);
+    first
+        .node()
+        .await
+        .node_unstage_volume(unstage_request(&vol.volume_id, &staging))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn restart_after_kill_9_with_volumes_staged_and_published() {
     let mut driver = TestDriver::start().await;

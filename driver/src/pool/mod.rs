@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::mount::loopdev::{self, LoopDevice};
@@ -199,6 +200,12 @@ pub enum PoolError {
     },
     #[error("pool format version {found} is newer than this driver's {FORMAT_VERSION}")]
     UnsupportedFormat { found: u32 },
+    #[error(
+        "pool {} is in use by another driver process (it holds the pool's lock); \
+         a pool has exactly one owner: give each driver its own pool directory",
+        dir.display()
+    )]
+    Busy { dir: PathBuf },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -236,6 +243,10 @@ pub struct Pool {
     index: Mutex<Index>,
     recovery: Recovery,
     reaper: reaper::Reaper,
+    /// An exclusive flock on the pool directory, held while this value lives: two
+    /// drivers recovering, reaping and allocating in one pool would destroy each other's
+    /// volumes (each detaches the other's "unused" loop devices, double-books space).
+    _owner: Flock<fs::File>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -258,6 +269,7 @@ impl Pool {
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
         let root = fs::canonicalize(dir).map_err(io_err("canonicalize", dir))?;
+        let owner = lock_owner(&root)?;
         check_format(&root)?;
         let mut pool = Pool {
             root,
@@ -268,6 +280,7 @@ impl Pool {
             }),
             recovery: Recovery::default(),
             reaper: reaper::Reaper::default(),
+            _owner: owner,
         };
         pool.check_ready()?;
         pool.recover()?;
@@ -731,6 +744,19 @@ impl Pool {
         }
         Ok(())
     }
+}
+
+/// Take the pool directory's lock, or say who has it. The lock is on the directory's
+/// inode, so it holds across processes, containers and mount namespaces, and the kernel
+/// releases it when its holder exits, however it exits.
+fn lock_owner(root: &Path) -> Result<Flock<fs::File>, PoolError> {
+    let dir = fs::File::open(root).map_err(io_err("open", root))?;
+    Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => PoolError::Busy {
+            dir: root.to_path_buf(),
+        },
+        other => io_err("flock", root)(io::Error::from(other)),
+    })
 }
 
 /// Fills a new image from a content source: see [`Pool::create_volume_from`].

@@ -166,6 +166,17 @@ impl TestDriver {
         self
     }
 
+    /// Serve `pool` instead of this driver's own (a second driver on another's pool).
+    pub fn with_pool(mut self, pool: &Path) -> Self {
+        for arg in &mut self.args {
+            if arg.starts_with("--pool=") {
+                *arg = format!("--pool={}", pool.display());
+            }
+        }
+        self.pool = pool.to_path_buf();
+        self
+    }
+
     /// Sets an environment variable of the driver process (e.g. KUBECONFIG).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));

@@ -90,6 +90,8 @@ fn pool_code(e: &PoolError) -> Code {
         PoolError::AlreadyExists { .. } => Code::AlreadyExists,
         PoolError::ResourceExhausted { .. } => Code::ResourceExhausted,
         PoolError::InUse { .. } => Code::FailedPrecondition,
+        // The spec's "operation pending for this name".
+        PoolError::CreatePending(_) => Code::Aborted,
         PoolError::Host(e) => mount_code(e),
         PoolError::UnsupportedFormat { .. }
         | PoolError::Busy { .. }

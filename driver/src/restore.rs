@@ -144,9 +144,10 @@ pub fn plan(
     ))
 }
 
-/// Fill a new image at `dest` from `source`. Runs under the pool's lock: it must not
-/// call pool methods that take it (only path and loop-device lookups).
-pub fn populate(pool: &Pool, source: &Source, dest: &Path) -> Result<(), PoolError> {
+/// Fill a new image at `dest` from `source`; returns the bytes the copy shares with
+/// its source (all it holds, for a reflink; nothing, for a sparse copy). Runs outside
+/// the pool's lock, with the volume's size booked.
+pub fn populate(pool: &Pool, source: &Source, dest: &Path) -> Result<u64, PoolError> {
     let device = match &source.live_volume {
         Some(id) => pool.attachment(id)?,
         None => None,
@@ -155,7 +156,7 @@ pub fn populate(pool: &Pool, source: &Source, dest: &Path) -> Result<(), PoolErr
     let method = pool::copy_image(&source.image, dest)?;
     drop(quiesced);
     tracing::info!(?method, source = ?source.content, "volume content copied");
-    Ok(())
+    pool::shared_by_copy(method, dest)
 }
 
 /// Create the volume `request` describes from `source`: blocking.

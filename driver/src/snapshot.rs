@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 use crate::freeze::{self, Quiesced};
 use crate::mount::MountError;
 use crate::pool::{
-    self, CopyMethod, Pool, PoolError, VolumeAccess, VolumeId, sync_dir, write_atomic,
+    self, CopyMethod, Pool, PoolError, Reservation, SnapshotShares, VolumeAccess, VolumeId,
+    sync_dir, write_atomic,
 };
 use crate::poolfs::{self, PoolFilesystem};
 
@@ -278,6 +279,8 @@ pub struct SnapshotStore {
     filesystem: PoolFilesystem,
     index: Mutex<Index>,
     recovery: SnapshotRecovery,
+    /// The pool's ledger of what reflinked snapshots share with volumes.
+    shares: std::sync::Arc<SnapshotShares>,
 }
 
 impl fmt::Debug for SnapshotStore {
@@ -307,12 +310,17 @@ impl SnapshotStore {
         let index = recover(&dir, &mut recovery)?;
         let filesystem = poolfs::probe(&dir)?;
         tracing::info!(%filesystem, ?recovery, snapshots = index.snapshots.len(), "snapshots opened");
-        Ok(Self {
+        let store = Self {
             dir,
             filesystem,
             index: Mutex::new(index),
             recovery,
-        })
+            shares: pool.snapshot_shares(),
+        };
+        for snapshot in store.lock().snapshots.values() {
+            store.count_share(snapshot)?;
+        }
+        Ok(store)
     }
 
     /// The pool filesystem and whether copies are reflinks.
@@ -388,7 +396,7 @@ impl SnapshotStore {
         };
         let mut chosen = id;
         let mut next_id = || chosen.take().map_or_else(SnapshotId::generate, Ok);
-        let mut cut = self.cut(pool, std::slice::from_ref(source), &mut next_id)?;
+        let (mut cut, _booked) = self.cut(pool, std::slice::from_ref(source), &mut next_id)?;
         let (taken, mut snapshot) = cut.pop().ok_or_else(|| {
             SnapshotError::InvalidRequest("no source volume to snapshot".to_owned())
         })?;
@@ -398,6 +406,7 @@ impl SnapshotStore {
             remove_quietly(&taken.image);
             return Err(e);
         }
+        self.count_share(&snapshot)?;
         index.by_name.insert(name.to_owned(), snapshot.id.clone());
         index
             .snapshots
@@ -419,12 +428,15 @@ impl SnapshotStore {
 
     /// Quiesce every source, copy each image, thaw: one point in time across all of
     /// them. Returns uncommitted snapshots (images written and synced, no records yet).
-    fn cut(
+    ///
+    /// The copies' cost is booked in the pool before they start; the booking is returned
+    /// and must live until the snapshots are committed and counted.
+    fn cut<'p>(
         &self,
-        pool: &Pool,
+        pool: &'p Pool,
         sources: &[VolumeId],
         next_id: &mut dyn FnMut() -> io::Result<SnapshotId>,
-    ) -> Result<Vec<(Planned, Snapshot)>, SnapshotError> {
+    ) -> Result<(Vec<(Planned, Snapshot)>, Reservation<'p>), SnapshotError> {
         let mut planned = Vec::with_capacity(sources.len());
         let mut needed: u64 = 0;
         for source in sources {
@@ -434,13 +446,19 @@ impl SnapshotStore {
             let image = self.image_path(&id);
             planned.push(Planned { id, volume, image });
         }
-        let available = pool.available()?;
-        if needed > available {
-            return Err(SnapshotError::ResourceExhausted {
-                requested: needed,
+        let reservation = match pool.reserve(needed) {
+            Ok(r) => r,
+            Err(PoolError::ResourceExhausted {
+                requested,
                 available,
-            });
-        }
+            }) => {
+                return Err(SnapshotError::ResourceExhausted {
+                    requested,
+                    available,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Freeze in a stable order; all stay frozen until every copy is done.
         let mut order: Vec<usize> = (0..planned.len()).collect();
         order.sort_by(|&a, &b| planned[a].volume.id.cmp(&planned[b].volume.id));
@@ -482,18 +500,27 @@ impl SnapshotStore {
             }
             return Err(e);
         }
-        Ok(out)
+        Ok((out, reservation))
     }
 
-    /// Bytes a copy of `image` takes from the pool: nothing for a reflink until either
-    /// side is written; its allocated blocks for a sparse copy.
+    /// Bytes a copy of `image` may take from the pool: its allocated blocks. A sparse
+    /// copy takes them now; a reflink takes nothing now, but overwriting its source
+    /// allocates them again, so it owes them as long as it lives.
     fn copy_cost(&self, image: &Path) -> Result<u64, SnapshotError> {
-        if self.filesystem.reflink {
-            return Ok(0);
-        }
         use std::os::unix::fs::MetadataExt;
         let meta = fs::metadata(image).map_err(io_err("stat", image))?;
         Ok(meta.blocks().saturating_mul(512))
+    }
+
+    /// Tell the pool what `snapshot` shares with volumes (a reflinked one: its allocated
+    /// bytes; it is read-only, so that never changes).
+    fn count_share(&self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+        if snapshot.copy_method == method_name(CopyMethod::Reflink) {
+            let image = self.image_path(&snapshot.id);
+            let shared = pool::shared_by_copy(CopyMethod::Reflink, &image)?;
+            self.shares.set(snapshot.id.as_str(), shared);
+        }
+        Ok(())
     }
 
     fn commit_snapshot(&self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
@@ -547,6 +574,7 @@ impl SnapshotStore {
         // Record first: once it is gone the image is an orphan the next open removes.
         self.remove_record(id.as_str())?;
         self.remove_image(id)?;
+        self.shares.set(id.as_str(), 0);
         if let Some(snapshot) = index.snapshots.remove(id) {
             if let Some(name) = snapshot.name {
                 index.by_name.remove(&name);
@@ -605,7 +633,7 @@ impl SnapshotStore {
         };
         let group_id =
             GroupId::generate().map_err(io_err("generate id", Path::new("/dev/urandom")))?;
-        let cut = self.cut(pool, sources, &mut SnapshotId::generate)?;
+        let (cut, _booked) = self.cut(pool, sources, &mut SnapshotId::generate)?;
         let remove_all = |cut: &[(Planned, Snapshot)]| {
             for (p, s) in cut {
                 let _ = self.remove_record(s.id.as_str());
@@ -642,6 +670,7 @@ impl SnapshotStore {
             return Err(e);
         }
         for snapshot in &members {
+            self.count_share(snapshot)?;
             index
                 .snapshots
                 .insert(snapshot.id.clone(), snapshot.clone());
@@ -685,6 +714,7 @@ impl SnapshotStore {
         for member in &group.members {
             self.remove_record(member.as_str())?;
             self.remove_image(member)?;
+            self.shares.set(member.as_str(), 0);
             index.snapshots.remove(member);
         }
         tracing::info!("group snapshot deleted");

@@ -23,8 +23,21 @@
 //! Images are sparse but the pool never overcommits: every byte a volume was promised
 //! is either already allocated on the pool filesystem (and so missing from its free
 //! space) or still owed. [`Pool::available`] is
-//! `free bytes (statvfs f_bavail) − reserve − Σ (provisioned − allocated)` over volumes,
+//!
+//! ```text
+//! free bytes (statvfs f_bavail) − reserve − Σ owed by volumes − Σ shared by snapshots
+//!   − bytes booked by copies in flight
+//! owed by a volume = min(provisioned, provisioned − allocated + shared)
+//! ```
+//!
 //! and a create that does not fit in it fails with [`PoolError::ResourceExhausted`].
+//! A reflink copy (a snapshot, a restore, a clone) is free when made but not for good:
+//! its extents are shared with its source, and overwriting either side allocates them
+//! again. So a reflinked volume counts the bytes it shared when it was made as not yet
+//! its own (`shared`), and a reflinked snapshot owes what it shares (registered by the
+//! snapshot store in [`SnapshotShares`]). Copies book their bytes
+//! ([`Pool::reserve`]) before they start and run outside the pool's lock, so a long copy
+//! neither blocks other volumes nor lets concurrent creates promise the same bytes.
 
 mod copy;
 mod id;
@@ -131,6 +144,14 @@ pub struct Volume {
     #[serde(default)]
     pub content_source: Option<ContentSource>,
     pub created_unix_ms: u64,
+    /// Bytes of the image shared (reflinked) with its source when it was made: allocated
+    /// now, but overwriting them allocates them again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shared_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Whether [`Pool::create_volume`] made a new volume or found the one the name names.
@@ -188,6 +209,8 @@ pub enum PoolError {
     AlreadyExists { name: String, what: &'static str },
     #[error("{requested} bytes requested but only {available} bytes available in the pool")]
     ResourceExhausted { requested: u64, available: u64 },
+    #[error("volume {0:?} is being created from its content source; try again")]
+    CreatePending(String),
     #[error("volume {id} is in use (attached to {})", device.display())]
     InUse { id: VolumeId, device: PathBuf },
     #[error("volume content sources (snapshots, clones) are not supported yet")]
@@ -234,6 +257,32 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Poo
 struct Index {
     by_id: BTreeMap<VolumeId, Volume>,
     by_name: HashMap<String, VolumeId>,
+    /// Names of volumes whose content is being copied (outside the lock).
+    creating: std::collections::HashSet<String>,
+    /// Bytes booked by copies in flight ([`Reservation`]).
+    reserved: u64,
+}
+
+/// What reflinked snapshots share with volumes, by snapshot ID: kept by the snapshot
+/// store, counted by [`Pool::available`]. Its lock is only ever taken last.
+#[derive(Debug, Default)]
+pub struct SnapshotShares(Mutex<HashMap<String, u64>>);
+
+impl SnapshotShares {
+    /// Snapshot `id` shares `bytes` with volumes (0: nothing, or it is gone).
+    pub fn set(&self, id: &str, bytes: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if bytes == 0 {
+            map.remove(id);
+        } else {
+            map.insert(id.to_owned(), bytes);
+        }
+    }
+
+    fn total(&self) -> u64 {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().sum()
+    }
 }
 
 /// The pool. `Sync`: share it behind an `Arc`; methods take `&self`.
@@ -243,6 +292,7 @@ pub struct Pool {
     index: Mutex<Index>,
     recovery: Recovery,
     reaper: reaper::Reaper,
+    snapshot_shares: std::sync::Arc<SnapshotShares>,
     /// An exclusive flock on the pool directory, held while this value lives: two
     /// drivers recovering, reaping and allocating in one pool would destroy each other's
     /// volumes (each detaches the other's "unused" loop devices, double-books space).
@@ -277,7 +327,10 @@ impl Pool {
             index: Mutex::new(Index {
                 by_id: BTreeMap::new(),
                 by_name: HashMap::new(),
+                creating: Default::default(),
+                reserved: 0,
             }),
+            snapshot_shares: Default::default(),
             recovery: Recovery::default(),
             reaper: reaper::Reaper::default(),
             _owner: owner,
@@ -340,11 +393,12 @@ impl Pool {
     /// Create a volume whose image `populate` writes from `req.content_source` (a
     /// snapshot restore, a clone), or return the existing one created under the same
     /// name from the same source. `populate` creates the image file at the path it is
-    /// given, at most the volume's size; the pool then grows it to the volume's size. It
-    /// runs before the metadata is committed, so a crash leaves an orphan image (removed
-    /// at the next open), never a committed volume without its data. It runs under the
-    /// pool's lock and must not call back into the pool except for paths and
-    /// [`Pool::attachment`].
+    /// given, at most the volume's size, and returns the bytes it shares with its source
+    /// (reflinked); the pool then grows it to the volume's size. It runs before the
+    /// metadata is committed, so a crash leaves an orphan image (removed at the next
+    /// open), never a committed volume without its data. The volume's size is booked
+    /// first and the copy runs outside the pool's lock; the same name asked for again
+    /// meanwhile is [`PoolError::CreatePending`].
     pub fn create_volume_from(
         &self,
         req: &CreateVolumeRequest,
@@ -367,6 +421,9 @@ impl Pool {
             image_size(req.capacity, req.access.min_size_bytes()).map_err(PoolError::OutOfRange)?;
 
         let mut index = self.lock();
+        if index.creating.contains(&req.name) {
+            return Err(PoolError::CreatePending(req.name.clone()));
+        }
         if let Some(id) = index.by_name.get(&req.name) {
             let existing = &index.by_id[id];
             let what = if req.id.as_ref().is_some_and(|want| want != id) {
@@ -410,7 +467,7 @@ impl Pool {
                 VolumeId::generate().map_err(io_err("generate id", Path::new("/dev/urandom")))?
             }
         };
-        let volume = Volume {
+        let mut volume = Volume {
             id: id.clone(),
             name: req.name.clone(),
             size_bytes: size,
@@ -418,13 +475,22 @@ impl Pool {
             parameters: req.parameters.clone(),
             content_source: req.content_source.clone(),
             created_unix_ms: now_ms(),
+            shared_bytes: 0,
         };
         let span = tracing::info_span!("create", volume_id = %id, size);
         let _guard = span.enter();
         let image = self.image_path(&id);
         match populate {
             None => self.create_image(&image, size)?,
-            Some(fill) => fill_image(&image, size, fill)?,
+            Some(fill) => {
+                // Book the size and copy without the lock: a copy of gigabytes must not
+                // stall every other volume's calls, nor let them promise these bytes.
+                let copying = Copying::start(self, &mut index, &req.name, size);
+                drop(index);
+                volume.shared_bytes = fill_image(&image, size, fill)?;
+                index = self.lock();
+                copying.finish(&mut index);
+            }
         }
         if let Err(e) = self.write_record(&volume) {
             // Without metadata the image is an orphan: remove it now rather than at the
@@ -436,6 +502,27 @@ impl Pool {
         index.by_id.insert(id, volume.clone());
         tracing::info!("volume created");
         Ok((volume, Created::New))
+    }
+
+    /// Book `bytes` of the pool for a copy about to run (a snapshot): refused with
+    /// [`PoolError::ResourceExhausted`] when they are not available; released when the
+    /// returned value is dropped.
+    pub fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, PoolError> {
+        let mut index = self.lock();
+        let available = self.available_locked(&index)?;
+        if bytes > available {
+            return Err(PoolError::ResourceExhausted {
+                requested: bytes,
+                available,
+            });
+        }
+        index.reserved = index.reserved.saturating_add(bytes);
+        Ok(Reservation { pool: self, bytes })
+    }
+
+    /// The ledger the snapshot store keeps of what its reflinked snapshots share.
+    pub fn snapshot_shares(&self) -> std::sync::Arc<SnapshotShares> {
+        self.snapshot_shares.clone()
     }
 
     fn create_image(&self, image: &Path, size: u64) -> Result<(), PoolError> {
@@ -568,9 +655,15 @@ impl Pool {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => volume.size_bytes,
                 Err(e) => return Err(io_err("stat", &image)(e)),
             };
-            owed = owed.saturating_add(volume.size_bytes.saturating_sub(allocated));
+            let own = allocated.saturating_sub(volume.shared_bytes);
+            owed = owed.saturating_add(volume.size_bytes.saturating_sub(own));
         }
-        Ok(free.saturating_sub(self.reserve_bytes).saturating_sub(owed))
+        let shared = self.snapshot_shares.total();
+        Ok(free
+            .saturating_sub(self.reserve_bytes)
+            .saturating_sub(owed)
+            .saturating_sub(shared)
+            .saturating_sub(index.reserved))
     }
 
     /// Grow a volume's image to at least `new_size` bytes (rounded like create).
@@ -759,13 +852,82 @@ fn lock_owner(root: &Path) -> Result<Flock<fs::File>, PoolError> {
     })
 }
 
-/// Fills a new image from a content source: see [`Pool::create_volume_from`].
-pub type Populate<'a> = &'a dyn Fn(&Path) -> Result<(), PoolError>;
+/// Fills a new image from a content source and returns the bytes it shares with the
+/// source: see [`Pool::create_volume_from`].
+pub type Populate<'a> = &'a dyn Fn(&Path) -> Result<u64, PoolError>;
+
+/// Bytes a fresh copy made with `method` shares with its source: every allocated byte
+/// of a reflink, nothing of a sparse copy (its bytes are its own, and already taken
+/// from the pool's free space).
+pub fn shared_by_copy(method: CopyMethod, copy: &Path) -> Result<u64, PoolError> {
+    match method {
+        CopyMethod::Reflink => Ok(fs::metadata(copy)
+            .map_err(io_err("stat", copy))?
+            .blocks()
+            .saturating_mul(512)),
+        CopyMethod::Sparse => Ok(0),
+    }
+}
+
+/// Bytes booked in the pool while a copy runs; given back on drop.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    pool: &'a Pool,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut index = self.pool.lock();
+        index.reserved = index.reserved.saturating_sub(self.bytes);
+    }
+}
+
+/// A volume being created from a content source: its name is taken and its size booked
+/// until it is committed or the copy fails (then both are given back on drop).
+struct Copying<'a> {
+    pool: &'a Pool,
+    name: String,
+    bytes: u64,
+    finished: bool,
+}
+
+impl<'a> Copying<'a> {
+    fn start(pool: &'a Pool, index: &mut Index, name: &str, bytes: u64) -> Self {
+        index.creating.insert(name.to_owned());
+        index.reserved = index.reserved.saturating_add(bytes);
+        Self {
+            pool,
+            name: name.to_owned(),
+            bytes,
+            finished: false,
+        }
+    }
+
+    /// Give back the name and the booking under the lock the caller already holds.
+    fn finish(mut self, index: &mut Index) {
+        self.release(index);
+        self.finished = true;
+    }
+
+    fn release(&self, index: &mut Index) {
+        index.creating.remove(&self.name);
+        index.reserved = index.reserved.saturating_sub(self.bytes);
+    }
+}
+
+impl Drop for Copying<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.release(&mut self.pool.lock());
+        }
+    }
+}
 
 /// Let `fill` write `image`, then grow it to `size` and make it durable; on any failure
 /// nothing is left at `image`.
-fn fill_image(image: &Path, size: u64, fill: Populate<'_>) -> Result<(), PoolError> {
-    let result = fill(image).and_then(|()| {
+fn fill_image(image: &Path, size: u64, fill: Populate<'_>) -> Result<u64, PoolError> {
+    let result = fill(image).and_then(|shared| {
         let file = OpenOptions::new()
             .write(true)
             .open(image)
@@ -779,7 +941,8 @@ fn fill_image(image: &Path, size: u64, fill: Populate<'_>) -> Result<(), PoolErr
         }
         file.set_len(size)
             .and_then(|()| file.sync_all())
-            .map_err(io_err("grow", image))
+            .map_err(io_err("grow", image))?;
+        Ok(shared)
     });
     if result.is_err() {
         let _ = fs::remove_file(image);

@@ -312,7 +312,10 @@ async fn a_volume_too_big_for_the_pool_is_recorded_and_retried_later_without_wri
     let (api, client) = MockApi::start();
     let node = TestNode::new(client);
     let id = agent_support::volume_id("huge");
-    let pending = seed(&api, &agent_support::volume("huge", fits_only_an_empty_pool(&node)));
+    let pending = seed(
+        &api,
+        &agent_support::volume("huge", fits_only_an_empty_pool(&node)),
+    );
 
     let action = node.agent.reconcile(&pending).await.unwrap();
 

@@ -236,9 +236,10 @@ fn metadata_is_versioned_and_written_atomically() {
     let mut size = pool.expand_volume(&v.id, v.size_bytes + MIB).unwrap();
     let mut seen_through_old = Vec::new();
     std::io::Read::read_to_end(&mut &old, &mut seen_through_old).unwrap();
-    assert_eq!(
-        seen_through_old, before,
-        "the record was rewritten in place"
+    assert!(
+        seen_through_old == before,
+        "the record was rewritten in place: {}",
+        String::from_utf8_lossy(&seen_through_old)
     );
     assert_eq!(
         old.metadata().unwrap().nlink(),

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use nix::mount::MsFlags;
 
 use crate::mount::mountinfo::find_mount_point;
-use crate::mount::options::REPORTED_FLAGS;
+use crate::mount::options::{ALWAYS, REPORTED_FLAGS};
 use crate::mount::{
     Detected, FsType, Host, LoopDevice, MountEntry, MountError, MountOptions, RealHost,
 };
@@ -692,9 +692,14 @@ fn already(path: &Path, reason: &str) -> VolumeError {
 }
 
 /// Whether an existing mount carries the reported subset of `flags` exactly.
+///
+/// The flags every mount gets ([`ALWAYS`]) are not compared: a volume staged or
+/// published by a driver version that did not set them is still this request's mount,
+/// and refusing it would keep new pods off a volume until every old one is gone.
 fn flags_match(entry: &MountEntry, flags: MsFlags) -> bool {
     REPORTED_FLAGS
         .iter()
+        .filter(|(_, flag)| !ALWAYS.contains(*flag))
         .all(|(name, flag)| entry.has_option(name) == flags.contains(*flag))
 }
 
@@ -704,6 +709,7 @@ fn bind_flags_match(entry: &MountEntry, flags: MsFlags) -> bool {
     entry.is_read_only() == flags.contains(MsFlags::MS_RDONLY)
         && REPORTED_FLAGS
             .iter()
+            .filter(|(_, flag)| !ALWAYS.contains(*flag))
             .all(|(name, flag)| !flags.contains(*flag) || entry.has_option(name))
 }
 

@@ -442,6 +442,35 @@ mod tests {
     }
 
     #[test]
+    fn the_kubelet_dir_is_absolute_clean_and_apart_from_the_pool() {
+        let config = |args: &[&str]| Config::from_cli(cli(args), None);
+        let ok = config(&["--kubelet-dir=/var/lib//kubelet/./"]).unwrap();
+        assert_eq!(ok.kubelet_dir, Path::new("/var/lib/kubelet"));
+        assert_eq!(
+            config(&[]).unwrap().kubelet_dir,
+            Path::new("/var/lib/kubelet")
+        );
+        for bad in [
+            "--kubelet-dir=relative",
+            "--kubelet-dir=/",
+            "--kubelet-dir=/var/lib/kubelet/../x",
+            "--kubelet-dir=/var/lib/plinth",
+            "--kubelet-dir=/var/lib/plinth/pool/k",
+        ] {
+            assert!(
+                matches!(
+                    config(&[bad]),
+                    Err(ConfigError::Invalid {
+                        flag: "kubelet-dir",
+                        ..
+                    })
+                ),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    #[test]
     fn endpoints_accept_unix_urls_and_absolute_paths_only() {
         assert_eq!(
             parse_endpoint("unix:///csi/csi.sock").unwrap(),

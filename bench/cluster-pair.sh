@@ -15,6 +15,7 @@ cargo build --release --quiet -p plinth-driver -p plinth-bench -p plinth-apistub
     --manifest-path "$root/Cargo.toml"
 
 work=$(mktemp -d /tmp/plinth-pair.XXXXXX)
+mkdir -p "$work/work"   # the stand-in kubelet directory (--kubelet-dir)
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -33,7 +34,7 @@ api=$(awk '/server:/ {print $2; exit}' "$KUBECONFIG")
 "$target/plinth-driver" --mode controller --node-id control-plane \
     --endpoint "unix://$work/controller.sock" --log-level warn 2>"$work/controller.log" &
 pids+=($!)
-"$target/plinth-driver" --mode node --node-id node-a --pool "$work/pool" \
+"$target/plinth-driver" --mode node --node-id node-a --pool "$work/pool" --kubelet-dir "$work/work" \
     --endpoint "unix://$work/node.sock" --log-level warn 2>"$work/node.log" &
 node_pid=$!
 pids+=("$node_pid")

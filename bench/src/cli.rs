@@ -44,7 +44,8 @@ pub struct Args {
     pub access: Access,
 
     /// Where staging and target paths are created (the stand-in for kubelet's root
-    /// directory). A per-run subdirectory is used and removed afterwards.
+    /// directory; plinth-driver's `--kubelet-dir` must name it or a parent). A per-run
+    /// subdirectory is used and removed afterwards.
     #[arg(long, default_value_os_t = std::env::temp_dir().join("plinth-bench"))]
     pub work_dir: PathBuf,
 

@@ -35,6 +35,7 @@ pub async fn show(work: &Path) -> Result<()> {
         &format!("--node-id={NODE}"),
         &format!("--endpoint=unix://{}", node_socket.display()),
         &format!("--pool={}", work.join("cluster-pool").display()),
+        &format!("--kubelet-dir={}", work.join("kubelet").display()),
     ])?;
     let controller = config(&[
         "--mode=controller",

@@ -68,6 +68,9 @@ async fn run(args: Args) -> Result<()> {
         .context("creating the demo's temporary directory")?;
     let socket_path = work.path().join("csi.sock");
     let pool_dir = work.path().join("pool");
+    // The stand-in for kubelet's root directory: the driver serves paths below it only.
+    let kubelet_dir = work.path().join("kubelet");
+    std::fs::create_dir_all(&kubelet_dir).context("creating the demo's kubelet directory")?;
 
     let config = Config::from_cli(
         DriverCli::parse_from([
@@ -76,6 +79,7 @@ async fn run(args: Args) -> Result<()> {
             "--node-id=demo-node",
             &format!("--endpoint=unix://{}", socket_path.display()),
             &format!("--pool={}", pool_dir.display()),
+            &format!("--kubelet-dir={}", kubelet_dir.display()),
             "--log-level=warn",
         ]),
         None,

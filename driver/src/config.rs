@@ -113,6 +113,12 @@ pub struct Cli {
     #[arg(long, env = "PLINTH_POOL", default_value = "/var/lib/plinth/pool")]
     pub pool: PathBuf,
 
+    /// The kubelet root directory this node plugin serves (kubelet's `--root-dir`):
+    /// staging and target paths outside it are refused, and no symlink below it is
+    /// followed.
+    #[arg(long, env = "PLINTH_KUBELET_DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_dir: PathBuf,
+
     /// Space kept free in the pool's filesystem (e.g. `1GiB`, `512M`, `1073741824`).
     #[arg(long, env = "PLINTH_POOL_RESERVE", default_value = "0", value_parser = parse_size)]
     pub pool_reserve: u64,
@@ -183,6 +189,8 @@ pub struct Config {
     pub node_id: String,
     pub pool: PathBuf,
     pub pool_reserve: u64,
+    /// Absolute, without `.` or `..`; never overlaps the pool.
+    pub kubelet_dir: PathBuf,
     pub driver_name: String,
     pub mode: Mode,
     /// What is advertised and served: the flags, limited to [`served_features`].
@@ -236,6 +244,7 @@ impl Config {
                 reason: "must be an absolute path",
             });
         }
+        let kubelet_dir = check_kubelet_dir(&cli.kubelet_dir, &cli.pool)?;
         if cli.max_volumes_per_node < 0 {
             return Err(ConfigError::Invalid {
                 flag: "max-volumes-per-node",
@@ -298,6 +307,7 @@ impl Config {
             node_id,
             pool: cli.pool,
             pool_reserve: cli.pool_reserve,
+            kubelet_dir,
             driver_name: cli.driver_name,
             mode: cli.mode,
             features: requested.intersection(served_features_in(cli.mode)),
@@ -314,6 +324,33 @@ impl Config {
             capacity_interval: cli.capacity_interval_seconds,
         })
     }
+}
+
+/// The kubelet directory in the form paths from kubelet are compared with: absolute,
+/// `.` and doubled slashes dropped, no `..`, not `/` (that would allow every path), and
+/// apart from the pool (a target inside the pool could overwrite an image).
+fn check_kubelet_dir(dir: &Path, pool: &Path) -> Result<PathBuf, ConfigError> {
+    let invalid = |reason| ConfigError::Invalid {
+        flag: "kubelet-dir",
+        value: dir.display().to_string(),
+        reason,
+    };
+    if !dir.is_absolute()
+        || dir
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(invalid("must be an absolute path without '..'"));
+    }
+    let normal: PathBuf = dir.components().collect();
+    if normal.parent().is_none() {
+        return Err(invalid("must not be the root directory"));
+    }
+    let pool: PathBuf = pool.components().collect();
+    if normal.starts_with(&pool) || pool.starts_with(&normal) {
+        return Err(invalid("must not overlap the pool directory"));
+    }
+    Ok(normal)
 }
 
 /// `unix:///run/csi.sock`, `unix:/run/csi.sock` or `/run/csi.sock`.
@@ -419,6 +456,35 @@ mod tests {
         let mut argv = vec!["plinth-driver", "--node-id", "n1"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn the_kubelet_dir_is_absolute_clean_and_apart_from_the_pool() {
+        let config = |args: &[&str]| Config::from_cli(cli(args), None);
+        let ok = config(&["--kubelet-dir=/var/lib//kubelet/./"]).unwrap();
+        assert_eq!(ok.kubelet_dir, Path::new("/var/lib/kubelet"));
+        assert_eq!(
+            config(&[]).unwrap().kubelet_dir,
+            Path::new("/var/lib/kubelet")
+        );
+        for bad in [
+            "--kubelet-dir=relative",
+            "--kubelet-dir=/",
+            "--kubelet-dir=/var/lib/kubelet/../x",
+            "--kubelet-dir=/var/lib/plinth",
+            "--kubelet-dir=/var/lib/plinth/pool/k",
+        ] {
+            assert!(
+                matches!(
+                    config(&[bad]),
+                    Err(ConfigError::Invalid {
+                        flag: "kubelet-dir",
+                        ..
+                    })
+                ),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

@@ -132,10 +132,12 @@ impl ControllerService {
         &self,
         req: v1::ValidateVolumeCapabilitiesRequest,
     ) -> Result<v1::ValidateVolumeCapabilitiesResponse, Error> {
-        let id = existing_id(&req.volume_id)?;
+        // Arguments -> lookup -> work.
+        let id = validate::volume_ref(&req.volume_id)?;
         if req.volume_capabilities.is_empty() {
             return Err(Error::MissingField("volume_capabilities"));
         }
+        let id = id.lookup()?;
         let (access, parameters) = match self.driver.handoff() {
             Some(cluster) => handoff::volume_shape(cluster, &id).await?,
             None => {

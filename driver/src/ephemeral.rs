@@ -261,7 +261,7 @@ pub fn unpublish(volumes: &NodeVolumes, kubelet_id: &str, target: &Path) -> Resu
         }
         // Not a pool ID, so an inline volume already deleted by an earlier call:
         // done, unless something else is mounted at the target.
-        let target = crate::volume::resolve_path(target, pool.dir())?;
+        let target = volumes.resolve(target)?;
         if let Some(entry) = mountinfo::find_mount_point(&mountinfo::read_self()?, &target) {
             return Err(Error::FailedPrecondition(format!(
                 "{} is mounted from {}, not from inline volume {kubelet_id}",
@@ -269,12 +269,12 @@ pub fn unpublish(volumes: &NodeVolumes, kubelet_id: &str, target: &Path) -> Resu
                 entry.source
             )));
         }
-        remove_empty_dir(&target);
+        volumes.remove_leftover(&target);
         return Ok(true);
     };
     volumes.unstage(&volume.id, target)?;
-    if let Ok(resolved) = crate::volume::resolve_path(target, pool.dir()) {
-        remove_empty_dir(&resolved);
+    if let Ok(resolved) = volumes.resolve(target) {
+        volumes.remove_leftover(&resolved);
     }
     pool.delete_volume(&volume.id)?;
     tracing::info!(volume_id = %volume.id, "inline volume deleted");
@@ -290,7 +290,12 @@ pub async fn node_publish(driver: &Driver, req: v1::NodePublishVolumeRequest) ->
         });
     }
     validate::volume_id("volume_id", &req.volume_id)?;
-    let target = validate::path("target_path", &req.target_path, &driver.config.pool)?;
+    let target = validate::path(
+        "target_path",
+        &req.target_path,
+        &driver.config.pool,
+        &driver.config.kubelet_dir,
+    )?;
     let cap = validate::required_capability("volume_capability", req.volume_capability.as_ref())?;
     let Access::Mount { fs, flags } = cap.access else {
         return Err(Error::InvalidArgument {
@@ -339,7 +344,12 @@ pub async fn node_unpublish(
     req: &v1::NodeUnpublishVolumeRequest,
 ) -> Result<bool, Error> {
     validate::volume_id("volume_id", &req.volume_id)?;
-    let target = validate::path("target_path", &req.target_path, &driver.config.pool)?;
+    let target = validate::path(
+        "target_path",
+        &req.target_path,
+        &driver.config.pool,
+        &driver.config.kubelet_dir,
+    )?;
     let volumes = driver.volumes()?;
     let inline =
         find(volumes.pool(), &req.volume_id).is_some() || is_kubelet_inline_id(&req.volume_id);
@@ -361,16 +371,6 @@ pub async fn node_unpublish(
 fn is_kubelet_inline_id(id: &str) -> bool {
     id.strip_prefix("csi-")
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-}
-
-/// The spec makes the plugin remove the target it created; only an empty directory is
-/// removed, never anything holding data.
-fn remove_empty_dir(path: &Path) {
-    match std::fs::remove_dir(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "leaving the target in place"),
-    }
 }
 
 #[cfg(test)]

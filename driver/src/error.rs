@@ -23,6 +23,10 @@ pub enum Error {
     OutOfRange(String),
     #[error("volume {0} not found")]
     VolumeNotFound(String),
+    /// A `volume_path` (stats, expansion) that cannot hold the volume: relative, or
+    /// outside the kubelet directory. Part of the lookup, so NOT_FOUND.
+    #[error("volume {id} is not staged or published at {path:?}")]
+    NotAtPath { id: String, path: String },
     #[error("operation pending for volume {0}")]
     Pending(String),
     #[error("the volume pool is not ready yet")]
@@ -60,7 +64,7 @@ impl Error {
         match self {
             Self::MissingField(_) | Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::OutOfRange(_) => Code::OutOfRange,
-            Self::VolumeNotFound(_) => Code::NotFound,
+            Self::VolumeNotFound(_) | Self::NotAtPath { .. } => Code::NotFound,
             Self::Pending(_) => Code::Aborted,
             Self::NotReady => Code::Unavailable,
             Self::Unimplemented(_) => Code::Unimplemented,
@@ -86,7 +90,11 @@ fn pool_code(e: &PoolError) -> Code {
         // Spec (CreateVolume): an unsupported source is INVALID_ARGUMENT.
         PoolError::ContentSourceUnsupported => Code::InvalidArgument,
         PoolError::NotFound(_) => Code::NotFound,
-        PoolError::OutOfRange(_) | PoolError::ShrinkRefused { .. } => Code::OutOfRange,
+        // Spec (CreateVolume, ControllerExpandVolume): OUT_OF_RANGE for a capacity the
+        // plugin cannot serve at all; RESOURCE_EXHAUSTED only for "not enough now".
+        PoolError::OutOfRange(_)
+        | PoolError::ShrinkRefused { .. }
+        | PoolError::NeverFits { .. } => Code::OutOfRange,
         PoolError::AlreadyExists { .. } => Code::AlreadyExists,
         PoolError::ResourceExhausted { .. } => Code::ResourceExhausted,
         PoolError::InUse { .. } => Code::FailedPrecondition,
@@ -107,6 +115,7 @@ fn mount_code(e: &MountError) -> Code {
         MountError::NoFreeLoop { .. } => Code::ResourceExhausted,
         MountError::Io { .. }
         | MountError::Sys { .. }
+        | MountError::MountData { .. }
         | MountError::Mkfs { .. }
         | MountError::MountInfo { .. } => Code::Internal,
     }
@@ -160,7 +169,8 @@ fn volume_code(e: &VolumeError) -> Code {
         VolumeError::NotStaged { .. }
         | VolumeError::StillPublished { .. }
         | VolumeError::FsMismatch { .. }
-        | VolumeError::UnknownData { .. } => Code::FailedPrecondition,
+        | VolumeError::UnknownData { .. }
+        | VolumeError::SelinuxUnavailable(_) => Code::FailedPrecondition,
         VolumeError::AlreadyExists { .. } => Code::AlreadyExists,
         VolumeError::Pool(e) => pool_code(e),
         VolumeError::Host(e) => mount_code(e),

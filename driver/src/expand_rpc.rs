@@ -9,10 +9,10 @@ use plinth_csi_proto::v1;
 
 use crate::cluster::handoff;
 use crate::error::Error;
+use crate::local;
 use crate::pool::{CapacityRange, GRANULARITY, image_size};
 use crate::state::Driver;
-use crate::validate::{self, existing_id};
-use crate::{local, volume};
+use crate::validate;
 
 fn require_feature(driver: &Driver, rpc: &'static str) -> Result<(), Error> {
     if driver.config.features.expansion {
@@ -31,7 +31,8 @@ pub async fn controller_expand(
     req: v1::ControllerExpandVolumeRequest,
 ) -> Result<v1::ControllerExpandVolumeResponse, Error> {
     require_feature(driver, "ControllerExpandVolume")?;
-    let id = existing_id(&req.volume_id)?;
+    // Arguments -> lookup -> work.
+    let id = validate::volume_ref(&req.volume_id)?;
     let range = req
         .capacity_range
         .as_ref()
@@ -49,6 +50,7 @@ pub async fn controller_expand(
     if let Some(cap) = &req.volume_capability {
         validate::required_capability("volume_capability", Some(cap))?;
     }
+    let id = id.lookup()?;
     let size = match driver.handoff() {
         Some(cluster) => handoff::expand_volume(cluster, &id, wanted).await?,
         None => local::expand_volume(driver, id, wanted).await?,
@@ -72,25 +74,41 @@ pub async fn node_expand(
     req: v1::NodeExpandVolumeRequest,
 ) -> Result<v1::NodeExpandVolumeResponse, Error> {
     require_feature(driver, "NodeExpandVolume")?;
-    let id = existing_id(&req.volume_id)?;
-    let path = validate::path("volume_path", &req.volume_path, &driver.config.pool)?;
+    // Arguments -> lookup -> work, as in the node service. `volume_path` names where
+    // the volume is, so a present but impossible path is part of the lookup (NOT_FOUND).
+    let id = validate::volume_ref(&req.volume_id)?;
+    validate::required("volume_path", &req.volume_path)?;
+    let config = &driver.config;
     if !req.staging_target_path.is_empty() {
         validate::path(
             "staging_target_path",
             &req.staging_target_path,
-            &driver.config.pool,
+            &config.pool,
+            &config.kubelet_dir,
         )?;
     }
     if let Some(cap) = &req.volume_capability {
         validate::required_capability("volume_capability", Some(cap))?;
     }
     let capacity = validate::capacity(req.capacity_range.as_ref())?;
-    let pool = driver.pool()?;
+    let id = id.lookup()?;
+    let volumes = driver.volumes()?;
+    volumes.pool().get(&id)?;
+    let path = validate::path(
+        "volume_path",
+        &req.volume_path,
+        &config.pool,
+        &config.kubelet_dir,
+    )
+    .map_err(|_| Error::NotAtPath {
+        id: id.to_string(),
+        path: req.volume_path.clone(),
+    })?;
     let key = id.to_string();
     let grown = driver
         .exclusive(&key, move || {
-            let path = volume::resolve_path(&path, pool.dir())?;
-            Ok(crate::grow::grow(&pool, &id, &path)?)
+            let path = volumes.resolve(&path)?;
+            Ok(crate::grow::grow(volumes.pool(), &id, &path)?)
         })
         .await?;
     if grown.capacity_bytes < capacity.required {

@@ -33,11 +33,13 @@ fn to_proto(group: &GroupSnapshot, members: &[Snapshot]) -> v1::VolumeGroupSnaps
     }
 }
 
-/// The required `snapshot_ids` of Delete/Get: each a snapshot ID of this driver.
+/// The `snapshot_ids` of Delete/Get, each a snapshot ID of this driver when given.
+///
+/// The spec marks the field required but lets a plugin that does not need it ignore
+/// it, and this driver finds a group's members from the group's own record. So it is
+/// optional here: absent, an unknown group is NOT_FOUND (Get) or already deleted
+/// (Delete), as csi-sanity expects; present, it must match the group's members.
 fn snapshot_ids(ids: &[String]) -> Result<Vec<String>, Error> {
-    if ids.is_empty() {
-        return Err(Error::MissingField("snapshot_ids"));
-    }
     for id in ids {
         validate::volume_id("snapshot_ids", id)?;
     }

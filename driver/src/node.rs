@@ -11,8 +11,8 @@ use crate::error::Error;
 use crate::mount::mountinfo;
 use crate::pool::{Pool, VolumeId};
 use crate::state::{Driver, blocking};
-use crate::validate::{self, Access, Capability, existing_id};
-use crate::volume::{self, VolumeStats};
+use crate::validate::{self, Access, Capability};
+use crate::volume::{self, NodeVolumes, VolumeStats};
 use crate::{advertise, ephemeral, expand_rpc, grow};
 
 #[derive(Debug, Clone)]
@@ -25,15 +25,22 @@ impl NodeService {
         Self { driver }
     }
 
+    /// A staging or target path: present, well-formed, below the kubelet directory.
     fn path(&self, field: &'static str, value: &str) -> Result<PathBuf, Error> {
-        validate::path(field, value, &self.driver.config.pool)
+        let config = &self.driver.config;
+        validate::path(field, value, &config.pool, &config.kubelet_dir)
     }
 
+    // Every handler runs in the same order, in one place: arguments (presence, then
+    // form) -> lookup -> work. A request missing an argument is INVALID_ARGUMENT even
+    // for a volume that does not exist; NOT_FOUND comes only from the lookup.
+
     async fn stage(&self, req: v1::NodeStageVolumeRequest) -> Result<(), Error> {
-        let id = existing_id(&req.volume_id)?;
+        let id = validate::volume_ref(&req.volume_id)?;
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let cap =
             validate::required_capability("volume_capability", req.volume_capability.as_ref())?;
+        let id = id.lookup()?;
         let volumes = self.driver.volumes()?;
         let key = id.to_string();
         self.driver
@@ -46,7 +53,7 @@ impl NodeService {
                     cap.mode.read_only(),
                 )?;
                 if matches!(cap.access, Access::Mount { .. }) && !cap.mode.read_only() {
-                    let mounted = volume::resolve_path(&staging, volumes.pool().dir())?;
+                    let mounted = volumes.resolve(&staging)?;
                     grow::grow_restored(volumes.pool(), &id, &mounted)?;
                 }
                 tracing::debug!(?outcome, "NodeStageVolume done");
@@ -56,8 +63,9 @@ impl NodeService {
     }
 
     async fn unstage(&self, req: v1::NodeUnstageVolumeRequest) -> Result<(), Error> {
-        let id = existing_id(&req.volume_id)?;
+        let id = validate::volume_ref(&req.volume_id)?;
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let id = id.lookup()?;
         let volumes = self.driver.volumes()?;
         let key = id.to_string();
         self.driver
@@ -73,7 +81,7 @@ impl NodeService {
         if ephemeral::is_ephemeral(&req.volume_context) {
             return ephemeral::node_publish(&self.driver, req).await;
         }
-        let id = existing_id(&req.volume_id)?;
+        let id = validate::volume_ref(&req.volume_id)?;
         let target = self.path("target_path", &req.target_path)?;
         let cap =
             validate::required_capability("volume_capability", req.volume_capability.as_ref())?;
@@ -87,6 +95,7 @@ impl NodeService {
         }
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let readonly = req.readonly || cap.mode.read_only();
+        let id = id.lookup()?;
         let volumes = self.driver.volumes()?;
         let key = id.to_string();
         self.driver
@@ -94,7 +103,7 @@ impl NodeService {
                 let pool = volumes.pool();
                 check_fits(pool, &id, &cap)?;
                 if !cap.mode.multi_publish()
-                    && let Some(other) = other_publication(pool, &id, &staging, &target)?
+                    && let Some(other) = other_publication(&volumes, &id, &staging, &target)?
                 {
                     return Err(Error::FailedPrecondition(format!(
                         "volume {id} is already published at {}; its access mode allows one target",
@@ -113,8 +122,9 @@ impl NodeService {
         if ephemeral::node_unpublish(&self.driver, &req).await? {
             return Ok(());
         }
-        let id = existing_id(&req.volume_id)?;
+        let id = validate::volume_ref(&req.volume_id)?;
         let target = self.path("target_path", &req.target_path)?;
+        let id = id.lookup()?;
         let volumes = self.driver.volumes()?;
         let key = id.to_string();
         self.driver
@@ -128,16 +138,29 @@ impl NodeService {
 
     /// Read-only, so no in-flight claim: kubelet polls stats and an ABORTED here would
     /// only add noise while a stage or publish runs.
+    ///
+    /// `volume_path` names where to look rather than a place the driver writes to, so
+    /// once present, a path that cannot hold the volume (relative, outside the kubelet
+    /// directory) is part of the lookup: NOT_FOUND, with nothing touched (csi-sanity
+    /// asks for NOT_FOUND at `some/path`).
     async fn stats(
         &self,
         req: v1::NodeGetVolumeStatsRequest,
     ) -> Result<v1::NodeGetVolumeStatsResponse, Error> {
-        let id = existing_id(&req.volume_id)?;
-        let path = self.path("volume_path", &req.volume_path)?;
+        let id = validate::volume_ref(&req.volume_id)?;
+        validate::required("volume_path", &req.volume_path)?;
         if !req.staging_target_path.is_empty() {
             self.path("staging_target_path", &req.staging_target_path)?;
         }
+        let id = id.lookup()?;
         let volumes = self.driver.volumes()?;
+        volumes.pool().get(&id)?;
+        let path = self
+            .path("volume_path", &req.volume_path)
+            .map_err(|_| Error::NotAtPath {
+                id: id.to_string(),
+                path: req.volume_path.clone(),
+            })?;
         let stats = blocking(move || Ok(volumes.stats(&id, &path)?)).await?;
         Ok(v1::NodeGetVolumeStatsResponse {
             usage: usage(stats),
@@ -174,17 +197,17 @@ fn check_fits(pool: &Pool, id: &VolumeId, cap: &Capability) -> Result<(), Error>
 
 /// A mount of this volume other than its staging and `target`, if any.
 fn other_publication(
-    pool: &Pool,
+    volumes: &NodeVolumes,
     id: &VolumeId,
     staging: &Path,
     target: &Path,
 ) -> Result<Option<PathBuf>, Error> {
-    let Some(dev) = pool.attachment(id)? else {
+    let Some(dev) = volumes.pool().attachment(id)? else {
         return Ok(None);
     };
     // mountinfo shows resolved paths; resolve ours the same way before comparing.
-    let staging = volume::resolve_path(staging, pool.dir())?;
-    let target = volume::resolve_path(target, pool.dir())?;
+    let staging = volumes.resolve(staging)?;
+    let target = volumes.resolve(target)?;
     let users = dev.users();
     Ok(mountinfo::read_self()?
         .into_iter()

@@ -52,7 +52,9 @@ impl Driver {
         // Node operations first: a caller that sees the pool may use both at once.
         if self
             .volumes
-            .set(Arc::new(NodeVolumes::new(pool.clone())))
+            .set(Arc::new(
+                NodeVolumes::new(pool.clone()).beneath(&self.config.kubelet_dir),
+            ))
             .is_err()
             || self.pool.set(pool).is_err()
         {

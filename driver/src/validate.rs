@@ -9,7 +9,7 @@ use plinth_csi_proto::v1;
 use v1::volume_capability::{AccessType, access_mode::Mode as ProtoMode};
 
 use crate::error::Error;
-use crate::mount::FsType;
+use crate::mount::{FsType, MountOptions};
 use crate::pool::{VolumeAccess, VolumeId};
 use crate::volume::NodeAccess;
 
@@ -50,8 +50,28 @@ pub fn volume_id<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Err
 /// A volume ID that must name an existing volume: malformed-but-harmless IDs cannot
 /// exist, so they are NOT_FOUND; IDs that try to escape are INVALID_ARGUMENT.
 pub fn existing_id(raw: &str) -> Result<VolumeId, Error> {
+    volume_ref(raw)?.lookup()
+}
+
+/// A `volume_id` checked for presence and form, not yet looked up.
+///
+/// Handlers check every argument first and look the volume up afterwards: a request
+/// missing a required field is INVALID_ARGUMENT even when it names a volume that does
+/// not exist (the spec's order, which csi-sanity checks with IDs like `fake-vol-id-…`).
+#[derive(Clone, Debug)]
+pub struct VolumeRef(String);
+
+impl VolumeRef {
+    /// The lookup step: an ID of a form this driver never issues names no volume.
+    pub fn lookup(&self) -> Result<VolumeId, Error> {
+        VolumeId::parse(&self.0).map_err(|_| Error::VolumeNotFound(self.0.clone()))
+    }
+}
+
+/// The argument step for `volume_id`: required, and nothing that could escape the pool.
+pub fn volume_ref(raw: &str) -> Result<VolumeRef, Error> {
     volume_id("volume_id", raw)?;
-    VolumeId::parse(raw).map_err(|_| Error::VolumeNotFound(raw.to_owned()))
+    Ok(VolumeRef(raw.to_owned()))
 }
 
 /// A CO-chosen volume name (CreateVolume): any printable text up to 128 bytes.
@@ -76,9 +96,19 @@ fn too_long(field: &'static str, len: usize) -> Error {
     }
 }
 
-/// A staging or target path from the CO: absolute, no `..`, no NUL, and never inside
-/// the pool (a path there could overwrite an image or its metadata).
-pub fn path(field: &'static str, value: &str, pool: &Path) -> Result<PathBuf, Error> {
+/// A staging or target path from the CO: absolute, no `..`, no NUL, strictly below the
+/// kubelet directory the driver serves (kubelet never hands out paths elsewhere; a path
+/// elsewhere could mount a volume over, or remove, anything on the node), and never
+/// inside the pool (a path there could overwrite an image or its metadata).
+///
+/// This is the lexical check; symlinks below the kubelet directory are refused when the
+/// volume layer resolves the path ([`crate::volume::NodeVolumes::resolve`]).
+pub fn path(
+    field: &'static str,
+    value: &str,
+    pool: &Path,
+    kubelet_dir: &Path,
+) -> Result<PathBuf, Error> {
     required(field, value)?;
     let invalid = |reason: &str| Error::InvalidArgument {
         field,
@@ -104,6 +134,12 @@ pub fn path(field: &'static str, value: &str, pool: &Path) -> Result<PathBuf, Er
     }
     if normal.starts_with(pool) || pool.starts_with(&normal) {
         return Err(invalid("overlaps the volume pool"));
+    }
+    if !normal.starts_with(kubelet_dir) || normal == kubelet_dir {
+        return Err(invalid(&format!(
+            "is not below the kubelet directory {} (--kubelet-dir)",
+            kubelet_dir.display()
+        )));
     }
     Ok(normal)
 }
@@ -189,18 +225,12 @@ pub struct Capability {
 #[derive(Debug)]
 pub struct Unsupported(pub String);
 
-/// Mount flags are handed to mount(2) as filesystem data: no separators or NULs that
-/// could smuggle in options the driver controls (`ro`, `context=`, ...).
+/// Mount flags are handed to mount(2): one option per entry, checked by the same parser
+/// that builds the mount data ([`MountOptions`]), so what is accepted here is exactly
+/// what stage and publish accept (kubelet's SELinux `context="…"` included).
 fn check_mount_flag(flag: &str) -> Result<(), Unsupported> {
-    let ok = !flag.is_empty()
-        && flag
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b',' && b != b'"' && b != b'\\');
-    if ok {
-        Ok(())
-    } else {
-        Err(Unsupported(format!("mount flag {flag:?} is not accepted")))
-    }
+    MountOptions::check_entry(flag)
+        .map_err(|e| Unsupported(format!("mount flag {flag:?} is not accepted: {e}")))
 }
 
 pub fn capability(cap: &v1::VolumeCapability) -> Result<Capability, Unsupported> {
@@ -419,7 +449,14 @@ mod tests {
     #[test]
     fn paths_must_be_absolute_clean_and_outside_the_pool() {
         let pool = Path::new("/var/lib/plinth/pool");
-        let ok = path("target_path", "/var/lib/kubelet/pods/x//mount/", pool).unwrap();
+        let kubelet = Path::new("/var/lib/kubelet");
+        let ok = path(
+            "target_path",
+            "/var/lib/kubelet/pods/x//mount/",
+            pool,
+            kubelet,
+        )
+        .unwrap();
         assert_eq!(ok, Path::new("/var/lib/kubelet/pods/x/mount"));
         for bad in [
             "relative/path",
@@ -428,8 +465,14 @@ mod tests {
             "/var/lib/plinth/pool/img",
             "/var/lib/plinth",
             "/tmp/a\0b",
+            "/tmp/elsewhere",
+            "/var/lib/kubelet",
+            "/var/lib/kubelet-other/pods/x",
         ] {
-            assert!(path("target_path", bad, pool).is_err(), "{bad:?} accepted");
+            assert!(
+                path("target_path", bad, pool, kubelet).is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 
@@ -478,6 +521,21 @@ mod tests {
         assert!(capability(&with_flags(&["noatime", "discard"])).is_ok());
         assert!(capability(&with_flags(&["noatime,rw"])).is_err());
         assert!(capability(&with_flags(&["a b"])).is_err());
+        // kubelet's seLinuxMount option, commas inside the quotes.
+        let selinux = r#"context="system_u:object_r:container_file_t:s0:c1,c2""#;
+        assert!(capability(&with_flags(&[selinux, "noatime"])).is_ok());
+        for refused in [
+            "suid",
+            "dev",
+            "errors=panic",
+            "nobarrier",
+            "logdev=/dev/sda",
+        ] {
+            let Err(Unsupported(reason)) = capability(&with_flags(&[refused])) else {
+                panic!("{refused:?} accepted");
+            };
+            assert!(reason.contains(refused), "{reason}");
+        }
     }
 
     #[test]

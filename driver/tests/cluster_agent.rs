@@ -294,12 +294,28 @@ async fn a_finalizer_added_meanwhile_is_never_overwritten() {
     );
 }
 
+/// A size the pool's filesystem could hold if it were empty, but not what is free now:
+/// RESOURCE_EXHAUSTED (space may come later). Larger ones could never fit and are
+/// OUT_OF_RANGE (`errors.rs`).
+fn fits_only_an_empty_pool(node: &TestNode) -> u64 {
+    let pool = node.pool();
+    let size = pool.total_bytes().unwrap() / MIB * MIB;
+    assert!(
+        pool.available().unwrap() + MIB < size,
+        "the test needs a pool filesystem with something on it"
+    );
+    size
+}
+
 #[tokio::test]
 async fn a_volume_too_big_for_the_pool_is_recorded_and_retried_later_without_writes() {
     let (api, client) = MockApi::start();
     let node = TestNode::new(client);
     let id = agent_support::volume_id("huge");
-    let pending = seed(&api, &agent_support::volume("huge", 1 << 50));
+    let pending = seed(
+        &api,
+        &agent_support::volume("huge", fits_only_an_empty_pool(&node)),
+    );
 
     let action = node.agent.reconcile(&pending).await.unwrap();
 
@@ -394,8 +410,9 @@ async fn a_failed_expansion_keeps_the_size_and_records_the_expand_operation() {
     let (api, client) = MockApi::start();
     let node = TestNode::new(client);
     let id = provisioned(&api, &node, "pvc-1", 64 * MIB).await;
+    let too_big = fits_only_an_empty_pool(&node);
     api.update(VOLUMES, id.as_str(), |object| {
-        object["spec"]["sizeBytes"] = json!(1_u64 << 50);
+        object["spec"]["sizeBytes"] = json!(too_big);
     });
     api.take_requests();
 

@@ -11,6 +11,9 @@ use tonic::Code;
 use v1::volume_capability::{AccessType, MountVolume};
 
 const UNKNOWN_ID: &str = "0123456789abcdef0123456789abcdef";
+/// What csi-sanity's default ID generator makes (`fake-vol-id-` and ten characters of a
+/// UUID): well-formed for any driver, never one of ours.
+const SANITY_ID: &str = "fake-vol-id-3f2a9c1e-7";
 
 #[tokio::test]
 async fn missing_fields_are_invalid_argument_naming_the_field() {
@@ -278,12 +281,12 @@ async fn create_volume_capacity_and_compatibility_rules() {
             .await,
         Code::InvalidArgument,
     );
-    // Far more than the pool holds.
+    // Far more than the pool could ever hold: see `capacities_...` below.
     assert_code(
         controller
             .create_volume(create_request(&name("huge"), cap.clone(), 1 << 60, 0))
             .await,
-        Code::ResourceExhausted,
+        Code::OutOfRange,
     );
 
     // Incompatible re-create under the same name: capacity, then access type.
@@ -615,4 +618,229 @@ async fn calls_naming_another_volume_never_touch_this_one() {
     node.node_unstage_volume(unstage_request(&a.volume_id, &staging))
         .await
         .unwrap();
+}
+
+/// csi-sanity's argument cases (kubernetes-csi/csi-test, pkg/sanity node.go and
+/// groupcontroller.go), with its own IDs and paths: a missing argument is
+/// INVALID_ARGUMENT even on a volume that does not exist, NOT_FOUND comes only from the
+/// lookup after every argument was checked.
+#[tokio::test]
+async fn csi_sanity_argument_cases_check_arguments_before_the_lookup() {
+    let driver = TestDriver::start().await;
+    let mut controller = driver.controller().await;
+    let mut node = driver.node().await;
+    let mut group = v1::group_controller_client::GroupControllerClient::new(driver.channel().await);
+    let target = driver.target("sanity");
+    let cap = mount_cap("ext4");
+
+    for id in [SANITY_ID, UNKNOWN_ID] {
+        // NodePublishVolume: no target path; no volume capability.
+        assert_invalid_field(
+            node.node_publish_volume(v1::NodePublishVolumeRequest {
+                volume_id: id.to_owned(),
+                ..Default::default()
+            })
+            .await,
+            "target_path",
+        );
+        assert_invalid_field(
+            node.node_publish_volume(v1::NodePublishVolumeRequest {
+                volume_id: id.to_owned(),
+                target_path: target.clone(),
+                volume_capability: None,
+                ..Default::default()
+            })
+            .await,
+            "volume_capability",
+        );
+        // NodeStageVolume and NodeUnstageVolume: no staging target path.
+        assert_invalid_field(
+            node.node_stage_volume(v1::NodeStageVolumeRequest {
+                volume_id: id.to_owned(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            })
+            .await,
+            "staging_target_path",
+        );
+        assert_invalid_field(
+            node.node_unstage_volume(v1::NodeUnstageVolumeRequest {
+                volume_id: id.to_owned(),
+                staging_target_path: String::new(),
+            })
+            .await,
+            "staging_target_path",
+        );
+        assert_invalid_field(
+            node.node_unpublish_volume(v1::NodeUnpublishVolumeRequest {
+                volume_id: id.to_owned(),
+                target_path: String::new(),
+            })
+            .await,
+            "target_path",
+        );
+        // NodeGetVolumeStats: no volume path; an unknown volume at csi-sanity's path.
+        assert_invalid_field(
+            node.node_get_volume_stats(v1::NodeGetVolumeStatsRequest {
+                volume_id: id.to_owned(),
+                ..Default::default()
+            })
+            .await,
+            "volume_path",
+        );
+        assert_code(
+            node.node_get_volume_stats(v1::NodeGetVolumeStatsRequest {
+                volume_id: id.to_owned(),
+                volume_path: "some/path".to_owned(),
+                staging_target_path: String::new(),
+            })
+            .await,
+            Code::NotFound,
+        );
+        // NodeExpandVolume: an unknown volume at csi-sanity's path.
+        assert_code(
+            node.node_expand_volume(v1::NodeExpandVolumeRequest {
+                volume_id: id.to_owned(),
+                volume_path: "some/path".to_owned(),
+                ..Default::default()
+            })
+            .await,
+            Code::NotFound,
+        );
+        // Controller calls: the missing argument, not the unknown volume.
+        assert_invalid_field(
+            controller
+                .validate_volume_capabilities(v1::ValidateVolumeCapabilitiesRequest {
+                    volume_id: id.to_owned(),
+                    ..Default::default()
+                })
+                .await,
+            "volume_capabilities",
+        );
+        assert_invalid_field(
+            controller
+                .controller_expand_volume(v1::ControllerExpandVolumeRequest {
+                    volume_id: id.to_owned(),
+                    ..Default::default()
+                })
+                .await,
+            "capacity_range",
+        );
+    }
+    assert_invalid_field(
+        node.node_get_volume_stats(v1::NodeGetVolumeStatsRequest {
+            volume_path: "some/path".to_owned(),
+            ..Default::default()
+        })
+        .await,
+        "volume_id",
+    );
+
+    // An existing volume: no volume path is INVALID_ARGUMENT (NodeExpandVolume), a path
+    // where it is not is NOT_FOUND (NodeGetVolumeStats "volume does not exist on the
+    // specified path").
+    let volume = create(&driver, &name("sanity"), cap.clone(), 16 * MIB).await;
+    assert_invalid_field(
+        node.node_expand_volume(v1::NodeExpandVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await,
+        "volume_path",
+    );
+    assert_code(
+        node.node_get_volume_stats(v1::NodeGetVolumeStatsRequest {
+            volume_id: volume.volume_id.clone(),
+            volume_path: "some/path".to_owned(),
+            staging_target_path: String::new(),
+        })
+        .await,
+        Code::NotFound,
+    );
+
+    // GroupController: an unknown group without snapshot_ids is NOT_FOUND for Get and
+    // already gone for Delete; no group ID at all is INVALID_ARGUMENT.
+    assert_code(
+        group
+            .get_volume_group_snapshot(v1::GetVolumeGroupSnapshotRequest {
+                group_snapshot_id: "fake-vol-id".to_owned(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+    );
+    group
+        .delete_volume_group_snapshot(v1::DeleteVolumeGroupSnapshotRequest {
+            group_snapshot_id: "fake-vol-id".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("deleting an unknown group snapshot succeeds");
+    assert_invalid_field(
+        group
+            .get_volume_group_snapshot(v1::GetVolumeGroupSnapshotRequest::default())
+            .await,
+        "group_snapshot_id",
+    );
+    assert_invalid_field(
+        group
+            .delete_volume_group_snapshot(v1::DeleteVolumeGroupSnapshotRequest::default())
+            .await,
+        "group_snapshot_id",
+    );
+    assert!(driver.mounts().is_empty());
+}
+
+/// A capacity no pool of this node could ever hold is OUT_OF_RANGE; RESOURCE_EXHAUSTED
+/// stays for a size that fits the pool's filesystem (total minus reserve) but not what
+/// is free now.
+#[tokio::test]
+async fn capacities_no_pool_could_ever_hold_are_out_of_range() {
+    let driver = TestDriver::start().await;
+    let mut controller = driver.controller().await;
+    let cap = mount_cap("ext4");
+    let st = nix::sys::statvfs::statvfs(&driver.pool).unwrap();
+    let total = st.blocks() * st.fragment_size();
+    let free = st.blocks_available() * st.fragment_size();
+    // The largest whole-MiB size the pool's filesystem could hold if it were empty.
+    let could_fit = i64::try_from(total).unwrap() / MIB * MIB;
+    assert!(
+        free + 2 * MIB as u64 <= could_fit as u64,
+        "the test needs a pool filesystem with something on it"
+    );
+
+    for huge in [i64::MAX, 1 << 60, could_fit + 64 * MIB] {
+        let message = assert_code(
+            controller
+                .create_volume(create_request(&name("never"), cap.clone(), huge, 0))
+                .await,
+            Code::OutOfRange,
+        );
+        assert!(message.contains("never fit"), "{message}");
+    }
+    assert_code(
+        controller
+            .create_volume(create_request(&name("not-now"), cap.clone(), could_fit, 0))
+            .await,
+        Code::ResourceExhausted,
+    );
+
+    let volume = create(&driver, &name("grow"), cap.clone(), 16 * MIB).await;
+    let expand = |required_bytes| v1::ControllerExpandVolumeRequest {
+        volume_id: volume.volume_id.clone(),
+        capacity_range: Some(v1::CapacityRange {
+            required_bytes,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    assert_code(
+        controller.controller_expand_volume(expand(i64::MAX)).await,
+        Code::OutOfRange,
+    );
+    assert_code(
+        controller.controller_expand_volume(expand(could_fit)).await,
+        Code::ResourceExhausted,
+    );
 }

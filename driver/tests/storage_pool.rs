@@ -217,27 +217,76 @@ fn metadata_is_versioned_and_written_atomically() {
     let sb = Sandbox::new();
     let pool = sb.open_pool();
     let (v, _) = pool.create_volume(&request("m", 0, 0, xfs())).unwrap();
-    let json: serde_json::Value = serde_json::from_slice(
-        &fs::read(pool.dir().join(format!("volumes/{}.json", v.id))).unwrap(),
-    )
-    .unwrap();
+    let path = pool.dir().join(format!("volumes/{}.json", v.id));
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     assert_eq!(json["formatVersion"], 1);
     assert_eq!(json["name"], "m");
     assert_eq!(json["access"]["kind"], "mount");
     assert_eq!(json["access"]["fsType"], "xfs");
     assert!(json.get("contentSource").is_some());
-    let leftovers: Vec<_> = fs::read_dir(pool.dir().join("volumes"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".tmp")
-        })
-        .collect();
-    assert!(leftovers.is_empty());
     assert!(pool.dir().join("snapshots").is_dir());
+
+    // Atomic means replaced, never rewritten in place. A handle on the old record
+    // still reads it whole after an update, and it is no longer linked: an in-place
+    // write (truncate + write) would show the new or a partial record through it and
+    // keep the same inode.
+    let before = fs::read(&path).unwrap();
+    let old = fs::File::open(&path).unwrap();
+    let old_inode = old.metadata().unwrap().ino();
+    let mut size = pool.expand_volume(&v.id, v.size_bytes + MIB).unwrap();
+    let mut seen_through_old = Vec::new();
+    std::io::Read::read_to_end(&mut &old, &mut seen_through_old).unwrap();
+    assert!(
+        seen_through_old == before,
+        "the record was rewritten in place: {}",
+        String::from_utf8_lossy(&seen_through_old)
+    );
+    assert_eq!(
+        old.metadata().unwrap().nlink(),
+        0,
+        "the old record is still linked"
+    );
+    let mut inode = fs::metadata(&path).unwrap().ino();
+    assert_ne!(inode, old_inode);
+
+    // Readers racing a stream of updates only ever see complete records.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let bytes = fs::read(&path).expect("the record is always there");
+                if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    panic!("a reader saw a partial record ({e}): {bytes:?}");
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for _ in 0..40 {
+        size = pool.expand_volume(&v.id, size + MIB).unwrap();
+        let now = fs::metadata(&path).unwrap().ino();
+        assert_ne!(now, inode, "an update kept the record's inode");
+        inode = now;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().expect("reader") > 0);
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(json["sizeBytes"], size);
+
+    // Nothing but the record and the image is left behind (no temp file).
+    let mut names: Vec<String> = fs::read_dir(pool.dir().join("volumes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![format!("{}.img", v.id), format!("{}.json", v.id)]
+    );
+
     // A pool written by a newer driver is not misread.
     drop(pool);
     fs::write(sb.pool_dir().join("pool.json"), br#"{"formatVersion": 99}"#).unwrap();

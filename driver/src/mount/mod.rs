@@ -41,6 +41,16 @@ pub enum MountError {
         #[source]
         source: nix::Error,
     },
+    /// mount(2) with filesystem data failed: the data is in the message, exactly as
+    /// passed, since a refused option is the usual cause.
+    #[error("mount {fstype} at {path} with data {data}: {source}")]
+    MountData {
+        path: PathBuf,
+        fstype: String,
+        data: String,
+        #[source]
+        source: nix::Error,
+    },
     #[error("no free loop device after {attempts} attempts")]
     NoFreeLoop { attempts: u32 },
     #[error("{tool} on {path} failed ({status}): {stderr}")]
@@ -71,6 +81,30 @@ impl MountError {
             op,
             path: path.to_path_buf(),
             source,
+        }
+    }
+
+    /// The same error about `path`: a mount made through `/proc/self/fd/N` reports the
+    /// path the request named, not the descriptor's.
+    pub(crate) fn at(self, path: &Path) -> Self {
+        match self {
+            Self::Sys { op, source, .. } => Self::Sys {
+                op,
+                path: path.to_path_buf(),
+                source,
+            },
+            Self::MountData {
+                fstype,
+                data,
+                source,
+                ..
+            } => Self::MountData {
+                path: path.to_path_buf(),
+                fstype,
+                data,
+                source,
+            },
+            other => other,
         }
     }
 

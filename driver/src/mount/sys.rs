@@ -14,8 +14,15 @@ pub fn mount(
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), MountError> {
-    nix::mount::mount(Some(source), target, fstype, flags, data)
-        .map_err(MountError::sys("mount", target))
+    nix::mount::mount(Some(source), target, fstype, flags, data).map_err(|source| match data {
+        Some(data) => MountError::MountData {
+            path: target.to_path_buf(),
+            fstype: fstype.unwrap_or("").to_owned(),
+            data: data.to_owned(),
+            source,
+        },
+        None => MountError::sys("mount", target)(source),
+    })
 }
 
 /// Bind `source` onto `target`; with `remount_flags` non-empty, remount the bind with them
@@ -41,8 +48,10 @@ pub fn bind(
     Ok(())
 }
 
-/// umount2(2) without flags: a busy mount is an error, not a lazy detach, so the caller
-/// never believes a volume is released while a process still uses it.
+/// umount2(2), no lazy detach: a busy mount is an error, so the caller never believes a
+/// volume is released while a process still uses it. `UMOUNT_NOFOLLOW`: a symlink
+/// planted at the mount point is never followed to unmount something else (the volume
+/// layer refuses symlinks in the rest of the path).
 ///
 /// EBUSY is retried for a few milliseconds first: between fork and exec, a process
 /// spawned by any thread (mkfs for another volume) holds copies of every descriptor,
@@ -50,7 +59,7 @@ pub fn bind(
 pub fn unmount(target: &Path) -> Result<(), MountError> {
     let mut attempts = 0;
     loop {
-        match nix::mount::umount2(target, MntFlags::empty()) {
+        match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
             Err(nix::errno::Errno::EBUSY) if attempts < BUSY_RETRIES => {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(2));

@@ -38,6 +38,8 @@
 //! snapshot store in [`SnapshotShares`]). Copies book their bytes
 //! ([`Pool::reserve`]) before they start and run outside the pool's lock, so a long copy
 //! neither blocks other volumes nor lets concurrent creates promise the same bytes.
+//! A size above the pool filesystem's total size minus the reserve could never fit,
+//! however much is freed: [`PoolError::NeverFits`] (OUT_OF_RANGE at the CSI boundary).
 
 mod copy;
 mod id;
@@ -211,6 +213,11 @@ pub enum PoolError {
     ResourceExhausted { requested: u64, available: u64 },
     #[error("volume {0:?} is being created from its content source; try again")]
     CreatePending(String),
+    /// A size larger than the pool could hold even empty: see [`Pool::total_bytes`].
+    #[error(
+        "{requested} bytes can never fit: the pool's filesystem holds {total} bytes for volumes"
+    )]
+    NeverFits { requested: u64, total: u64 },
     #[error("volume {id} is in use (attached to {})", device.display())]
     InUse { id: VolumeId, device: PathBuf },
     #[error("volume content sources (snapshots, clones) are not supported yet")]
@@ -448,6 +455,7 @@ impl Pool {
             };
         }
 
+        self.check_could_ever_fit(size)?;
         let available = self.available_locked(&index)?;
         if size > available {
             return Err(PoolError::ResourceExhausted {
@@ -635,6 +643,22 @@ impl Pool {
             .saturating_sub(self.reserve_bytes))
     }
 
+    /// A volume of `size` bytes "could never fit" when it is larger than the pool's
+    /// filesystem minus the reserve ([`Pool::total_bytes`]): no deletion of other
+    /// volumes or snapshots could make room, so the answer is OUT_OF_RANGE, while a
+    /// size that fits an empty pool but not today's free space is RESOURCE_EXHAUSTED
+    /// (the CO may retry, or pick another node).
+    fn check_could_ever_fit(&self, size: u64) -> Result<(), PoolError> {
+        let total = self.total_bytes()?;
+        if size > total {
+            return Err(PoolError::NeverFits {
+                requested: size,
+                total,
+            });
+        }
+        Ok(())
+    }
+
     fn statvfs(&self) -> Result<nix::sys::statvfs::Statvfs, PoolError> {
         nix::sys::statvfs::statvfs(&self.root).map_err(|e| PoolError::Io {
             op: "statvfs",
@@ -690,6 +714,7 @@ impl Pool {
         if target <= volume.size_bytes {
             return Ok(volume.size_bytes);
         }
+        self.check_could_ever_fit(target)?;
         let grow = target - volume.size_bytes;
         let available = self.available_locked(&index)?;
         if grow > available {

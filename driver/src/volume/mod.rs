@@ -19,8 +19,8 @@
 mod paths;
 mod template;
 
-use std::fs::{self, OpenOptions};
-use std::io;
+use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,13 +28,13 @@ use std::sync::Arc;
 use nix::mount::MsFlags;
 
 use crate::mount::mountinfo::find_mount_point;
-use crate::mount::options::REPORTED_FLAGS;
+use crate::mount::options::{ALWAYS, REPORTED_FLAGS};
 use crate::mount::{
-    Detected, FsType, Host, LoopDevice, MountEntry, MountError, MountOptions, RealHost, sys,
+    Detected, FsType, Host, LoopDevice, MountEntry, MountError, MountOptions, RealHost,
 };
 use crate::pool::{Pool, PoolError, VolumeAccess, VolumeId};
 
-pub use paths::resolve as resolve_path;
+pub use paths::Beneath;
 pub use template::MAX_TEMPLATES;
 
 /// How the node exposes a volume (from the request's volume capability).
@@ -115,6 +115,12 @@ pub enum VolumeError {
         found: FsType,
         requested: FsType,
     },
+    /// The mount flags carry an SELinux context, and the kernel refused it because
+    /// SELinux is not enabled on this node. [FailedPrecondition]
+    #[error(
+        "the mount flags carry an SELinux context, but SELinux is not enabled on this node: {0}"
+    )]
+    SelinuxUnavailable(#[source] MountError),
     /// The volume holds data that is not a known filesystem. [FailedPrecondition]
     #[error("volume {id} holds unrecognised data; refusing to format it")]
     UnknownData { id: VolumeId },
@@ -136,15 +142,13 @@ impl From<PoolError> for VolumeError {
     }
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VolumeError + 'a {
-    move |e| VolumeError::Host(MountError::io(op, path)(e))
-}
-
 /// The node's volume operations over one pool.
 pub struct NodeVolumes {
     pool: Arc<Pool>,
     host: Arc<dyn Host>,
     templates: Option<template::Templates>,
+    /// Where staging and target paths must lie; see [`paths`].
+    paths: Beneath,
 }
 
 impl std::fmt::Debug for NodeVolumes {
@@ -178,15 +182,79 @@ impl NodeVolumes {
             pool,
             host,
             templates,
+            paths: Beneath::filesystem_root(),
         }
+    }
+
+    /// Serve only paths below `kubelet_dir` (the driver's `--kubelet-dir`). Without it,
+    /// any absolute path is taken, still without following symlinks (library use).
+    pub fn beneath(mut self, kubelet_dir: &Path) -> Self {
+        self.paths = Beneath::new(kubelet_dir);
+        self
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
     }
 
+    /// Check a staging or target path and return it as mountinfo shows it: below the
+    /// kubelet directory, no symlink in it, apart from the pool ([`Beneath::resolve`]).
+    pub fn resolve(&self, path: &Path) -> Result<PathBuf, VolumeError> {
+        self.paths.resolve(path, self.pool.dir())
+    }
+
     fn path(&self, path: &Path) -> Result<PathBuf, VolumeError> {
-        paths::resolve(path, self.pool.dir())
+        self.resolve(path)
+    }
+
+    /// Remove an empty directory or empty file the driver created at `path` (resolved),
+    /// through its parent's handle; anything else stays. See [`Beneath::remove_leftover`].
+    pub fn remove_leftover(&self, path: &Path) {
+        self.paths.remove_leftover(path);
+    }
+
+    /// mount(2) onto what `target` holds (through `/proc/self/fd`), errors naming `path`.
+    fn mount_at(
+        &self,
+        source: &Path,
+        target: &OwnedFd,
+        path: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), MountError> {
+        self.host
+            .mount(source, &paths::fd_path(target), fstype, flags, data)
+            .map_err(|e| e.at(path))
+    }
+
+    /// Bind `source` onto what `target` holds, then remount the bind with `flags` (a
+    /// first bind ignores most flags). The remount must reach the new mount, which the
+    /// handle (the directory underneath) does not: the path is opened again, beneath the
+    /// kubelet directory as before. A failed remount undoes the bind.
+    fn bind_at(
+        &self,
+        source: &Path,
+        target: OwnedFd,
+        path: &Path,
+        flags: MsFlags,
+    ) -> Result<(), VolumeError> {
+        self.mount_at(source, &target, path, None, MsFlags::MS_BIND, None)?;
+        drop(target);
+        if flags.is_empty() {
+            return Ok(());
+        }
+        let remount = self.paths.open_dir(path).and_then(|mounted| {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags;
+            Ok(self.mount_at(source, &mounted, path, None, flags, None)?)
+        });
+        if let Err(e) = remount {
+            if let Err(undo) = self.host.unmount(path) {
+                tracing::warn!(target = %path.display(), error = %undo, "undoing bind after failed remount");
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn attached(&self, id: &VolumeId) -> Result<Option<LoopDevice>, VolumeError> {
@@ -241,9 +309,10 @@ impl NodeVolumes {
                 if find_mount_point(&mounts, &device_file).is_some() {
                     return Err(already(&staging, "staged as a block volume"));
                 }
-                fs::create_dir_all(&staging).map_err(io_err("create", &staging))?;
+                let dir = self.paths.create_dir_all(&staging)?;
                 let attached = self.attach(id, existing, Some((fs, volume.size_bytes)))?;
-                let result = self.format_and_mount(id, &attached, &staging, fs, flags, &options);
+                let result =
+                    self.format_and_mount(id, &attached, (&dir, &staging), fs, flags, &options);
                 let Attached { dev, now, .. } = attached;
                 self.undo_attach_on_error(result, &dev, now)?;
                 tracing::info!(dev = %dev.path.display(), staging = %staging.display(), %fs, "staged");
@@ -258,18 +327,14 @@ impl NodeVolumes {
                 if find_mount_point(&mounts, &staging).is_some() {
                     return Err(already(&staging, "staged as a filesystem or mounted"));
                 }
-                fs::create_dir_all(&staging).map_err(io_err("create", &staging))?;
-                create_file(&device_file)?;
+                self.paths.create_dir_all(&staging)?;
+                let file = self.paths.create_file(&device_file)?;
                 let Attached { dev, now, .. } = self.attach(id, existing, None)?;
-                let result = sys::bind(
-                    self.host.as_ref(),
-                    &dev.path,
-                    &device_file,
-                    MsFlags::empty(),
-                )
-                .map_err(VolumeError::from);
+                // No nosuid/nodev here: this bind *is* a device node, and nodev would
+                // make it unusable; the staging directory is kubelet's, not the pod's.
+                let result = self.bind_at(&dev.path, file, &device_file, MsFlags::empty());
                 if result.is_err() {
-                    let _ = fs::remove_file(&device_file);
+                    self.paths.remove_leftover(&device_file);
                 }
                 self.undo_attach_on_error(result, &dev, now)?;
                 tracing::info!(dev = %dev.path.display(), staging = %staging.display(), "staged block");
@@ -331,7 +396,7 @@ impl NodeVolumes {
         &self,
         id: &VolumeId,
         attached: &Attached,
-        staging: &Path,
+        (dir, staging): (&OwnedFd, &Path),
         fs: FsType,
         flags: MsFlags,
         options: &MountOptions,
@@ -354,13 +419,15 @@ impl NodeVolumes {
             Detected::Unknown => return Err(VolumeError::UnknownData { id: id.clone() }),
         }
         let data = options.data_string(fs.implied_mount_data());
-        self.host.mount(
+        self.mount_at(
             &dev.path,
+            dir,
             staging,
             Some(fs.as_str()),
             flags,
             data.as_deref(),
-        )?;
+        )
+        .map_err(selinux_unavailable)?;
         Ok(())
     }
 
@@ -376,7 +443,7 @@ impl NodeVolumes {
         let loops = self.host.loops_for(&self.pool.image_path(id))?;
         let Some(dev) = loops.iter().find(|d| !d.is_read_only()).cloned() else {
             // Nothing attached: at most an empty leftover file from a crashed stage.
-            remove_leftover(&device_file);
+            self.paths.remove_leftover(&device_file);
             return Ok(Outcome::AlreadyDone);
         };
         let mounts = self.host.mountinfo()?;
@@ -412,7 +479,7 @@ impl NodeVolumes {
                 self.host.unmount(point)?;
             }
         }
-        remove_leftover(&device_file);
+        self.paths.remove_leftover(&device_file);
         self.host.detach_loop(&dev)?;
         tracing::info!(dev = %dev.path.display(), "unstaged");
         Ok(Outcome::Done)
@@ -463,8 +530,9 @@ impl NodeVolumes {
                         ))
                     };
                 }
-                fs::create_dir_all(&target).map_err(io_err("create", &target))?;
-                sys::bind(self.host.as_ref(), &staging, &target, flags)?;
+                let source = self.paths.open_dir(&staging)?;
+                let dir = self.paths.create_dir_all(&target)?;
+                self.bind_at(&paths::fd_path(&source), dir, &target, flags)?;
             }
             NodeAccess::Block => {
                 let device_file = staging.join(id.as_str());
@@ -494,9 +562,9 @@ impl NodeVolumes {
                     };
                 }
                 if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+                    self.paths.create_dir_all(parent)?;
                 }
-                create_file(&target)?;
+                let file = self.paths.create_file(&target)?;
                 // A read-only bind of a device node still lets the pod write the device:
                 // read-only access gets its own LO_FLAGS_READ_ONLY loop device.
                 let (source, own) = if readonly {
@@ -505,11 +573,10 @@ impl NodeVolumes {
                 } else {
                     (dev.clone(), false)
                 };
-                if let Err(e) =
-                    sys::bind(self.host.as_ref(), &source.path, &target, MsFlags::empty())
-                {
-                    let _ = fs::remove_file(&target);
-                    self.undo_attach_on_error(Err(e.into()), &source, own)?;
+                // A device node: nodev would make it unusable (see stage).
+                if let Err(e) = self.bind_at(&source.path, file, &target, MsFlags::empty()) {
+                    self.paths.remove_leftover(&target);
+                    self.undo_attach_on_error(Err(e), &source, own)?;
                 }
             }
         }
@@ -526,7 +593,7 @@ impl NodeVolumes {
         self.pool.get(id)?;
         let mounts = self.host.mountinfo()?;
         let Some(entry) = find_mount_point(&mounts, &target) else {
-            remove_leftover(&target);
+            self.paths.remove_leftover(&target);
             return Ok(Outcome::AlreadyDone);
         };
         let bound = device_rdev(&target);
@@ -544,7 +611,7 @@ impl NodeVolumes {
             });
         };
         self.host.unmount(&target)?;
-        remove_leftover(&target);
+        self.paths.remove_leftover(&target);
         if bound == Some(dev.dev) && dev.is_read_only() {
             // The read-only device of a read-only block publish is this target's alone.
             self.host.detach_loop(dev)?;
@@ -628,9 +695,14 @@ fn already(path: &Path, reason: &str) -> VolumeError {
 }
 
 /// Whether an existing mount carries the reported subset of `flags` exactly.
+///
+/// The flags every mount gets ([`ALWAYS`]) are not compared: a volume staged or
+/// published by a driver version that did not set them is still this request's mount,
+/// and refusing it would keep new pods off a volume until every old one is gone.
 fn flags_match(entry: &MountEntry, flags: MsFlags) -> bool {
     REPORTED_FLAGS
         .iter()
+        .filter(|(_, flag)| !ALWAYS.contains(*flag))
         .all(|(name, flag)| entry.has_option(name) == flags.contains(*flag))
 }
 
@@ -640,6 +712,7 @@ fn bind_flags_match(entry: &MountEntry, flags: MsFlags) -> bool {
     entry.is_read_only() == flags.contains(MsFlags::MS_RDONLY)
         && REPORTED_FLAGS
             .iter()
+            .filter(|(_, flag)| !ALWAYS.contains(*flag))
             .all(|(name, flag)| !flags.contains(*flag) || entry.has_option(name))
 }
 
@@ -656,41 +729,18 @@ fn device_rdev(path: &Path) -> Option<(u32, u32)> {
     ))
 }
 
-fn create_file(path: &Path) -> Result<(), VolumeError> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            return Err(VolumeError::InvalidPath {
-                path: path.to_path_buf(),
-                reason: "is a directory; a block volume needs a file",
-            });
+/// A mount with kubelet's SELinux `context=` refused by a kernel without SELinux: say
+/// so, instead of a bare EINVAL (kubelet only sends it to nodes where SELinux is on, so
+/// this is a node set up unlike its kubelet believes).
+fn selinux_unavailable(e: MountError) -> VolumeError {
+    match &e {
+        MountError::MountData {
+            data,
+            source: nix::errno::Errno::EINVAL,
+            ..
+        } if data.contains("context=\"") && !Path::new("/sys/fs/selinux/enforce").exists() => {
+            VolumeError::SelinuxUnavailable(e)
         }
-        Ok(_) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("stat", path)(e)),
-    }
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map(drop)
-        .map_err(io_err("create", path))
-}
-
-/// Remove what the driver created at an unmounted path: an empty directory or an empty
-/// regular file. Anything with content is left alone (never delete data) and logged.
-fn remove_leftover(path: &Path) {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return;
-    };
-    let result = if meta.is_dir() {
-        fs::remove_dir(path)
-    } else if meta.is_file() && meta.len() == 0 {
-        fs::remove_file(path)
-    } else {
-        Ok(())
-    };
-    if let Err(e) = result {
-        tracing::warn!(path = %path.display(), error = %e, "leaving path in place");
+        _ => VolumeError::Host(e),
     }
 }

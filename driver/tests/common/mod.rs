@@ -120,7 +120,8 @@ impl TestDriver {
             .expect("create test directory");
         let socket = dir.path().join("plugin/csi.sock");
         let pool = dir.path().join("pool");
-        fs::create_dir_all(dir.path().join("kubelet")).unwrap();
+        let kubelet = dir.path().join("kubelet");
+        fs::create_dir_all(&kubelet).unwrap();
         let mut args = vec![
             format!("--endpoint=unix://{}", socket.display()),
             format!("--node-id={node_id}"),
@@ -132,7 +133,12 @@ impl TestDriver {
             dir,
             child: None,
             args,
-            env: Vec::new(),
+            // `--kubelet-dir` by its environment variable: staging and target paths of
+            // the tests live there (`staging`, `target`).
+            env: vec![(
+                "PLINTH_KUBELET_DIR".to_owned(),
+                kubelet.display().to_string(),
+            )],
             new_mount_namespace: false,
             socket,
             pool,
@@ -187,6 +193,11 @@ impl TestDriver {
         self.dir.path()
     }
 
+    /// The driver's `--kubelet-dir`.
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.dir.path().join("kubelet")
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("driver.log")
     }
@@ -229,6 +240,7 @@ impl TestDriver {
             .env_remove("NODE_ID")
             .env_remove("CSI_ENDPOINT")
             .env_remove("KUBECONFIG")
+            .env_remove("PLINTH_KUBELET_DIR")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -129,6 +129,43 @@ async fn a_pending_volume_is_created_at_its_exact_size_and_answered_in_one_statu
     );
 }
 
+/// Labels select what the agent watches, the spec decides: work labelled for this node
+/// but placed on another node (or for another driver) is left alone entirely.
+#[tokio::test]
+async fn work_labelled_for_this_node_but_placed_elsewhere_is_never_touched() {
+    let (api, client) = MockApi::start();
+    let node = TestNode::new(client);
+    let mut elsewhere = agent_support::volume("pvc-elsewhere", 16 * MIB);
+    elsewhere.spec.node = "another-node".to_owned();
+    let mut other_driver = agent_support::volume("pvc-other-driver", 16 * MIB);
+    other_driver.spec.driver = "other.csi.example.com".to_owned();
+    for forged in [elsewhere, other_driver] {
+        let stored = seed(&api, &forged);
+        api.take_requests();
+        let action = node.agent.reconcile(&stored).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        assert_eq!(
+            api.requests(),
+            Vec::<Recorded>::new(),
+            "no status, no finalizer"
+        );
+    }
+    assert!(
+        node.pool().list().is_empty(),
+        "nothing allocated in this pool"
+    );
+
+    // A snapshot placed elsewhere is not cut from this node's volume either.
+    let id = provisioned(&api, &node, "pvc-1", 16 * MIB).await;
+    let mut snapshot = agent_support::snapshot("snap-elsewhere", &id);
+    snapshot.spec.node = "another-node".to_owned();
+    let stored = seed(&api, &snapshot);
+    api.take_requests();
+    node.agent.reconcile(&stored).await.unwrap();
+    assert_eq!(api.requests(), Vec::<Recorded>::new());
+    assert!(node.snapshots().list().is_empty());
+}
+
 #[tokio::test]
 async fn a_ready_volume_costs_no_request_at_all() {
     let (api, client) = MockApi::start();

@@ -295,6 +295,29 @@ async fn a_timeout_answers_aborted_and_the_retry_waits_for_the_same_work() {
     assert_eq!(posts(&api).len(), 1, "the retry must not write again");
 }
 
+/// csi-sanity's "capacity no pool could hold": OUT_OF_RANGE, decided from the pools'
+/// published sizes before anything is written; a size that fits an emptied pool is
+/// still RESOURCE_EXHAUSTED.
+#[tokio::test]
+async fn a_capacity_no_pool_could_ever_hold_is_out_of_range_and_writes_nothing() {
+    let (api, service) = controller();
+    // Published by both nodes the request allows: 10 GiB available of 1 TiB.
+    api.insert(&pool_node("n1", Some(10 << 30)));
+    api.insert(&pool_node("n2", Some(10 << 30)));
+    for huge in [(i64::MAX as u64) & !0xfff_ffff, 2 << 40] {
+        let status = create(&service, create_request("pvc-huge", huge))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::OutOfRange, "{huge}: {status:?}");
+        assert!(status.message().contains("could ever hold"), "{status:?}");
+    }
+    let status = create(&service, create_request("pvc-later", 20 << 30))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(posts(&api).is_empty(), "nothing handed to a node");
+}
+
 #[tokio::test]
 async fn a_recorded_failure_is_the_answer_and_the_failed_work_is_deleted() {
     let (api, service) = controller();

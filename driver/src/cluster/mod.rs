@@ -104,6 +104,7 @@ impl ClusterError {
             Self::Api(_) => Code::Unavailable,
             Self::InProgress { .. } => Code::Aborted,
             Self::Recorded { code, .. } => *code,
+            Self::Unplaceable(placement::NoPlacement::NeverFits(_)) => Code::OutOfRange,
             Self::Unplaceable(_) => Code::ResourceExhausted,
             Self::Conflict { .. } => Code::AlreadyExists,
             Self::Deleting { .. } => Code::Aborted,

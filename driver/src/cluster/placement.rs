@@ -21,25 +21,41 @@ use super::crd::PoolNode;
 pub struct Room {
     pub node: String,
     pub available: Option<u64>,
+    /// What the node's pool holds for volumes when empty.
+    pub total: Option<u64>,
 }
 
 impl Room {
     pub fn of(pool_node: &PoolNode) -> Self {
+        let status = pool_node.status.as_ref();
         Self {
             node: pool_node.spec.node.clone(),
-            available: pool_node.status.as_ref().map(|s| s.available_bytes),
+            available: status.map(|s| s.available_bytes),
+            total: status.map(|s| s.total_bytes),
         }
     }
 
     fn fits(&self, needed: u64) -> bool {
         self.available.is_some_and(|a| a >= needed)
     }
+
+    /// Published, and too small for `needed` even empty.
+    fn never_fits(&self, needed: u64) -> bool {
+        self.total.is_some_and(|t| t < needed)
+    }
 }
 
 /// Why no node can take the volume; the message names the nodes and their numbers.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct NoPlacement(pub String);
+pub enum NoPlacement {
+    /// No allowed node has room now (RESOURCE_EXHAUSTED: room may come back).
+    #[error("{0}")]
+    NoRoom(String),
+    /// Every allowed node's pool is smaller than the volume (OUT_OF_RANGE: no
+    /// deletion anywhere makes it fit).
+    #[error("{0}")]
+    NeverFits(String),
+}
 
 /// The nodes a requirement list names through `key`, in order, without repeats.
 fn named<'a>(topologies: &'a [v1::Topology], key: &str) -> Vec<&'a str> {
@@ -82,13 +98,17 @@ pub fn choose(
     let room = |node: &str| nodes.iter().find(|r| r.node == node);
     if let Some(node) = pinned {
         if !allows(requirement, key, node) {
-            return Err(NoPlacement(format!(
+            return Err(NoPlacement::NoRoom(format!(
                 "the content source is on node {node}, which the accessibility requirements exclude"
             )));
         }
         return match room(node) {
             Some(r) if r.fits(needed) => Ok(node.to_owned()),
-            _ => Err(NoPlacement(format!(
+            Some(r) if r.never_fits(needed) => Err(NoPlacement::NeverFits(format!(
+                "the content source is on node {node}, whose pool could never hold {needed} bytes: {}",
+                describe(nodes, &[node])
+            ))),
+            _ => Err(NoPlacement::NoRoom(format!(
                 "the content source is on node {node}, which has no room for {needed} bytes: {}",
                 describe(nodes, &[node])
             ))),
@@ -114,11 +134,20 @@ pub fn choose(
         .max_by_key(|r| (r.available, Reverse(r.node.as_str())));
     match best {
         Some(r) => Ok(r.node.clone()),
-        None if candidates.is_empty() => Err(NoPlacement(
+        None if candidates.is_empty() => Err(NoPlacement::NoRoom(
             "no node has published its pool (no PoolNode of this driver): is the node plugin running?"
                 .to_owned(),
         )),
-        None => Err(NoPlacement(format!(
+        None if candidates
+            .iter()
+            .all(|node| room(node).is_some_and(|r| r.never_fits(needed))) =>
+        {
+            Err(NoPlacement::NeverFits(format!(
+                "no node the volume may go to could ever hold {needed} bytes: {}",
+                describe(nodes, &candidates)
+            )))
+        }
+        None => Err(NoPlacement::NoRoom(format!(
             "no node the volume may go to has room for {needed} bytes: {}",
             describe(nodes, &candidates)
         ))),
@@ -135,9 +164,13 @@ fn describe(nodes: &[Room], candidates: &[&str]) -> String {
         match nodes.iter().find(|r| r.node == *node) {
             Some(Room {
                 available: Some(available),
+                total,
                 ..
             }) => {
                 let _ = write!(text, "node {node} has {available} bytes available");
+                if let Some(total) = total {
+                    let _ = write!(text, " of {total}");
+                }
             }
             Some(_) => {
                 let _ = write!(
@@ -186,18 +219,22 @@ mod tests {
             Room {
                 node: "a".into(),
                 available: Some(100),
+                total: Some(1000),
             },
             Room {
                 node: "b".into(),
                 available: Some(500),
+                total: Some(2000),
             },
             Room {
                 node: "c".into(),
                 available: Some(300),
+                total: Some(1000),
             },
             Room {
                 node: "d".into(),
                 available: None,
+                total: None,
             },
         ]
     }
@@ -234,10 +271,13 @@ mod tests {
         let nodes = rooms();
         assert_eq!(choose(None, KEY, &nodes, 50, Some("a")).unwrap(), "a");
         let excluded = choose(Some(&req(&["b"], &["b"])), KEY, &nodes, 50, Some("a")).unwrap_err();
-        assert!(excluded.0.contains("node a"), "{excluded}");
-        assert!(excluded.0.contains("exclude"), "{excluded}");
+        assert!(excluded.to_string().contains("node a"), "{excluded}");
+        assert!(excluded.to_string().contains("exclude"), "{excluded}");
         let full = choose(None, KEY, &nodes, 150, Some("a")).unwrap_err();
-        assert!(full.0.contains("node a has 100 bytes available"), "{full}");
+        assert!(
+            full.to_string().contains("node a has 100 bytes available"),
+            "{full}"
+        );
     }
 
     #[test]
@@ -245,15 +285,45 @@ mod tests {
         let nodes = rooms();
         let r = req(&["a", "d", "e"], &["e"]);
         let err = choose(Some(&r), KEY, &nodes, 1000, None).unwrap_err();
-        assert!(err.0.contains("1000 bytes"), "{err}");
-        assert!(err.0.contains("node a has 100 bytes available"), "{err}");
-        assert!(err.0.contains("node d has not published"), "{err}");
+        assert!(err.to_string().contains("1000 bytes"), "{err}");
         assert!(
-            err.0
+            err.to_string().contains("node a has 100 bytes available"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("node d has not published"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
                 .contains("node e has no PoolNode (is the node plugin running there?)"),
             "{err}"
         );
         let none = choose(None, KEY, &[], 1, None).unwrap_err();
-        assert!(none.0.contains("is the node plugin running"), "{none}");
+        assert!(
+            none.to_string().contains("is the node plugin running"),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn a_volume_no_allowed_pool_could_ever_hold_is_told_apart_from_no_room_now() {
+        let nodes = rooms();
+        // a and c hold 1000 bytes when empty: 1500 never fits there.
+        let r = req(&["a", "c"], &[]);
+        let never = choose(Some(&r), KEY, &nodes, 1500, None).unwrap_err();
+        assert!(matches!(never, NoPlacement::NeverFits(_)), "{never:?}");
+        assert!(
+            never.to_string().contains("could ever hold 1500 bytes"),
+            "{never}"
+        );
+        // b could hold it once emptied: no room now, not never.
+        let later = choose(None, KEY, &nodes, 1500, None).unwrap_err();
+        assert!(matches!(later, NoPlacement::NoRoom(_)), "{later:?}");
+        // A node that has not published its size may still fit it: not never.
+        let unknown = choose(Some(&req(&["a", "d"], &[])), KEY, &nodes, 1500, None).unwrap_err();
+        assert!(matches!(unknown, NoPlacement::NoRoom(_)), "{unknown:?}");
+        let pinned = choose(None, KEY, &nodes, 1500, Some("a")).unwrap_err();
+        assert!(matches!(pinned, NoPlacement::NeverFits(_)), "{pinned:?}");
     }
 }

@@ -60,6 +60,9 @@ pub trait Work: Record {
 
     fn status(&self) -> Option<&Self::Status>;
 
+    /// The driver and node the spec places the work on, `(driver, node)`.
+    fn placement(&self) -> (&str, &str);
+
     /// The status answers the current generation with success: nothing to do.
     fn is_done(&self) -> bool;
 
@@ -191,6 +194,18 @@ impl Agent {
     /// Work errors are recorded in status (the returned action is the retry); an `Err`
     /// is an API failure the controller retries.
     pub async fn reconcile<K: Work>(&self, object: &K) -> Result<Action, AgentError> {
+        // Labels choose what this agent watches; the spec decides whose work it is. A
+        // record labelled for this node but placed on another (an edited label, a
+        // forged one) is never touched: not its pool, not its status, not its finalizer.
+        let (driver, node) = object.placement();
+        if driver != self.driver_name || node != self.node {
+            tracing::warn!(
+                spec_driver = driver,
+                spec_node = node,
+                "labelled for this node but placed elsewhere; leaving it alone"
+            );
+            return Ok(Action::await_change());
+        }
         let attempt = Attempt::of(object);
         if let Some(wait) = self.retries.pending(&attempt) {
             return Ok(wait);

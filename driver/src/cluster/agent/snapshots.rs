@@ -23,6 +23,10 @@ impl Work for PoolSnapshot {
         self.status.as_ref()
     }
 
+    fn placement(&self) -> (&str, &str) {
+        (&self.spec.driver, &self.spec.node)
+    }
+
     fn is_done(&self) -> bool {
         self.status
             .as_ref()

@@ -24,6 +24,10 @@ impl Work for PoolVolume {
         self.status.as_ref()
     }
 
+    fn placement(&self) -> (&str, &str) {
+        (&self.spec.driver, &self.spec.node)
+    }
+
     fn is_done(&self) -> bool {
         self.status
             .as_ref()

@@ -69,17 +69,36 @@ fn the_policy_matches_every_write_of_the_node_plugin_and_is_enforced() {
     assert!(policy_of(&third).is_none() && binding_of(&third).is_none());
 }
 
+/// A write of a PoolVolume on `node` (labelled for it, as the controller creates them).
 fn review(user: &str, node_claim: Option<&str>, op: &str, node: &str, old: Option<&str>) -> Value {
     let mut user_info = json!({ "username": user });
     if let Some(claim) = node_claim {
         user_info["extra"] = json!({ "authentication.kubernetes.io/node-name": [claim] });
     }
-    let object = |node: &str| json!({ "spec": { "driver": "local.csi.plinth.dev", "node": node } });
+    let object = |node: &str| {
+        json!({
+            "metadata": { "name": "0123456789abcdef0123456789abcdef",
+                          "labels": { "plinth.dev/driver": "local.csi.plinth.dev",
+                                      "plinth.dev/node": node } },
+            "spec": { "driver": "local.csi.plinth.dev", "node": node },
+        })
+    };
     json!({
-        "request": { "operation": op, "userInfo": user_info },
+        "request": { "operation": op, "userInfo": user_info,
+                     "resource": { "group": "plinth.dev", "version": "v1alpha1",
+                                   "resource": "poolvolumes" } },
         "object": object(node),
         "oldObject": old.map(object),
     })
+}
+
+/// A write of the PoolNode named `name` for node `node`.
+fn pool_node_review(node_claim: &str, op: &str, name: &str, node: &str) -> Value {
+    let user = "system:serviceaccount:plinth-system:plinth-local-node";
+    let mut r = review(user, Some(node_claim), op, node, None);
+    r["request"]["resource"]["resource"] = "poolnodes".into();
+    r["object"]["metadata"]["name"] = name.into();
+    r
 }
 
 #[test]
@@ -95,6 +114,8 @@ fn the_policy_admits_a_node_plugin_only_on_its_own_nodes_objects() {
     let controller = "system:serviceaccount:plinth-system:plinth-local-controller";
     let mut other_driver = review(node, Some("w1"), "CREATE", "w1", None);
     other_driver["object"]["spec"]["driver"] = "other.csi.example".into();
+    let mut relabelled = review(node, Some("w1"), "UPDATE", "w1", Some("w1"));
+    relabelled["object"]["metadata"]["labels"]["plinth.dev/node"] = "w2".into();
     let cases: Vec<(&str, Value, Option<usize>)> = vec![
         // (what, request, None = not matched / Some(number of failed validations))
         (
@@ -108,14 +129,14 @@ fn the_policy_admits_a_node_plugin_only_on_its_own_nodes_objects() {
             Some(0),
         ),
         (
-            "create for another node",
+            "create for another node (spec and label)",
             review(node, Some("w1"), "CREATE", "w2", None),
-            Some(1),
+            Some(2),
         ),
         (
-            "patch another node's",
+            "patch another node's (spec, old spec, label)",
             review(node, Some("w1"), "UPDATE", "w2", Some("w2")),
-            Some(2),
+            Some(3),
         ),
         (
             "take over another node's",
@@ -125,9 +146,20 @@ fn the_policy_admits_a_node_plugin_only_on_its_own_nodes_objects() {
         (
             "no node claim",
             review(node, None, "UPDATE", "w1", Some("w1")),
-            Some(3),
+            Some(4),
         ),
         ("another driver's object", other_driver, Some(1)),
+        ("relabel own object for another node", relabelled, Some(1)),
+        (
+            "own PoolNode under its own name",
+            pool_node_review("w1", "CREATE", "w1.local.csi.plinth.dev", "w1"),
+            Some(0),
+        ),
+        (
+            "a PoolNode under another node's name",
+            pool_node_review("w1", "CREATE", "w2.local.csi.plinth.dev", "w1"),
+            Some(1),
+        ),
         (
             "the controller is not matched",
             review(controller, None, "UPDATE", "w2", Some("w2")),
@@ -163,5 +195,12 @@ fn the_policy_admits_a_node_plugin_only_on_its_own_nodes_objects() {
     assert!(
         refused[0].contains("on w1") && refused[0].contains("node w2"),
         "{refused:?}"
+    );
+    let relabel = results[7].as_ref().unwrap();
+    assert!(relabel[0].contains("plinth.dev/node=w2"), "{relabel:?}");
+    let pool_node = results[9].as_ref().unwrap();
+    assert!(
+        pool_node[0].contains("only PoolNode w1.local.csi.plinth.dev"),
+        "{pool_node:?}"
     );
 }

@@ -3,7 +3,8 @@
 //!
 //! A ValidatingAdmissionPolicy (CEL, in the apiserver: nothing to run) matches the built-in
 //! node plugin's writes to the driver's resources and admits them only for objects whose
-//! `spec.node` is the node the caller's token was issued on. Pod-bound ServiceAccount tokens
+//! `spec.node` (old and new) and `plinth.dev/node` label are the node the caller's token
+//! was issued on, and a PoolNode only under that node's own name. Pod-bound ServiceAccount tokens
 //! name their pod's node in `authentication.kubernetes.io/node-name` (Kubernetes 1.32 and
 //! later, the operator's minimum being 1.34), which cannot be forged from inside the pod.
 
@@ -13,7 +14,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicySpec, Validation, Variable,
 };
 use kube::Resource;
-use plinth_driver::cluster::crd::{GROUP, PoolNode, PoolSnapshot, PoolVolume};
+use plinth_driver::cluster::crd::{GROUP, NODE_LABEL, PoolNode, PoolSnapshot, PoolVolume};
 
 use super::{ManagedObject, names};
 use crate::crd::CsiDeployment;
@@ -62,6 +63,7 @@ pub fn objects(cr: &CsiDeployment) -> Vec<ManagedObject> {
     // Names, namespaces and driver names are validated DNS labels and subdomains: safe
     // inside CEL single-quoted strings.
     let driver = &cr.spec.driver.name;
+    let pool_nodes = PoolNode::plural(&());
     let policy = ValidatingAdmissionPolicy {
         metadata: labels::metadata(cr, name.clone(), None),
         spec: Some(ValidatingAdmissionPolicySpec {
@@ -119,6 +121,31 @@ pub fn objects(cr: &CsiDeployment) -> Vec<ManagedObject> {
                         "this node plugin writes only the objects of driver {driver}"
                     )),
                     None,
+                ),
+                // Agents select their work by this label: a node must not relabel a
+                // record to hand it to, or hide it from, another node.
+                validation(
+                    format!(
+                        "!has(object.metadata.labels) || !('{NODE_LABEL}' in object.metadata.labels) \
+                         || object.metadata.labels['{NODE_LABEL}'] == variables.tokenNode"
+                    ),
+                    None,
+                    Some(format!(
+                        "'the node plugin on ' + variables.tokenNode + ' may not label an object \
+                         {NODE_LABEL}=' + object.metadata.labels['{NODE_LABEL}']"
+                    )),
+                ),
+                // A node publishes exactly one PoolNode, named for itself and the driver.
+                validation(
+                    format!(
+                        "request.resource.resource != '{pool_nodes}' \
+                         || object.metadata.name == variables.tokenNode + '.{driver}'"
+                    ),
+                    None,
+                    Some(format!(
+                        "'the node plugin on ' + variables.tokenNode + ' publishes only PoolNode ' \
+                         + variables.tokenNode + '.{driver}, not ' + object.metadata.name"
+                    )),
                 ),
             ]),
             ..ValidatingAdmissionPolicySpec::default()

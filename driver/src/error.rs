@@ -130,6 +130,7 @@ fn snapshot_code(e: &SnapshotError) -> Code {
         | SnapshotError::SourceNotFound(_) => Code::NotFound,
         SnapshotError::AlreadyExists { .. } => Code::AlreadyExists,
         SnapshotError::Pending(_) => Code::Aborted,
+        SnapshotError::Interrupted => Code::Unavailable,
         // Spec (Snapshot.group_snapshot_id): members go with their group.
         SnapshotError::InGroup { .. } => Code::FailedPrecondition,
         SnapshotError::MembersMismatch { .. } | SnapshotError::InvalidRequest(_) => {

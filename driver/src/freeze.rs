@@ -8,9 +8,11 @@
 //! filesystem left frozen would hang every writer in the pod.
 #![allow(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use nix::errno::Errno;
 
@@ -47,22 +49,88 @@ pub enum Quiesced {
     Frozen(FrozenFs),
 }
 
+impl Quiesced {
+    /// Whether the volume is still as quiesced as it was made: false once a frozen
+    /// filesystem was thawed under the copy (by [`thaw_all`] at shutdown), when a copy
+    /// made meanwhile must not be kept.
+    pub fn is_intact(&self) -> bool {
+        match self {
+            Self::Frozen(fs) => fs.still_frozen(),
+            Self::Idle | Self::Flushed { .. } => true,
+        }
+    }
+}
+
 /// A frozen filesystem. Thaws on drop.
 #[derive(Debug)]
 pub struct FrozenFs {
+    id: u64,
     mount_point: PathBuf,
     dir: File,
+}
+
+/// Every filesystem this process holds frozen, so that shutdown can thaw them even
+/// while the copies they were frozen for are still running ([`thaw_all`]).
+struct Registry {
+    next: u64,
+    frozen: BTreeMap<u64, Registered>,
+}
+
+struct Registered {
+    mount_point: PathBuf,
+    dir: File,
+    thawed: bool,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    next: 0,
+    frozen: BTreeMap::new(),
+});
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl FrozenFs {
     pub fn mount_point(&self) -> &Path {
         &self.mount_point
     }
+
+    fn still_frozen(&self) -> bool {
+        registry().frozen.get(&self.id).is_some_and(|r| !r.thawed)
+    }
+}
+
+/// Thaw every filesystem this process holds frozen: the last thing the driver does on
+/// its way out, after the grace period, so that a copy still running then cannot leave
+/// a pod's filesystem blocked until the next start. Returns how many it thawed.
+pub fn thaw_all() -> usize {
+    use std::os::fd::AsFd;
+    let mut registry = registry();
+    let mut count = 0;
+    for entry in registry.frozen.values_mut().filter(|r| !r.thawed) {
+        entry.thawed = true;
+        match fithaw(entry.dir.as_fd()) {
+            Ok(()) | Err(Errno::EINVAL) => {
+                tracing::warn!(mount_point = %entry.mount_point.display(), "thawed on shutdown; the copy it was frozen for is abandoned");
+                count += 1;
+            }
+            Err(e) => tracing::error!(
+                mount_point = %entry.mount_point.display(), error = %e,
+                "cannot thaw filesystem; writers to it stay blocked until `fsfreeze -u`"
+            ),
+        }
+    }
+    count
 }
 
 impl Drop for FrozenFs {
     fn drop(&mut self) {
         use std::os::fd::AsFd;
+        let registered = registry().frozen.remove(&self.id);
+        if registered.is_some_and(|r| r.thawed) {
+            return;
+        }
         match fithaw(self.dir.as_fd()) {
             // EINVAL: not frozen (someone thawed it already) — the goal state.
             Ok(()) | Err(Errno::EINVAL) => {
@@ -80,9 +148,24 @@ impl Drop for FrozenFs {
 pub fn freeze(mount_point: &Path) -> Result<FrozenFs, MountError> {
     let dir = File::open(mount_point).map_err(MountError::io("open", mount_point))?;
     use std::os::fd::AsFd;
+    let handle = dir
+        .try_clone()
+        .map_err(MountError::io("dup", mount_point))?;
     fifreeze(dir.as_fd()).map_err(MountError::sys("FIFREEZE", mount_point))?;
     tracing::debug!(mount_point = %mount_point.display(), "frozen");
+    let mut registry = registry();
+    let id = registry.next;
+    registry.next += 1;
+    registry.frozen.insert(
+        id,
+        Registered {
+            mount_point: mount_point.to_path_buf(),
+            dir: handle,
+            thawed: false,
+        },
+    );
     Ok(FrozenFs {
+        id,
         mount_point: mount_point.to_path_buf(),
         dir,
     })

@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use plinth_driver::config::{Cli, Config, LogFormat};
 use plinth_driver::error::chain;
-use plinth_driver::server;
+use plinth_driver::{freeze, server};
 
 /// Blocking work (mkfs, mount, loop ioctls) runs on at most this many threads: enough
 /// for concurrent volumes, small enough to keep the driver's memory flat.
@@ -38,8 +38,10 @@ fn main() -> ExitCode {
     let grace = config.shutdown_grace;
     let code = runtime.block_on(run(config));
     // Blocking work still running (a slow mkfs) gets the same grace, then is abandoned:
-    // everything it does is recovered by the next start.
+    // everything it does is recovered by the next start. A copy abandoned mid-snapshot
+    // must not leave its pod's filesystem frozen until then.
     runtime.shutdown_timeout(grace);
+    freeze::thaw_all();
     code
 }
 

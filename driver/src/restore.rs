@@ -154,6 +154,15 @@ pub fn populate(pool: &Pool, source: &Source, dest: &Path) -> Result<u64, PoolEr
     };
     let quiesced = freeze::quiesce(device.as_ref())?;
     let method = pool::copy_image(&source.image, dest)?;
+    if !quiesced.is_intact() {
+        return Err(PoolError::Io {
+            op: "copy",
+            path: dest.to_path_buf(),
+            source: std::io::Error::other(
+                "the driver is shutting down: the source was thawed before the copy finished",
+            ),
+        });
+    }
     drop(quiesced);
     tracing::info!(?method, source = ?source.content, "volume content copied");
     pool::shared_by_copy(method, dest)

@@ -196,6 +196,9 @@ pub enum SnapshotError {
     /// Another call for the same name is still copying. [Aborted]
     #[error("a snapshot named {0:?} is being created by another call")]
     Pending(String),
+    /// Shutdown thawed a source before its copy finished: the copy is not kept.
+    #[error("the driver is shutting down; the snapshot was not taken")]
+    Interrupted,
     /// [FailedPrecondition]
     #[error("snapshot {id} belongs to group snapshot {group}; delete the group instead")]
     InGroup { id: SnapshotId, group: GroupId },
@@ -493,6 +496,9 @@ impl SnapshotStore {
             }
         }
         log_quiesced(&quiesced);
+        if result.is_ok() && !quiesced.iter().all(Quiesced::is_intact) {
+            result = Err(SnapshotError::Interrupted);
+        }
         drop(quiesced);
         if let Err(e) = result {
             for (p, _) in &out {

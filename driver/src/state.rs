@@ -161,16 +161,30 @@ impl Driver {
         if last.is_some_and(|at| at.elapsed() < READY_CACHE) {
             return true;
         }
-        let ok = match tokio::task::spawn_blocking(move || pool.check_ready()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "pool not ready");
-                false
-            }
+        // Its own thread, not the blocking pool: Probe (kubelet's liveness check through
+        // the livenessprobe sidecar) must never queue behind storage work that fills it.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("probe".to_owned())
+            .spawn(move || {
+                let _ = tx.send(pool.check_ready());
+            });
+        let ok = match spawned {
             Err(error) => {
                 tracing::warn!(%error, "readiness check failed");
                 false
             }
+            Ok(_) => match rx.await {
+                Ok(Ok(())) => true,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "pool not ready");
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "readiness check failed");
+                    false
+                }
+            },
         };
         *last = ok.then(Instant::now);
         ok

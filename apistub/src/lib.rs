@@ -161,6 +161,7 @@ impl ApiStub {
             faults: Faults::default(),
             pauses: Pauses::default(),
             shutdown: shutdown_rx.clone(),
+            power: power_rx.clone(),
             watches: Arc::new(WatchCounters::default()),
             bookmark_interval: self.bookmark_interval,
         });

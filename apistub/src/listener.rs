@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 /// Whether the server is up, and how many times it went down so far (connections accepted
 /// in an earlier epoch are reset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Power {
+pub struct Power {
     pub up: bool,
     pub epoch: u64,
 }

@@ -17,6 +17,7 @@ use tracing::{Instrument, debug, info_span};
 use crate::{
     error::{ApiError, Reason},
     fault::{Faults, Pauses, WatchInfo},
+    listener::Power,
     selector::Selector,
     store::{Preconditions, ResourceKey, Scope, Store, object_id, presented},
     watch::{self as watching, WatchContext, WatchCounters, WatchSpec},
@@ -33,6 +34,8 @@ pub(crate) struct App {
     pub faults: Faults,
     pub pauses: Pauses,
     pub shutdown: watch::Receiver<bool>,
+    /// Restarts: a watch streaming when the server goes down is cut.
+    pub power: watch::Receiver<Power>,
     pub watches: Arc<WatchCounters>,
     pub bookmark_interval: Duration,
 }
@@ -295,6 +298,7 @@ fn watch(app: &App, parts: &Parts, query: &Query, r: Resource) -> Result<Respons
         store: app.store.clone(),
         pauses: app.pauses.subscribe(),
         shutdown: app.shutdown.clone(),
+        power: app.power.clone(),
         counters: app.watches.clone(),
         bookmark_interval: app.bookmark_interval,
     };

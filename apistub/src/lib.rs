@@ -14,7 +14,7 @@
 //! - merge patch (RFC 7386), JSON patch (RFC 6902) and server-side apply (approximated as
 //!   a merge patch that also removes the fields the same field manager applied before and
 //!   now omits, and creates a missing object; `fieldManager` required); strategic merge
-//!   patch is 415 as for any custom resource;
+//!   patch is 415 as for any custom resource, and a merge patch for built-in groups;
 //! - a status subresource: `/status` writes change only `.status`, other writes ignore
 //!   it; `metadata.generation` moves when anything outside metadata and status changes;
 //!   a write that changes nothing bumps nothing and emits no event;

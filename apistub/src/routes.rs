@@ -24,6 +24,20 @@ use crate::{
     writes::Verb,
 };
 
+/// API groups of built-in Kubernetes kinds (which accept strategic merge patches).
+const BUILT_IN_GROUPS: &[&str] = &[
+    "",
+    "apps",
+    "batch",
+    "coordination.k8s.io",
+    "events.k8s.io",
+    "policy",
+    "rbac.authorization.k8s.io",
+    "storage.k8s.io",
+    "admissionregistration.k8s.io",
+    "apiextensions.k8s.io",
+];
+
 /// Request bodies larger than this are refused (the real server's limit is 3 MiB per object).
 const MAX_BODY: usize = 8 << 20;
 
@@ -400,7 +414,20 @@ async fn patch(
             app.store
                 .apply(&r.key, name, scope, manager, &parse_json_or_yaml(&bytes)?)?
         }
-        // Custom resources have no strategic-merge schema; the real server answers 415 too.
+        // Built-in kinds take strategic merge patches (kube-lease-manager sends them for
+        // Leases); without their schemas it is approximated as a merge patch (lists are
+        // replaced, not merged by key). Custom resources have no strategic-merge schema;
+        // the real server answers 415 for them too.
+        "application/strategic-merge-patch+json"
+            if BUILT_IN_GROUPS.contains(&r.key.group.as_str()) =>
+        {
+            let patch = parse_json(&bytes)?;
+            app.store.update(&r.key, name, scope, |current| {
+                let mut next = current.clone();
+                json_patch::merge(&mut next, &patch);
+                Ok(next)
+            })?
+        }
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     Ok(json_response(

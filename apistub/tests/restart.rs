@@ -183,6 +183,16 @@ async fn namespaced_and_core_resources_are_kept_per_namespace() {
         matches!(&event, WatchEvent::Added(c) if c.metadata.namespace.as_deref() == Some("a")),
         "{event:?}"
     );
+    // Built-in kinds take strategic merge patches (approximated as merge patches).
+    let patched = in_b
+        .patch(
+            "same",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(json!({"data": {"k": "3"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap()["k"], "3");
     in_b.delete("same", &Default::default()).await.unwrap();
     assert!(in_a.get("same").await.is_ok());
     assert!(in_b.get_opt("same").await.unwrap().is_none());

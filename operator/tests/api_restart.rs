@@ -132,7 +132,16 @@ async fn a_cr_edit_after_an_api_server_restart_is_reconciled_within_seconds() {
     crs.create(&PostParams::default(), &minimal_cr())
         .await
         .unwrap();
-    let operator = Operator::start(&stub, &[]).await;
+    // As deployed: with leader election.
+    let operator = Operator::start(
+        &stub,
+        &[
+            "--leader-elect",
+            "--lease-namespace=plinth-system",
+            "--identity=test-0",
+        ],
+    )
+    .await;
 
     eventually("the CR reconciled", SOON, || async {
         reconciled(&crs).await.is_some()

@@ -128,7 +128,59 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::health::{Health, Verdict};
+
+    #[tokio::test]
+    async fn errors_restart_the_watcher_and_never_reach_the_consumer() {
+        let health = Health::new(Duration::from_secs(60));
+        health.set_connected();
+        let started = Arc::new(AtomicUsize::new(0));
+        let count = started.clone();
+        let stream = relisting(health.watch("things"), move || {
+            let attempt = count.fetch_add(1, Ordering::SeqCst);
+            let events: Vec<watcher::Result<watcher::Event<String>>> = if attempt == 0 {
+                vec![
+                    Ok(watcher::Event::Init),
+                    Ok(watcher::Event::InitDone),
+                    Err(watcher::Error::NoResourceVersion),
+                ]
+            } else {
+                vec![
+                    Ok(watcher::Event::Init),
+                    Ok(watcher::Event::InitApply("a".to_owned())),
+                    Ok(watcher::Event::InitDone),
+                ]
+            };
+            futures::stream::iter(events).chain(futures::stream::pending())
+        });
+        let mut stream = std::pin::pin!(stream);
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let event = stream.next().await.expect("a watch never ends");
+            seen.push(format!("{:?}", event.expect("errors are not passed on")));
+            if seen.len() == 2 {
+                assert_eq!(health.readiness(), Verdict::Ok, "live after the first list");
+            }
+        }
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            2,
+            "a fresh watcher after the error"
+        );
+        assert_eq!(
+            seen,
+            ["Init", "InitDone", "Init", "InitApply(\"a\")", "InitDone"]
+        );
+        assert_eq!(
+            health.readiness(),
+            Verdict::Ok,
+            "live again after the relist"
+        );
+    }
 
     #[test]
     fn retries_back_off_and_start_over_after_a_quiet_minute() {

@@ -218,13 +218,16 @@ async fn healthz_fails_once_the_watches_stay_down_past_the_bound_and_recovers() 
 
     let restarting = stub.restart(Restart::new().down_for(Duration::from_secs(8)));
     let wedged = async {
+        eventually("/readyz 503 once the watches are down", SOON, || async {
+            operator.probe("/readyz").await == Some(503)
+        })
+        .await;
         eventually(
             "/healthz 503 with the watches down past the bound",
             SOON,
             || async { operator.probe("/healthz").await == Some(503) },
         )
         .await;
-        assert_eq!(operator.probe("/readyz").await, Some(503));
     };
     tokio::join!(restarting, wedged);
     eventually(

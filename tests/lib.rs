@@ -117,6 +117,7 @@ impl Operator {
             client,
             Metrics::default(),
             reporter,
+            plinth_operator::health::Health::default(),
             async {
                 let _ = rx.await;
             },

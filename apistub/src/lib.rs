@@ -2,7 +2,7 @@
 //! run Plinth's controller-mode and node-mode drivers as two processes talking through
 //! the API, where no real API server can run.
 //!
-//! It knows no schemas: it stores cluster-scoped custom resources as JSON under
+//! It knows no schemas: it stores objects as JSON under
 //! `/apis/{group}/{version}/{plural}[/{name}[/status]]`, and follows the real server's
 //! rules for what clients observe:
 //!
@@ -14,7 +14,7 @@
 //! - merge patch (RFC 7386), JSON patch (RFC 6902) and server-side apply (approximated as
 //!   a merge patch that also removes the fields the same field manager applied before and
 //!   now omits, and creates a missing object; `fieldManager` required); strategic merge
-//!   patch is 415 as for any custom resource;
+//!   patch is 415 as for any custom resource, and a merge patch for built-in groups;
 //! - a status subresource: `/status` writes change only `.status`, other writes ignore
 //!   it; `metadata.generation` moves when anything outside metadata and status changes;
 //!   a write that changes nothing bumps nothing and emits no event;
@@ -41,25 +41,37 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not modelled (the lead's tests must not rely on them): namespaced resources and the
-//! core `/api/v1` group (404), discovery (`/apis` is 404), schemas, defaulting and
-//! validation beyond metadata shape, `managedFields` (none are reported) and apply
-//! conflicts between managers (`force` is accepted and changes nothing; lists are
-//! replaced, not merged by key), garbage collection (Foreground/Orphan deletion is
-//! refused), dry run and `resourceVersionMatch=Exact` (refused), list pagination (every
-//! list is one page, `limit` is ignored), authentication and authorization, and the
-//! watch-cache's lag (events are visible to watches as soon as the write returns).
+//! Namespaced resources and the core group (`/api/v1`) are served the same way, with no
+//! schema either (`/api/v1/namespaces/{ns}/serviceaccounts/{name}`,
+//! `/apis/apps/v1/namespaces/{ns}/statefulsets`, lists across namespaces). Discovery of a
+//! group version (`/apis/{group}/{version}`) answers the resources that stored
+//! `CustomResourceDefinition`s serve in it, so a client can see an optional API arrive.
+//!
+//! [`Running::restart`] restarts the server under its clients: connections reset, the
+//! port closed for a while, the watch history compacted (old resourceVersions answer 410),
+//! optionally a lagging watch cache ([`Restart::stale_cache`]).
+//!
+//! Not modelled (the lead's tests must not rely on them): discovery of built-in groups
+//! and `/apis` (404), schemas, defaulting and validation beyond metadata shape,
+//! `managedFields` (none are reported) and apply conflicts between managers (`force` is
+//! accepted and changes nothing; lists are replaced, not merged by key), controllers (a
+//! StatefulSet gets no pods and no status), garbage collection (Foreground/Orphan
+//! deletion is refused), namespace lifecycle (any namespace exists), dry run and
+//! `resourceVersionMatch=Exact` (refused), list pagination (every list is one page,
+//! `limit` is ignored), authentication and authorization, and the watch-cache's lag
+//! (events are visible to watches as soon as the write returns; only
+//! [`Restart::stale_cache`] makes "Any" lists lag).
 
 mod error;
 mod fault;
 mod kubeconfig;
+mod listener;
 mod routes;
 mod selector;
 mod store;
 mod watch;
 mod writes;
 
-use axum::serve::ListenerExt;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::Path,
@@ -78,6 +90,7 @@ pub use crate::{
 };
 use crate::{
     fault::{Faults, Pauses},
+    listener::{Power, Switched},
     routes::App,
     store::Store,
     watch::WatchCounters,
@@ -142,24 +155,20 @@ impl ApiStub {
             source,
         })?;
         let (shutdown, shutdown_rx) = channel::channel(false);
+        let (power, power_rx) = channel::channel(Power { up: true, epoch: 0 });
         let app = Arc::new(App {
             store: Arc::new(Store::new(self.history_limit)),
             faults: Faults::default(),
             pauses: Pauses::default(),
             shutdown: shutdown_rx.clone(),
+            power: power_rx.clone(),
             watches: Arc::new(WatchCounters::default()),
             bookmark_interval: self.bookmark_interval,
         });
         let router = routes::router(app.clone());
         let mut stop = shutdown_rx;
         let server = tokio::spawn(async move {
-            // Go's net package (and so the real API server) disables Nagle's algorithm
-            // on every connection; without this, small responses wait for a delayed ACK.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::warn!(%error, "cannot set TCP_NODELAY");
-                }
-            });
+            let listener = Switched::new(listener, addr, power_rx);
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|down| *down).await;
@@ -171,6 +180,7 @@ impl ApiStub {
             addr,
             app,
             shutdown,
+            power,
             server: Some(server),
         })
     }
@@ -182,7 +192,40 @@ pub struct Running {
     addr: SocketAddr,
     app: Arc<App>,
     shutdown: channel::Sender<bool>,
+    power: channel::Sender<Power>,
     server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// How [`Running::restart`] restarts the server.
+#[derive(Debug, Clone, Default)]
+pub struct Restart {
+    down_for: Duration,
+    stale_cache: bool,
+}
+
+impl Restart {
+    /// Down and up again at once (connections are still cut, the history compacted).
+    pub fn new() -> Self {
+        Restart::default()
+    }
+
+    /// Stays down this long: connections to the address are refused meanwhile.
+    pub fn down_for(mut self, period: Duration) -> Self {
+        self.down_for = period;
+        self
+    }
+
+    /// Comes back with a lagging watch cache: lists at resourceVersion "0" (the "Any"
+    /// semantic) answer the objects and resourceVersion from before the restart, which
+    /// the compacted history can no longer resume from, until [`Running::catch_up`].
+    /// This is what a real server may do (such reads "may return arbitrarily stale
+    /// data"): a cache still at an old revision, or an HA peer behind the load balancer.
+    /// A client that relists at "Any" after a 410 gets the same expired version back,
+    /// forever; one that relists with a consistent read recovers.
+    pub fn stale_cache(mut self) -> Self {
+        self.stale_cache = true;
+        self
+    }
 }
 
 impl Running {
@@ -273,6 +316,36 @@ impl Running {
     /// Watch streams currently open.
     pub fn active_watches(&self) -> usize {
         self.app.watches.active.load(Ordering::Relaxed)
+    }
+
+    /// Restarts the server the way an API server process restart looks to its clients:
+    /// every open connection (requests, watch streams) is reset under its client, with no
+    /// clean end of stream; the port refuses connections for the `down_for` period; the
+    /// server then serves the same objects on the same address, with the watch history
+    /// compacted so that every resourceVersion handed out before answers 410 `Expired`
+    /// (etcd's revision moved on meanwhile). Returns once it serves again.
+    pub async fn restart(&self, how: Restart) {
+        info!(down_for = ?how.down_for, stale_cache = how.stale_cache, "plinth-apistub restarting");
+        self.power.send_modify(|p| {
+            p.up = false;
+            p.epoch += 1;
+        });
+        let rv = self.app.store.restart(how.stale_cache);
+        tokio::time::sleep(how.down_for).await;
+        self.power.send_modify(|p| p.up = true);
+        // Serving again once a connection is accepted.
+        let mut delay = Duration::from_millis(5);
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+        info!(resource_version = rv, "plinth-apistub restarted");
+    }
+
+    /// Lists at resourceVersion "0" answer the current state again (after
+    /// [`Restart::stale_cache`]).
+    pub fn catch_up(&self) {
+        self.app.store.catch_up();
     }
 
     /// Stops serving and waits until open connections have closed.

@@ -17,11 +17,26 @@ use tracing::{Instrument, debug, info_span};
 use crate::{
     error::{ApiError, Reason},
     fault::{Faults, Pauses, WatchInfo},
+    listener::Power,
     selector::Selector,
-    store::{Preconditions, ResourceKey, Scope, Store, presented},
+    store::{Preconditions, ResourceKey, Scope, Store, object_id, presented},
     watch::{self as watching, WatchContext, WatchCounters, WatchSpec},
     writes::Verb,
 };
+
+/// API groups of built-in Kubernetes kinds (which accept strategic merge patches).
+const BUILT_IN_GROUPS: &[&str] = &[
+    "",
+    "apps",
+    "batch",
+    "coordination.k8s.io",
+    "events.k8s.io",
+    "policy",
+    "rbac.authorization.k8s.io",
+    "storage.k8s.io",
+    "admissionregistration.k8s.io",
+    "apiextensions.k8s.io",
+];
 
 /// Request bodies larger than this are refused (the real server's limit is 3 MiB per object).
 const MAX_BODY: usize = 8 << 20;
@@ -33,6 +48,8 @@ pub(crate) struct App {
     pub faults: Faults,
     pub pauses: Pauses,
     pub shutdown: watch::Receiver<bool>,
+    /// Restarts: a watch streaming when the server goes down is cut.
+    pub power: watch::Receiver<Power>,
     pub watches: Arc<WatchCounters>,
     pub bookmark_interval: Duration,
 }
@@ -45,6 +62,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
 #[derive(Debug)]
 enum Target {
     Version,
+    /// `/apis/{group}/{version}`: which resources of the group version are served.
+    Discovery {
+        group: String,
+        version: String,
+    },
     Collection(Resource),
     Object(Resource, String),
     Status(Resource, String),
@@ -53,8 +75,29 @@ enum Target {
 #[derive(Debug)]
 struct Resource {
     key: ResourceKey,
-    /// `group/version` as the request spelled it.
+    /// `group/version` as the request spelled it (`v1` for the core group).
     api_version: String,
+    /// The namespace the path names, for namespaced resources.
+    namespace: Option<String>,
+}
+
+impl Resource {
+    /// The store's key of the object `name` of this resource.
+    fn id(&self, name: &str) -> String {
+        object_id(self.namespace.as_deref(), name)
+    }
+
+    /// The request's selectors, limited to the path's namespace.
+    fn selector(&self, query: &Query) -> Result<Selector, ApiError> {
+        let fields = match (&self.namespace, query.get("fieldSelector")) {
+            (Some(ns), Some(given)) if !given.is_empty() => {
+                Some(format!("metadata.namespace={ns},{given}"))
+            }
+            (Some(ns), _) => Some(format!("metadata.namespace={ns}")),
+            (None, given) => given.map(str::to_owned),
+        };
+        Selector::parse(query.get("labelSelector"), fields.as_deref())
+    }
 }
 
 impl Target {
@@ -62,31 +105,46 @@ impl Target {
         if path == "/version" || path == "/version/" {
             return Some(Target::Version);
         }
-        let segments: Vec<&str> = path
-            .strip_prefix("/apis/")?
-            .trim_end_matches('/')
-            .split('/')
-            .collect();
+        // The core group lives under `/api/v1`, every other group under `/apis/{group}`.
+        let (group, rest) = if let Some(rest) = path.strip_prefix("/api/") {
+            ("", rest)
+        } else {
+            let rest = path.strip_prefix("/apis/")?;
+            rest.split_once('/')
+                .unwrap_or((rest.trim_end_matches('/'), ""))
+        };
+        let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        if group.is_empty() && path.starts_with("/apis/") {
+            return None;
+        }
         if segments.iter().any(|s| s.is_empty()) {
             return None;
         }
-        let resource = |group: &str, version: &str, plural: &str| Resource {
+        let (version, segments) = segments.split_first()?;
+        let (namespace, segments) = match segments {
+            ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
+            _ => (None, segments),
+        };
+        let resource = |plural: &str| Resource {
             key: ResourceKey {
                 group: group.to_owned(),
                 plural: plural.to_owned(),
             },
-            api_version: format!("{group}/{version}"),
+            api_version: if group.is_empty() {
+                (*version).to_owned()
+            } else {
+                format!("{group}/{version}")
+            },
+            namespace: namespace.clone(),
         };
-        match segments.as_slice() {
-            [group, version, plural] => Some(Target::Collection(resource(group, version, plural))),
-            [group, version, plural, name] => Some(Target::Object(
-                resource(group, version, plural),
-                (*name).to_owned(),
-            )),
-            [group, version, plural, name, "status"] => Some(Target::Status(
-                resource(group, version, plural),
-                (*name).to_owned(),
-            )),
+        match segments {
+            [] if namespace.is_none() => Some(Target::Discovery {
+                group: group.to_owned(),
+                version: (*version).to_owned(),
+            }),
+            [plural] => Some(Target::Collection(resource(plural))),
+            [plural, name] => Some(Target::Object(resource(plural), (*name).to_owned())),
+            [plural, name, "status"] => Some(Target::Status(resource(plural), (*name).to_owned())),
             _ => None,
         }
     }
@@ -162,12 +220,21 @@ async fn serve(app: &App, parts: &Parts, body: Body) -> Result<Response, ApiErro
     let store = &app.store;
     match (&parts.method, target) {
         (&Method::GET, Target::Version) => Ok(version()),
+        (&Method::GET, Target::Discovery { group, version }) => {
+            discovery(store, &group, &version).map(|list| json_response(StatusCode::OK, &list))
+        }
         (&Method::GET, Target::Collection(r)) if query.flag("watch") => {
             watch(app, parts, &query, r)
         }
         (&Method::GET, Target::Collection(r)) => {
-            let selector = Selector::parse(query.get("labelSelector"), query.get("fieldSelector"))?;
-            let listing = store.list(&r.key, &selector);
+            let selector = r.selector(&query)?;
+            // resourceVersion "0" is the "Any" semantic: a real server answers it from its
+            // watch cache, which may lag.
+            let listing = if query.get("resourceVersion") == Some("0") {
+                store.list_any(&r.key, &selector)
+            } else {
+                store.list(&r.key, &selector)
+            };
             Ok(json_response(
                 StatusCode::OK,
                 &json!({
@@ -181,7 +248,7 @@ async fn serve(app: &App, parts: &Parts, body: Body) -> Result<Response, ApiErro
         (&Method::POST, Target::Collection(r)) => {
             store.record_write(Verb::Create, &r.key.plural, false);
             let object = json_body(parts, body).await?;
-            let created = store.create(&r.key, object)?;
+            let created = store.create(&r.key, r.namespace.as_deref(), object)?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &presented(&created, &r.api_version),
@@ -189,7 +256,7 @@ async fn serve(app: &App, parts: &Parts, body: Body) -> Result<Response, ApiErro
         }
         (&Method::GET, Target::Object(r, name) | Target::Status(r, name)) => Ok(json_response(
             StatusCode::OK,
-            &presented(&*store.get(&r.key, &name)?, &r.api_version),
+            &presented(&*store.get(&r.key, &r.id(&name))?, &r.api_version),
         )),
         (&Method::PUT, Target::Object(r, name)) => {
             replace(app, parts, body, r, &name, Scope::Main).await
@@ -206,7 +273,7 @@ async fn serve(app: &App, parts: &Parts, body: Body) -> Result<Response, ApiErro
         (&Method::DELETE, Target::Object(r, name)) => {
             store.record_write(Verb::Delete, &r.key.plural, false);
             let preconditions = delete_options(&body_bytes(body).await?)?;
-            let deleted = store.delete(&r.key, &name, &preconditions)?;
+            let deleted = store.delete(&r.key, &r.id(&name), &preconditions)?;
             Ok(json_response(
                 StatusCode::OK,
                 &presented(&deleted, &r.api_version),
@@ -217,7 +284,7 @@ async fn serve(app: &App, parts: &Parts, body: Body) -> Result<Response, ApiErro
 }
 
 fn watch(app: &App, parts: &Parts, query: &Query, r: Resource) -> Result<Response, ApiError> {
-    let selector = Selector::parse(query.get("labelSelector"), query.get("fieldSelector"))?;
+    let selector = r.selector(query)?;
     let bookmarks = query.flag("allowWatchBookmarks");
     let start = watching::start_from_query(
         query.get("resourceVersion"),
@@ -245,6 +312,7 @@ fn watch(app: &App, parts: &Parts, query: &Query, r: Resource) -> Result<Respons
         store: app.store.clone(),
         pauses: app.pauses.subscribe(),
         shutdown: app.shutdown.clone(),
+        power: app.power.clone(),
         counters: app.watches.clone(),
         bookmark_interval: app.bookmark_interval,
     };
@@ -287,7 +355,8 @@ async fn replace(
             "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
         ));
     }
-    let updated = app.store.update(&r.key, name, scope, |_| Ok(object))?;
+    let id = r.id(name);
+    let updated = app.store.update(&r.key, &id, scope, |_| Ok(object))?;
     Ok(json_response(
         StatusCode::OK,
         &presented(&updated, &r.api_version),
@@ -308,6 +377,8 @@ async fn patch(
     let content_type = media_type(parts);
     let bytes = body_bytes(body).await?;
     let resource = r.key.to_string();
+    let id = r.id(name);
+    let name = id.as_str();
     let updated = match content_type.as_str() {
         "application/merge-patch+json" => {
             let patch = parse_json(&bytes)?;
@@ -343,7 +414,20 @@ async fn patch(
             app.store
                 .apply(&r.key, name, scope, manager, &parse_json_or_yaml(&bytes)?)?
         }
-        // Custom resources have no strategic-merge schema; the real server answers 415 too.
+        // Built-in kinds take strategic merge patches (kube-lease-manager sends them for
+        // Leases); without their schemas it is approximated as a merge patch (lists are
+        // replaced, not merged by key). Custom resources have no strategic-merge schema;
+        // the real server answers 415 for them too.
+        "application/strategic-merge-patch+json"
+            if BUILT_IN_GROUPS.contains(&r.key.group.as_str()) =>
+        {
+            let patch = parse_json(&bytes)?;
+            app.store.update(&r.key, name, scope, |current| {
+                let mut next = current.clone();
+                json_patch::merge(&mut next, &patch);
+                Ok(next)
+            })?
+        }
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     Ok(json_response(
@@ -451,6 +535,58 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
+/// Discovery of a group version: the resources the stored CustomResourceDefinitions
+/// serve in it (the stub serves any path, but clients ask discovery whether an optional
+/// API is installed); 404 when none does, as for a group the real server does not know.
+fn discovery(store: &Store, group: &str, version: &str) -> Result<Value, ApiError> {
+    let crds = ResourceKey {
+        group: "apiextensions.k8s.io".into(),
+        plural: "customresourcedefinitions".into(),
+    };
+    let resources: Vec<Value> = store
+        .list(&crds, &Selector::default())
+        .items
+        .iter()
+        .filter(|crd| crd.pointer("/spec/group").and_then(Value::as_str) == Some(group))
+        .filter(|crd| {
+            crd.pointer("/spec/versions")
+                .and_then(Value::as_array)
+                .is_some_and(|versions| {
+                    versions.iter().any(|v| {
+                        v.get("name").and_then(Value::as_str) == Some(version)
+                            && v.get("served").and_then(Value::as_bool) != Some(false)
+                    })
+                })
+        })
+        .map(|crd| {
+            let names = crd.pointer("/spec/names");
+            let text = |field: &str| {
+                names
+                    .and_then(|n| n.get(field))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            json!({
+                "name": text("plural"),
+                "singularName": text("singular"),
+                "namespaced": crd.pointer("/spec/scope").and_then(Value::as_str) == Some("Namespaced"),
+                "kind": text("kind"),
+                "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
+            })
+        })
+        .collect();
+    if resources.is_empty() {
+        return Err(ApiError::no_route(&format!("/apis/{group}/{version}")));
+    }
+    Ok(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{group}/{version}"),
+        "resources": resources,
+    }))
+}
+
 fn version() -> Response {
     json_response(
         StatusCode::OK,
@@ -493,9 +629,36 @@ mod tests {
         assert!(
             matches!(Target::parse("/apis/plinth.dev/v1alpha1/poolvolumes/a/status"), Some(Target::Status(_, n)) if n == "a")
         );
+        let Some(Target::Object(r, name)) =
+            Target::parse("/apis/apps/v1/namespaces/kube-system/statefulsets/csi")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (r.namespace.as_deref(), r.id(&name), r.api_version.as_str()),
+            (Some("kube-system"), "kube-system/csi".to_owned(), "apps/v1")
+        );
+        let Some(Target::Collection(r)) = Target::parse("/api/v1/namespaces/a/serviceaccounts")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                r.key.group.as_str(),
+                r.api_version.as_str(),
+                r.namespace.as_deref()
+            ),
+            ("", "v1", Some("a"))
+        );
+        assert!(
+            matches!(Target::parse("/api/v1/persistentvolumes"), Some(Target::Collection(r)) if r.namespace.is_none())
+        );
+        assert!(
+            matches!(Target::parse("/apis/snapshot.storage.k8s.io/v1"), Some(Target::Discovery { group, version }) if group == "snapshot.storage.k8s.io" && version == "v1")
+        );
         for unserved in [
-            "/api/v1/pods",
             "/apis",
+            "/apis//v1/p",
             "/apis/g/v/ns/x/plural",
             "/apis/g//p",
             "/apis/g/v/p/a/scale",

@@ -80,8 +80,11 @@ impl Selector {
                     .and_then(|m| m.get("name"))
                     .and_then(Value::as_str)
                     .unwrap_or(""),
-                // Everything served here is cluster-scoped.
-                FieldPath::Namespace => "",
+                // Empty for a cluster-scoped object.
+                FieldPath::Namespace => metadata
+                    .and_then(|m| m.get("namespace"))
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
             };
             (actual == req.value) != req.negated
         });

@@ -35,7 +35,11 @@ pub struct ResourceKey {
 
 impl fmt::Display for ResourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.plural, self.group)
+        if self.group.is_empty() {
+            f.write_str(&self.plural)
+        } else {
+            write!(f, "{}.{}", self.plural, self.group)
+        }
     }
 }
 
@@ -79,8 +83,9 @@ pub struct Listing {
 
 /// Metadata only the server sets; whatever a client sends for them is replaced by the
 /// stored value.
-const SERVER_METADATA: [&str; 7] = [
+const SERVER_METADATA: [&str; 8] = [
     "name",
+    "namespace",
     "uid",
     "creationTimestamp",
     "generation",
@@ -107,7 +112,17 @@ struct Inner {
     /// The newest resourceVersion whose event was dropped from the history: a watch
     /// starting before it cannot be served.
     pruned_through: u64,
+    /// What lists at resourceVersion "0" (the "Any" semantic, served from the watch cache
+    /// on a real server) answer while that cache lags behind; `None`: the current state.
+    stale_cache: Option<Cache>,
     writes: WriteCounts,
+}
+
+/// A frozen copy of every collection's objects and the resourceVersion it was read at.
+#[derive(Debug)]
+struct Cache {
+    objects: BTreeMap<ResourceKey, BTreeMap<String, Arc<Value>>>,
+    rv: u64,
 }
 
 #[derive(Debug)]
@@ -125,6 +140,7 @@ impl Store {
                 history: VecDeque::new(),
                 history_limit: history_limit.max(1),
                 pruned_through: 0,
+                stale_cache: None,
                 writes: WriteCounts::default(),
             }),
             latest: watch::Sender::new(0),
@@ -207,10 +223,71 @@ impl Store {
         }
     }
 
-    pub fn create(&self, key: &ResourceKey, object: Value) -> Result<Arc<Value>, ApiError> {
+    /// A list at resourceVersion "0": from the lagging cache when there is one.
+    pub fn list_any(&self, key: &ResourceKey, selector: &Selector) -> Listing {
+        let inner = self.lock();
+        let Some(cache) = &inner.stale_cache else {
+            drop(inner);
+            return self.list(key, selector);
+        };
+        Listing {
+            items: cache
+                .objects
+                .get(key)
+                .map(|objects| {
+                    objects
+                        .values()
+                        .filter(|o| selector.matches(o))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            resource_version: cache.rv,
+        }
+    }
+
+    /// What a restart does to the data: etcd's revision is cluster-wide and moved on while
+    /// the server was down (other resources were written), and the restarted server's
+    /// watch history starts after it, so every resourceVersion handed out before is too
+    /// old to resume from (410 `Expired`). With `stale_cache`, lists at resourceVersion
+    /// "0" keep answering the state from before the restart until [`Store::catch_up`].
+    /// Returns the new resourceVersion.
+    pub fn restart(&self, stale_cache: bool) -> u64 {
+        let mut inner = self.lock();
+        if stale_cache {
+            let objects = inner
+                .collections
+                .iter()
+                .map(|(key, c)| (key.clone(), c.objects.clone()))
+                .collect();
+            inner.stale_cache = Some(Cache {
+                objects,
+                rv: inner.rv,
+            });
+        }
+        inner.rv += 1;
+        inner.history.clear();
+        inner.pruned_through = inner.rv;
+        let rv = inner.rv;
+        self.latest.send_replace(rv);
+        rv
+    }
+
+    /// Lists at resourceVersion "0" answer the current state again.
+    pub fn catch_up(&self) {
+        self.lock().stale_cache = None;
+    }
+
+    /// Creates `object` (in `namespace` for a namespaced resource).
+    pub fn create(
+        &self,
+        key: &ResourceKey,
+        namespace: Option<&str>,
+        object: Value,
+    ) -> Result<Arc<Value>, ApiError> {
         let now = now_rfc3339()?;
         let mut inner = self.lock();
-        let created = inner.create(key, object, now)?;
+        let created = inner.create(key, namespace, object, now)?;
         self.latest.send_replace(inner.rv);
         Ok(created)
     }
@@ -271,11 +348,12 @@ impl Store {
                     ));
                 }
                 let mut object = config.clone();
+                let (namespace, bare) = split_id(name);
                 edit_metadata(&mut object, |meta| {
-                    meta.entry("name").or_insert_with(|| Value::from(name));
+                    meta.entry("name").or_insert_with(|| Value::from(bare));
                 });
                 check_url_name(&object, name)?;
-                inner.create(key, object, now)?
+                inner.create(key, namespace, object, now)?
             }
         };
         if let Some(collection) = inner.collections.get_mut(key)
@@ -346,6 +424,7 @@ impl Inner {
     fn create(
         &mut self,
         key: &ResourceKey,
+        namespace: Option<&str>,
         mut object: Value,
         now: String,
     ) -> Result<Arc<Value>, ApiError> {
@@ -392,6 +471,18 @@ impl Inner {
         };
         validate_name(&resource, &name)?;
         validate_metadata(&resource, &name, &object)?;
+        if let Some(namespace) = namespace {
+            match meta_str("namespace") {
+                Some(given) if !given.is_empty() && given != namespace => {
+                    return Err(ApiError::bad_request(format!(
+                        "the namespace of the provided object ({given}) does not match the namespace sent on the request ({namespace})"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let bare = name;
+        let name = object_id(namespace, &bare);
         if resource_version_of(&object).is_some() {
             return Err(ApiError::internal(
                 "resourceVersion should not be set on objects to be created",
@@ -404,7 +495,11 @@ impl Inner {
         edit_metadata(&mut object, |meta| {
             meta.remove("deletionTimestamp");
             meta.remove("deletionGracePeriodSeconds");
-            meta.insert("name".into(), Value::from(name.as_str()));
+            meta.insert("name".into(), Value::from(bare.as_str()));
+            match namespace {
+                Some(ns) => meta.insert("namespace".into(), Value::from(ns)),
+                None => meta.remove("namespace"),
+            };
             meta.insert("uid".into(), Value::from(random_uid()));
             meta.insert("creationTimestamp".into(), Value::from(now));
             meta.insert("generation".into(), Value::from(1));
@@ -649,7 +744,36 @@ fn set_or_remove(map: &mut Map<String, Value>, field: &str, value: Option<&Value
     }
 }
 
-fn check_url_name(object: &Value, name: &str) -> Result<(), ApiError> {
+/// How an object is keyed in its collection: `namespace/name`, or the name of a
+/// cluster-scoped object (names never contain a `/`).
+pub fn object_id(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// The namespace and name an [`object_id`] stands for.
+pub fn split_id(id: &str) -> (Option<&str>, &str) {
+    match id.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, id),
+    }
+}
+
+fn check_url_name(object: &Value, id: &str) -> Result<(), ApiError> {
+    let (namespace, name) = split_id(id);
+    if let Some(namespace) = namespace
+        && let Some(given) = object
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .filter(|ns| !ns.is_empty() && *ns != namespace)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the namespace of the provided object ({given}) does not match the namespace sent on the request ({namespace})"
+        )));
+    }
     match name_of(object) {
         Some(body_name) if body_name != name => Err(ApiError::bad_request(format!(
             "the name of the object ({body_name}) does not match the name on the URL ({name})"
@@ -841,7 +965,9 @@ mod tests {
     fn history_limit_expires_old_cursors() {
         let store = Store::new(2);
         for i in 0..4 {
-            store.create(&key(), widget(&format!("w{i}"))).unwrap();
+            store
+                .create(&key(), None, widget(&format!("w{i}")))
+                .unwrap();
         }
         // rv 1 and 2 were dropped: resuming after 1 would miss rv 2.
         assert_eq!(
@@ -857,12 +983,12 @@ mod tests {
     fn names_are_validated() {
         let store = Store::new(10);
         for bad in ["Upper", "-lead", "trail-", "sp ace", ""] {
-            let err = store.create(&key(), widget(bad)).unwrap_err();
+            let err = store.create(&key(), None, widget(bad)).unwrap_err();
             assert_eq!(err.code, http::StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
         }
         let mut generated = widget("");
         generated["metadata"] = json!({"generateName": "w-"});
-        let created = store.create(&key(), generated).unwrap();
+        let created = store.create(&key(), None, generated).unwrap();
         let name = name_of(&created).unwrap();
         assert!(name.starts_with("w-") && name.len() == 7, "{name}");
     }

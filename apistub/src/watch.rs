@@ -16,12 +16,13 @@ use tokio::{
     sync::{mpsc, watch},
     time::{Instant, interval_at, sleep_until},
 };
-use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tracing::{Instrument, debug, info_span};
 
 use crate::{
     error::ApiError,
     fault::{PauseRule, WatchInfo},
+    listener::Power,
     selector::Selector,
     store::{Event, EventType, ResourceKey, Store, presented},
 };
@@ -64,18 +65,23 @@ pub struct WatchContext {
     pub store: Arc<Store>,
     pub pauses: watch::Receiver<PauseRule>,
     pub shutdown: watch::Receiver<bool>,
+    pub power: watch::Receiver<Power>,
     pub counters: Arc<WatchCounters>,
     pub bookmark_interval: Duration,
 }
 
+/// A line of the body, or the error that aborts the response (the client sees the
+/// connection go without the end of the chunked body).
+type Chunk = Result<String, std::io::Error>;
+
 /// Starts the watch and returns its response body; the stream ends on timeout, server
-/// shutdown, client disconnect, or 410 Gone.
+/// shutdown, client disconnect, or 410 Gone, and breaks off on a restart.
 pub fn stream(ctx: WatchContext, spec: WatchSpec) -> Body {
-    let (tx, rx) = mpsc::channel::<String>(64);
+    let (tx, rx) = mpsc::channel::<Chunk>(64);
     let span = info_span!("watch", resource = %spec.key, labels = ?spec.info.label_selector, fields = ?spec.info.field_selector);
     ctx.counters.started.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(run(ctx, spec, tx).instrument(span));
-    Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>))
+    Body::from_stream(ReceiverStream::new(rx))
 }
 
 /// Decrements the open-watch count however the task ends.
@@ -87,9 +93,10 @@ impl Drop for Active {
     }
 }
 
-async fn run(mut ctx: WatchContext, spec: WatchSpec, tx: mpsc::Sender<String>) {
+async fn run(mut ctx: WatchContext, spec: WatchSpec, tx: mpsc::Sender<Chunk>) {
     ctx.counters.active.fetch_add(1, Ordering::Relaxed);
     let _active = Active(ctx.counters.clone());
+    let epoch = ctx.power.borrow_and_update().epoch;
     let mut latest = ctx.store.subscribe();
     let kind = ctx.store.kind_of(&spec.key);
     let (mut pending, mut cursor) = initial_events(&ctx.store, &spec, &kind);
@@ -127,6 +134,7 @@ async fn run(mut ctx: WatchContext, spec: WatchSpec, tx: mpsc::Sender<String>) {
             changed = ctx.pauses.changed() => if changed.is_err() { return },
             () = tx.closed() => return,
             _ = ctx.shutdown.wait_for(|down| *down) => return,
+            _ = ctx.power.wait_for(|p| p.epoch != epoch) => break,
             () = until(deadline) => {
                 debug!("watch timeout reached");
                 return;
@@ -136,6 +144,14 @@ async fn run(mut ctx: WatchContext, spec: WatchSpec, tx: mpsc::Sender<String>) {
             }
         }
     }
+    // The server is going down: break the response off (no end of the chunked body).
+    // Queued events go first; a client that reads nothing is cut off when the task ends.
+    debug!("server restarting: breaking the watch off");
+    let cut = std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "plinth-apistub restarted",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(cut))).await;
 }
 
 /// The synthetic events a watch opens with, and the resourceVersion they were read at.
@@ -159,13 +175,13 @@ fn initial_events(store: &Store, spec: &WatchSpec, kind: &str) -> (VecDeque<Stri
 
 /// Sends the lines in order; `Err` when the client is gone or the server is stopping.
 async fn deliver(
-    tx: &mpsc::Sender<String>,
+    tx: &mpsc::Sender<Chunk>,
     shutdown: &mut watch::Receiver<bool>,
     lines: VecDeque<String>,
 ) -> Result<(), ()> {
     for l in lines {
         tokio::select! {
-            sent = tx.send(l) => sent.map_err(|_| ())?,
+            sent = tx.send(Ok(l)) => sent.map_err(|_| ())?,
             _ = shutdown.wait_for(|down| *down) => return Err(()),
         }
     }

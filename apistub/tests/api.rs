@@ -615,7 +615,7 @@ async fn malformed_requests_get_status_answers() {
         refusal(
             &client,
             Method::GET,
-            "/api/v1/namespaces/default/pods",
+            "/apis/apps/v1/namespaces/default/deployments/x/scale",
             json,
             ""
         )

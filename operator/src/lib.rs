@@ -2,6 +2,7 @@
 
 pub mod crd;
 pub mod generate;
+pub mod health;
 pub mod labels;
 pub mod metrics;
 pub mod reconcile;

@@ -2,12 +2,15 @@
 //!
 //! With `--leader-elect`, every replica serves `/healthz`, `/readyz` and `/metrics`, but
 //! only the holder of the Lease runs the controller, so two replicas never reconcile at
-//! once. SIGTERM (or Ctrl-C) stops the controller after its in-flight reconciles, releases
+//! once. `/readyz` fails while the running controller has a watch that is not live (the
+//! API server is down, or a watch is relisting); `/healthz` fails once that, or a
+//! reconcile in flight, has lasted past `--wedged-after-seconds`, so the kubelet restarts
+//! an operator that would otherwise sit deaf (see [`crate::health`]). SIGTERM (or Ctrl-C) stops the controller after its in-flight reconciles, releases
 //! the Lease so a standby takes over at once, and stops the HTTP server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -23,6 +26,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
+use crate::health::{DEFAULT_WEDGED_AFTER, Health, Verdict};
 use crate::metrics::{self, Metrics};
 use crate::reconcile::{FIELD_MANAGER, controller};
 
@@ -61,6 +65,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 15)]
     pub lease_duration: u64,
 
+    /// Seconds after which a watch that stays down, or a reconcile that has not finished,
+    /// makes /healthz fail (so the kubelet restarts a wedged operator).
+    #[arg(long, default_value_t = DEFAULT_WEDGED_AFTER.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub wedged_after_seconds: u64,
+
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -91,11 +100,14 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// How long a request may wait for the next bytes of its answer: a server that vanished
+/// without closing the connection fails the request instead of holding it forever. Longer
+/// than a watch's server-side timeout, so a quiet watch ends before it.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What the HTTP endpoints report.
-#[derive(Default)]
-struct Health {
-    /// The API server answered once: this replica can do its job (as leader or standby).
-    ready: AtomicBool,
+struct Endpoints {
+    health: Health,
     registry: Registry,
 }
 
@@ -103,8 +115,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let health = Arc::new(Health {
-        ready: AtomicBool::new(false),
+    let health = Health::new(Duration::from_secs(args.wedged_after_seconds));
+    let endpoints = Arc::new(Endpoints {
+        health: health.clone(),
         registry,
     });
 
@@ -115,17 +128,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
     info!(addr = %args.http_addr, "serving /metrics, /healthz, /readyz");
-    let server = tokio::spawn(serve(listener, health.clone(), stopped(stop_rx.clone())));
+    let server = tokio::spawn(serve(listener, endpoints, stopped(stop_rx.clone())));
 
-    let client = Client::try_default()
+    let mut config = kube::Config::infer()
         .await
-        .context("building the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+        .context("loading the Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+    config.read_timeout = Some(READ_TIMEOUT);
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
     let version = client
         .apiserver_version()
         .await
         .context("reaching the API server")?;
     info!(version = %version.git_version, "connected to the API server");
-    health.ready.store(true, Ordering::Relaxed);
+    health.set_connected();
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let reporter = Reporter {
@@ -133,9 +148,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance: Some(identity.clone()),
     };
     let result = if args.leader_elect {
-        lead_then_run(&args, client, metrics, reporter, identity, stop_rx).await
+        lead_then_run(&args, client, metrics, reporter, health, identity, stop_rx).await
     } else {
-        run_controller(client, metrics, reporter, stop_rx).await;
+        run_controller(client, metrics, reporter, health, stop_rx).await;
         Ok(())
     };
     match server.await {
@@ -152,10 +167,11 @@ async fn run_controller(
     client: Client,
     metrics: Metrics,
     reporter: Reporter,
+    health: Health,
     stop: watch::Receiver<bool>,
 ) {
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(client, metrics, reporter, async {
+    let task = tokio::spawn(controller::run(client, metrics, reporter, health, async {
         let _ = rx.await;
     }));
     stopped(stop).await;
@@ -172,6 +188,7 @@ async fn lead_then_run(
     client: Client,
     metrics: Metrics,
     reporter: Reporter,
+    health: Health,
     identity: String,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -206,6 +223,7 @@ async fn lead_then_run(
             client.clone(),
             metrics.clone(),
             reporter.clone(),
+            health.clone(),
             async {
                 let _ = rx.await;
             },
@@ -271,21 +289,21 @@ async fn forward_signals(stop: watch::Sender<bool>) {
 
 async fn serve(
     listener: tokio::net::TcpListener,
-    health: Arc<Health>,
+    endpoints: Arc<Endpoints>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(health);
+        .with_state(endpoints);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    match metrics::render(&health.registry) {
+async fn metrics_text(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
+    match metrics::render(&endpoints.registry) {
         Ok(text) => (
             StatusCode::OK,
             [(
@@ -302,15 +320,19 @@ async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
     }
 }
 
-async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
-    if health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the API server yet",
-        )
+fn answer(verdict: Verdict) -> (StatusCode, String) {
+    match verdict {
+        Verdict::Ok => (StatusCode::OK, "ok".to_owned()),
+        Verdict::Failing(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
+}
+
+async fn readyz(State(endpoints): State<Arc<Endpoints>>) -> (StatusCode, String) {
+    answer(endpoints.health.readiness())
+}
+
+async fn healthz(State(endpoints): State<Arc<Endpoints>>) -> (StatusCode, String) {
+    answer(endpoints.health.liveness())
 }
 
 #[cfg(test)]
@@ -339,19 +361,36 @@ mod tests {
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         metrics.observe_reconcile(std::time::Duration::from_millis(2), None);
-        let health = Arc::new(Health {
-            ready: AtomicBool::new(false),
+        let health = Health::new(Duration::from_millis(50));
+        let endpoints = Arc::new(Endpoints {
+            health: health.clone(),
             registry,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, health.clone(), stopped(stop_rx)));
+        let server = tokio::spawn(serve(listener, endpoints, stopped(stop_rx)));
 
         assert_eq!(get(addr, "/healthz").await.0, 200);
         assert_eq!(get(addr, "/readyz").await.0, 503);
-        health.ready.store(true, Ordering::Relaxed);
+        health.set_connected();
         assert_eq!(get(addr, "/readyz").await.0, 200);
+        let watch = health.watch("csideployments");
+        let (code, body) = get(addr, "/readyz").await;
+        assert_eq!(
+            (code, body.as_str()),
+            (503, "watch csideployments: not listed yet\n")
+        );
+        watch.synced();
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+        watch.failed(&"connection reset");
+        assert_eq!(get(addr, "/readyz").await.0, 503);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let (code, body) = get(addr, "/healthz").await;
+        assert_eq!(code, 503);
+        assert!(body.contains("watch csideployments not live"), "{body}");
+        watch.synced();
+        assert_eq!(get(addr, "/healthz").await.0, 200);
         let (code, body) = get(addr, "/metrics").await;
         assert_eq!(code, 200);
         assert!(

@@ -387,8 +387,15 @@ async fn ready_pods_and_registered_nodes_make_it_ready_and_transition_time_moves
     h.fake.set_snapshot_crds(true);
     h.create("local", minimal());
     h.reconcile_ok("local").await;
-    let not_ready_since = condition(&h.status("local"), "Ready")["lastTransitionTime"].clone();
-    let degraded_since = condition(&h.status("local"), "Degraded")["lastTransitionTime"].clone();
+    assert_eq!(condition(&h.status("local"), "Ready")["status"], "False");
+    // Back-date every condition, so that a time that moves is visible even when the
+    // whole test runs within one second (the times have second resolution).
+    const LONG_AGO: &str = "2020-01-01T00:00:00Z";
+    h.fake.modify(&cr_path("local"), |cr| {
+        for c in cr["status"]["conditions"].as_array_mut().unwrap() {
+            c["lastTransitionTime"] = json!(LONG_AGO);
+        }
+    });
 
     h.fake.modify(&sts_path(), |sts| {
         sts["status"] = json!({"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 1});
@@ -408,6 +415,11 @@ async fn ready_pods_and_registered_nodes_make_it_ready_and_transition_time_moves
             .contains("1/2 nodes")
     );
     assert_eq!(status["registration"], "1/2");
+    assert_eq!(
+        condition(&status, "Ready")["lastTransitionTime"],
+        LONG_AGO,
+        "Ready stayed False (another reason): its time stays"
+    );
 
     h.register_nodes(&["node-b"]);
     h.reconcile_ok("local").await;
@@ -424,12 +436,25 @@ async fn ready_pods_and_registered_nodes_make_it_ready_and_transition_time_moves
         status["node"],
         json!({"desired": 2, "ready": 2, "updated": 2})
     );
-    // Degraded never flipped, so its time stayed; Ready's stayed while it was False.
+    // Degraded never flipped, so its time stayed; Ready's moved when it flipped to True...
     assert_eq!(
         condition(&status, "Degraded")["lastTransitionTime"],
-        degraded_since
+        LONG_AGO
     );
-    let _ = not_ready_since;
+    let ready_since = condition(&status, "Ready")["lastTransitionTime"].clone();
+    assert_ne!(ready_since, LONG_AGO, "Ready flipped: its time moves");
+    assert!(
+        ready_since.as_str().is_some_and(|t| t > LONG_AGO),
+        "{ready_since}"
+    );
+    // ... and only then: a resync with Ready still True keeps it.
+    h.reconcile_ok("local").await;
+    let status = h.status("local");
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    assert_eq!(
+        condition(&status, "Ready")["lastTransitionTime"],
+        ready_since
+    );
 }
 
 #[tokio::test]

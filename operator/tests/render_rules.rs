@@ -141,6 +141,81 @@ fn resize_decides_the_resizer_and_volume_expansion() {
     );
 }
 
+/// The node DaemonSet's pod template as bytes: what decides whether it rolls.
+fn node_template(r: &plinth_operator::render::Rendered) -> String {
+    let ds = daemon_set(r);
+    serde_json::to_string(&ds.spec.as_ref().unwrap().template).unwrap()
+}
+
+#[test]
+fn controller_only_toggles_leave_the_node_pod_template_byte_identical() {
+    let base = render_ok(&fixture("minimal"), &full_env());
+    for (what, off) in [
+        (
+            "snapshots",
+            Features {
+                snapshots: Some(false),
+                ..Features::default()
+            },
+        ),
+        (
+            "clones",
+            Features {
+                clones: Some(false),
+                ..Features::default()
+            },
+        ),
+        (
+            "capacity tracking",
+            Features {
+                capacity_tracking: Some(false),
+                ..Features::default()
+            },
+        ),
+    ] {
+        let toggled = render_ok(&features(off), &full_env());
+        assert_ne!(
+            controller_pod(&toggled),
+            controller_pod(&base),
+            "{what} changes the controller"
+        );
+        assert_eq!(
+            node_template(&toggled),
+            node_template(&base),
+            "switching {what} off must not roll the node DaemonSet"
+        );
+    }
+    // The snapshot CRDs going away is controller-only too.
+    let no_crds = render_ok(
+        &fixture("minimal"),
+        &RenderEnv {
+            snapshot_crds_present: false,
+            ..full_env()
+        },
+    );
+    assert_eq!(node_template(&no_crds), node_template(&base));
+
+    // Resize is served by the node too (NodeExpandVolume, its EXPAND_VOLUME capability):
+    // that toggle rolls it, through the driver's arguments only.
+    let no_resize = render_ok(
+        &features(Features {
+            resize: Some(false),
+            ..Features::default()
+        }),
+        &full_env(),
+    );
+    let no_resize_args = args(container(node_pod(&no_resize), "plinth-driver").unwrap());
+    let base_args = args(container(node_pod(&base), "plinth-driver").unwrap());
+    assert!(
+        no_resize_args.contains(&"--disable=expansion"),
+        "{no_resize_args:?}"
+    );
+    assert!(
+        !base_args.iter().any(|a| a.starts_with("--disable")),
+        "{base_args:?}"
+    );
+}
+
 #[test]
 fn ephemeral_sets_lifecycle_modes_and_pod_info() {
     let on = render_ok(&fixture("minimal"), &full_env());
@@ -429,9 +504,20 @@ fn the_real_driver_cli_accepts_the_rendered_arguments() {
                 let planned = plinth_operator::render::Plan::new(&cr, &env)
                     .builtin
                     .unwrap();
+                // The node is told only the switches the node side serves (the others
+                // are the controller's business: toggling them must not roll the node).
+                let node_side = |f: DriverFeatures| [f.expansion, f.ephemeral, f.topology];
                 if served == plinth_driver::config::served_features() {
                     // The driver serves exactly the features the operator deployed for.
-                    assert_eq!(config.features, planned, "{name} {mode}");
+                    if mode == "controller" {
+                        assert_eq!(config.features, planned, "{name} {mode}");
+                    } else {
+                        assert_eq!(
+                            node_side(config.features),
+                            node_side(planned),
+                            "{name} {mode}"
+                        );
+                    }
                 } else {
                     // Whatever the build serves, a switched-off feature stays off.
                     let on = |f: DriverFeatures| {
@@ -445,7 +531,15 @@ fn the_real_driver_cli_accepts_the_rendered_arguments() {
                             f.group_snapshots,
                         ]
                     };
-                    for (got, want) in on(config.features).into_iter().zip(on(planned)) {
+                    let pairs: Vec<(bool, bool)> = if mode == "controller" {
+                        on(config.features).into_iter().zip(on(planned)).collect()
+                    } else {
+                        node_side(config.features)
+                            .into_iter()
+                            .zip(node_side(planned))
+                            .collect()
+                    };
+                    for (got, want) in pairs {
                         assert!(want || !got, "{name} {mode}");
                     }
                 }

@@ -9,7 +9,10 @@
 //! PoolSnapshot / PoolNode CRDs (installed from the code) and a cluster that can pull the
 //! driver and sidecar images. The volume test ([`volumes`]) also needs the
 //! external-snapshotter CRDs and snapshot-controller, and pulls a busybox image for its
-//! pods. Environment:
+//! pods. [`snapshot_crds`] wants the snapshot CRDs absent (it installs stand-ins, then
+//! removes them), or leave to remove and restore the cluster's own
+//! (`PLINTH_E2E_REINSTALL_SNAPSHOT_CRDS=1`, only with no snapshots in the cluster); without
+//! either it skips itself, saying so. Environment:
 //! - `PLINTH_E2E_NAMESPACE` (default `plinth-e2e`): where the driver's workloads and the
 //!   test's claims and pods go;
 //! - `PLINTH_E2E_DRIVER_IMAGE`: driver image to deploy (e.g. one loaded into kind);
@@ -25,6 +28,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod restart;
+mod snapshot_crds;
 mod volumes;
 mod workloads;
 

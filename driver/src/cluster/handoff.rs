@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::wait::await_condition;
 use kube::{Api, Resource, ResourceExt};
 use plinth_csi_proto::v1;
 use tracing::Span;
@@ -22,7 +21,7 @@ use super::crd::{
     PoolVolume, PoolVolumeSpec, Record, WorkError,
 };
 use super::placement::{self, Room};
-use super::{Cluster, ClusterError, ids, is_transient, parse_code};
+use super::{Cluster, ClusterError, ids, is_transient, parse_code, watch};
 use crate::error::Error;
 use crate::pool::{CapacityRange, ContentSource, VolumeAccess, VolumeId, image_size};
 use crate::snapshot::SnapshotId;
@@ -208,15 +207,15 @@ async fn wait<K: Work>(
     let name = current.name_any();
     let condition =
         move |object: Option<&K>| object.is_none_or(|o| settled(o, operation).is_some());
+    // Watch errors (an API-server restart) are retried within the bound.
     let waited = tokio::time::timeout(
         cluster.handoff_timeout,
-        await_condition(api.clone(), &name, condition),
+        watch::until(api.clone(), &name, condition),
     )
     .await;
     match waited {
-        Ok(Ok(Some(object))) => Ok(settled(&object, operation).unwrap_or(Settled::Gone)),
-        Ok(Ok(None)) => Ok(Settled::Gone),
-        Ok(Err(error)) => Err(ClusterError::Watch(error).into()),
+        Ok(Some(object)) => Ok(settled(&object, operation).unwrap_or(Settled::Gone)),
+        Ok(None) => Ok(Settled::Gone),
         Err(_) => {
             tracing::info!(
                 ?operation,

@@ -16,6 +16,7 @@ pub mod crd;
 pub mod handoff;
 pub mod ids;
 pub mod placement;
+pub mod watch;
 
 use std::fmt;
 use std::time::Duration;
@@ -87,9 +88,6 @@ pub enum ClusterError {
     Deleting { what: String },
     #[error("{what} not found")]
     NotFound { what: String },
-    /// The watch that waits for a node's answer failed.
-    #[error("waiting for the node's answer failed")]
-    Watch(#[source] kube::runtime::wait::Error),
     /// An object holds what the driver never writes (a hand edit, or a node's bug).
     #[error("{0}")]
     Malformed(String),
@@ -109,7 +107,6 @@ impl ClusterError {
             Self::Conflict { .. } => Code::AlreadyExists,
             Self::Deleting { .. } => Code::Aborted,
             Self::NotFound { .. } => Code::NotFound,
-            Self::Watch(_) => Code::Unavailable,
             Self::Malformed(_) => Code::Internal,
         }
     }

@@ -54,8 +54,14 @@ pub fn own_rules() -> Vec<PolicyRule> {
         rule(&[""], &["persistentvolumes"], &["list"]),
         // The built-in driver's per-node capacity records go with the driver.
         rule(&["plinth.dev"], &["poolnodes"], &["list", "delete"]),
-        // No rule for CustomResourceDefinitions: whether the snapshot APIs are served is
-        // asked through API discovery, which every authenticated user may read.
+        // Whether the snapshot APIs are served is asked through API discovery, which every
+        // authenticated user may read; their CRDs are watched (metadata only) so that one
+        // installed after the operator started is noticed at once.
+        rule(
+            &["apiextensions.k8s.io"],
+            &["customresourcedefinitions"],
+            &["list", "watch"],
+        ),
         // Events about a cluster-scoped CsiDeployment land in `default`; about namespaced
         // objects in theirs: so cluster-wide. `patch` updates an event series.
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::storage::v1::CSINode;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config, Controller};
@@ -21,8 +22,11 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
+use super::discovery::OPTIONAL_CRDS;
+use super::watches::{self, relisting};
 use super::{Context, error_policy, reconcile};
 use crate::crd::CsiDeployment;
+use crate::health::Health;
 use crate::labels::{CR_LABEL, MANAGED_BY};
 use crate::metrics::Metrics;
 use crate::render::ManagedKind;
@@ -37,8 +41,9 @@ fn owner_of(meta: PartialObjectMeta<DynamicObject>) -> Option<ObjectRef<CsiDeplo
 
 /// Every known CR: CSINode changes (a kubelet registering or dropping a driver) concern
 /// whichever CR deploys one of the listed drivers, and after a removal the list no longer
-/// says which. CsiDeployments are few, so reconciling them all is cheap.
-fn every_cr(store: Store<CsiDeployment>) -> impl Fn(CSINode) -> Vec<ObjectRef<CsiDeployment>> {
+/// says which; an optional CRD arriving or going changes what every CR renders.
+/// CsiDeployments are few, so reconciling them all is cheap.
+fn every_cr<T>(store: Store<CsiDeployment>) -> impl Fn(T) -> Vec<ObjectRef<CsiDeployment>> {
     move |_| {
         store
             .state()
@@ -49,22 +54,28 @@ fn every_cr(store: Store<CsiDeployment>) -> impl Fn(CSINode) -> Vec<ObjectRef<Cs
 }
 
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
+/// Every watch relists after any error (see [`watches`]) and reports to `health`.
 pub async fn run(
     client: Client,
     metrics: Metrics,
     reporter: Reporter,
+    health: Health,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let crs: Api<CsiDeployment> = Api::all(client.clone());
-    let controller = Controller::new(crs, watcher::Config::default().any_semantic());
-    let deployments = controller.store();
+    let (deployments, deployment_writer) = reflector::store();
+    let cr_events = relisting(health.watch("csideployments"), move || {
+        watcher(crs.clone(), watches::config())
+    })
+    .reflect(deployment_writer)
+    .applied_objects();
+    let controller = Controller::for_stream(cr_events, deployments.clone());
 
     let (csinodes, csinode_writer) = reflector::store();
-    let csinode_events = watcher(
-        Api::<CSINode>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
+    let csinode_api = Api::<CSINode>::all(client.clone());
+    let csinode_events = relisting(health.watch("csinodes"), move || {
+        watcher(csinode_api.clone(), watches::config())
+    })
     // One cached CSINode per node: keep only what registration counts need.
     .modify(|node| {
         node.managed_fields_mut().clear();
@@ -74,9 +85,30 @@ pub async fn run(
     .touched_objects();
     let mut controller = controller.watches_stream(csinode_events, every_cr(deployments.clone()));
 
-    let owned = watcher::Config::default()
-        .labels(&format!("{}={},{CR_LABEL}", MANAGED_BY.0, MANAGED_BY.1))
-        .any_semantic();
+    // CustomResourceDefinitions, metadata only: one of the optional ones (snapshots,
+    // group snapshots) installed, established or removed after start changes what every
+    // CR renders (the snapshotter sidecar, VolumeSnapshotClasses), so every CR is
+    // reconciled; the others map to nothing.
+    let crd_api: Api<PartialObjectMeta<CustomResourceDefinition>> = Api::all(client.clone());
+    let crd_events = relisting(health.watch("customresourcedefinitions"), move || {
+        watcher(crd_api.clone(), watches::config())
+    })
+    .touched_objects()
+    .predicate_filter(predicates::resource_version, Default::default());
+    let crs_of_optional_crd = {
+        let all = every_cr(deployments.clone());
+        move |crd: PartialObjectMeta<CustomResourceDefinition>| {
+            if OPTIONAL_CRDS.contains(&crd.name_any().as_str()) {
+                info!(crd = %crd.name_any(), "an optional API changed; reconciling every CsiDeployment");
+                all(())
+            } else {
+                Vec::new()
+            }
+        }
+    };
+    controller = controller.watches_stream(crd_events, crs_of_optional_crd);
+
+    let owned = watches::config().labels(&format!("{}={},{CR_LABEL}", MANAGED_BY.0, MANAGED_BY.1));
     for &kind in ManagedKind::ALL {
         if kind.needs_optional_crd() && !served(&client, kind).await {
             info!(
@@ -87,10 +119,12 @@ pub async fn run(
         }
         let resource = kind.api_resource();
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &resource);
-        let events = watcher(api, owned.clone())
-            .default_backoff()
-            .touched_objects()
-            .predicate_filter(predicates::resource_version, Default::default());
+        let config = owned.clone();
+        let events = relisting(health.watch(&resource.plural), move || {
+            watcher(api.clone(), config.clone())
+        })
+        .touched_objects()
+        .predicate_filter(predicates::resource_version, Default::default());
         controller = controller.watches_stream_with(events, owner_of, resource);
     }
 
@@ -102,19 +136,36 @@ pub async fn run(
         deployments,
         csinodes,
     ));
+    let in_flight = health.clone();
     controller
         .with_config(Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |cr, ctx| {
+                let guard = in_flight.reconcile_started(&cr.name_any());
+                async move {
+                    let result = reconcile(cr, ctx).await;
+                    drop(guard);
+                    result
+                }
+            },
+            error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             match result {
                 Ok((cr, _)) => debug!(cr = %cr.name, "reconciled"),
                 // Already logged by the error policy, with the retry decision.
                 Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // Logged by the watch, which relists.
+                Err(kube::runtime::controller::Error::QueueError(err)) => {
+                    debug!(error = %err, "watch error");
+                }
                 Err(err) => warn!(error = %err, "controller"),
             }
         })
         .await;
+    health.controller_stopped();
 }
 
 /// Whether the API server serves `kind` (its CRD may be missing).

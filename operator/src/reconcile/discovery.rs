@@ -19,6 +19,17 @@ const SNAPSHOT_RESOURCES: [&str; 3] = [
 ];
 const GROUP_SNAPSHOT_GROUP: &str = "groupsnapshot.storage.k8s.io";
 
+/// The CustomResourceDefinitions whose arrival (or removal) changes what is rendered:
+/// external-snapshotter's, for snapshots and group snapshots.
+pub const OPTIONAL_CRDS: &[&str] = &[
+    "volumesnapshots.snapshot.storage.k8s.io",
+    "volumesnapshotcontents.snapshot.storage.k8s.io",
+    "volumesnapshotclasses.snapshot.storage.k8s.io",
+    "volumegroupsnapshots.groupsnapshot.storage.k8s.io",
+    "volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io",
+    "volumegroupsnapshotclasses.groupsnapshot.storage.k8s.io",
+];
+
 /// Asks the API server which optional snapshot APIs it serves, on top of `base` (what
 /// the built-in driver of this release serves). Only what the spec could use is asked:
 /// with snapshots switched off nothing is requested.

@@ -16,6 +16,7 @@ pub mod fingerprint;
 pub mod objects;
 pub mod prune;
 pub mod status;
+pub mod watches;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

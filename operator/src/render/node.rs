@@ -212,7 +212,10 @@ fn driver(cr: &CsiDeployment, plan: &Plan, paths: &KubeletPaths) -> Container {
     let node = &cr.spec.node;
     let args = match (&plan.builtin, &cr.spec.driver.third_party) {
         (Some(features), _) => {
-            let mut args = pod::builtin_args(cr, "node", &plan::disabled_switches(features));
+            // Only what the node side serves: a controller-only toggle leaves the pod
+            // template alone, so the DaemonSet does not roll.
+            let disabled = plan::node_disabled_switches(features);
+            let mut args = pod::builtin_args(cr, "node", &disabled);
             args.push(format!("--pool={}", node.pool_path));
             if let Some(reserve) = &node.pool_reserve {
                 args.push(format!("--pool-reserve={reserve}"));

@@ -235,6 +235,24 @@ pub fn restrict(declared: &Capabilities, f: &Features) -> Capabilities {
     caps
 }
 
+/// The built-in node plugin's `--disable` values: only the switches that change what
+/// the node side serves. Expansion is NodeExpandVolume and the node's EXPAND_VOLUME
+/// capability, ephemeral is NodePublishVolume of inline volumes, topology is
+/// NodeGetInfo's segment. Snapshots, clones, capacity and group snapshots are the
+/// controller's business (it refuses what is off before any work reaches a node), so
+/// toggling them does not roll the node DaemonSet.
+pub fn node_disabled_switches(f: &DriverFeatures) -> Vec<&'static str> {
+    [
+        (f.expansion, "expansion"),
+        (f.ephemeral, "ephemeral"),
+        (f.topology, "topology"),
+    ]
+    .into_iter()
+    .filter(|(on, _)| !on)
+    .map(|(_, name)| name)
+    .collect()
+}
+
 /// The built-in driver's `--disable` values for the switches that are off, in the
 /// driver's own spelling (`plinth-driver --disable`).
 pub fn disabled_switches(f: &DriverFeatures) -> Vec<&'static str> {

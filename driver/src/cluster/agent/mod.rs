@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::cluster::crd::{self, Operation, Record, WorkError};
+use crate::cluster::watch::WatchBackoff;
 use crate::cluster::{parse_code, work_error};
 use crate::error::{Error, chain};
 use crate::state::Driver;
@@ -165,6 +166,8 @@ impl Agent {
         let selector = crd::node_selector(&self.driver_name, &self.node);
         let config = watcher::Config::default().labels(&selector);
         Controller::new(api, config)
+            // Back on its feet within 2 s of an API-server restart, not kube's 30 s.
+            .trigger_backoff(WatchBackoff::default())
             .with_config(controller::Config::default().concurrency(CONCURRENCY))
             .run(
                 |object, agent| async move {

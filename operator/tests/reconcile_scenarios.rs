@@ -905,3 +905,103 @@ async fn an_api_failure_is_reported_and_backs_off_exponentially() {
     let (_, action) = h.reconcile("local").await;
     assert_eq!(action, Action::requeue(Duration::from_secs(1)));
 }
+
+/// A class the CR names that already exists and is not the CR's: left alone (no apply,
+/// no replacement, no delete), the rest deployed, and the condition says whose it is and
+/// what to change.
+#[tokio::test]
+async fn an_existing_object_that_is_not_ours_is_left_alone_and_named_in_status() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    let standard = object_path(ManagedKind::StorageClass, None, "standard");
+    h.fake.insert(
+        &standard,
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "standard",
+                            "managedFields": [{"manager": "kubectl-client-side-apply",
+                                               "operation": "Update"}]},
+               "provisioner": "rancher.io/local-path",
+               "parameters": {"nodePath": "/opt"}}),
+    );
+    h.create(
+        "local",
+        json!({"namespace": "plinth-system",
+               "storageClasses": [{"name": "standard"}, {"name": "plinth-fast"}]}),
+    );
+
+    let (result, action) = h.reconcile("local").await;
+    assert!(matches!(result, Err(Error::NotOwned(_))), "{result:?}");
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    let log = h.fake.log();
+    assert!(
+        !log.iter().any(|r| r.path == standard && r.is_write()),
+        "the cluster's class was written: {:#?}",
+        lines(&log)
+    );
+    assert_eq!(
+        h.fake.get(&standard).unwrap()["provisioner"],
+        "rancher.io/local-path"
+    );
+    // The rest is deployed, our own class included.
+    let ours = object_path(ManagedKind::StorageClass, None, "plinth-fast");
+    assert!(object_applies(&log).iter().any(|r| r.path == ours));
+    assert!(object_applies(&log).iter().any(|r| r.path == sts_path()));
+    let degraded = condition(&h.status("local"), "Degraded").clone();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "NotOwned");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("StorageClass/standard already exists and belongs to someone else")
+            && message.contains("kubectl-client-side-apply")
+            && message.contains("spec.storageClasses"),
+        "{message}"
+    );
+}
+
+/// Two CRs naming one StorageClass: the one that created it keeps it; the other neither
+/// rewrites nor deletes it (no replace war), and says which CR holds it.
+#[tokio::test]
+async fn two_deployments_naming_one_class_do_not_take_it_from_each_other() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    let shared = object_path(ManagedKind::StorageClass, None, "shared");
+    h.create_at(
+        "first",
+        json!({"namespace": "plinth-system", "storageClasses": [{"name": "shared"}]}),
+        "2026-01-01T00:00:00Z",
+    );
+    h.reconcile_ok("first").await;
+    let uid = h.fake.get(&shared).unwrap()["metadata"]["uid"].clone();
+
+    h.create_at(
+        "second",
+        json!({"namespace": "other", "driver": {"name": "second.csi.plinth.dev"},
+               "storageClasses": [{"name": "shared",
+                                   "parameters": {"csi.storage.k8s.io/fstype": "xfs"}}]}),
+        "2026-01-02T00:00:00Z",
+    );
+    h.fake.clear_log();
+    let (result, _) = h.reconcile("second").await;
+    assert!(matches!(result, Err(Error::NotOwned(_))), "{result:?}");
+    let log = h.fake.log();
+    assert!(!log.iter().any(|r| r.path == shared && r.is_write()));
+    assert_eq!(h.fake.get(&shared).unwrap()["metadata"]["uid"], uid);
+    let message = condition(&h.status("second"), "Degraded")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("belongs to CsiDeployment first"),
+        "{message}"
+    );
+
+    // The first goes on owning it: a resync writes nothing to it.
+    h.fake.clear_log();
+    h.reconcile_ok("first").await;
+    assert!(
+        !h.fake
+            .log()
+            .iter()
+            .any(|r| r.path == shared && r.is_write())
+    );
+}

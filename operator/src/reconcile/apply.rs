@@ -46,7 +46,9 @@ pub async fn apply_object(
     let patch = Patch::Apply(&desired.body);
     let (applied, outcome) = match api.patch(name, &apply_params(), &patch).await {
         Ok(obj) => (obj, Outcome::Applied),
-        Err(err) if is_immutable_rejection(&err) => {
+        // Replacing deletes: only ever an object we listed as ours (a live object carries
+        // our labels and its uid goes with the deletion).
+        Err(err) if is_immutable_rejection(&err) && live.is_some_and(|l| l.uid.is_some()) => {
             info!(error = %err, "immutable field changed: replacing the object");
             // Only the instance we listed (uid precondition), never one somebody
             // re-created meanwhile; background propagation lets the new object be

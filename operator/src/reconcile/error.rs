@@ -38,6 +38,11 @@ pub enum Error {
     #[error("driver name {driver} is already deployed by CsiDeployment {holder}")]
     DriverNameConflict { driver: String, holder: String },
 
+    /// Objects the CR would create exist and belong to someone else: they were left
+    /// alone (the message says which and to whom, and what to change).
+    #[error("{0}")]
+    NotOwned(String),
+
     /// An API request failed; usually transient (apiserver restart, throttling, conflict).
     #[error("cannot {verb} {target}: {source}")]
     Api {
@@ -62,7 +67,16 @@ impl Error {
         match self {
             Self::InvalidSpec(_) => "invalid_spec",
             Self::DriverNameConflict { .. } => "driver_name_conflict",
+            Self::NotOwned(_) => "not_owned",
             Self::Api { .. } => "api",
+        }
+    }
+
+    /// The `reason` of the Degraded condition a failed apply leaves.
+    pub fn condition_reason(&self) -> &'static str {
+        match self {
+            Self::NotOwned(_) => "NotOwned",
+            _ => "ApplyFailed",
         }
     }
 
@@ -75,6 +89,9 @@ impl Error {
             // Resolves when the other CR goes away or changes its driver name; its
             // deletion does not trigger this CR, so look again now and then.
             Self::DriverNameConflict { .. } => Some(Duration::from_secs(60)),
+            // Resolves when the other object goes, which does not trigger this CR (it is
+            // not ours to watch).
+            Self::NotOwned(_) => Some(Duration::from_secs(60)),
             Self::Api { .. } => Some(backoff(failures)),
         }
     }

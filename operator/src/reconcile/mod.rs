@@ -14,6 +14,7 @@ pub mod events;
 pub mod finalizer;
 pub mod fingerprint;
 pub mod objects;
+pub mod ownership;
 pub mod prune;
 pub mod status;
 pub mod watches;
@@ -182,7 +183,12 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
         Err(err) => {
             // Tell the user in status (RBAC refusals, admission webhooks); the error
             // itself still drives the backoff.
-            let failed = Verdict::new(DEGRADED, CondStatus::True, "ApplyFailed", err.to_string());
+            let failed = Verdict::new(
+                DEGRADED,
+                CondStatus::True,
+                err.condition_reason(),
+                err.to_string(),
+            );
             let full = status::with_condition(cr, &failed, &now());
             if let Err(status_err) = status::write_status(&ctx.client, cr, &full).await {
                 warn!(error = %status_err, "could not record the failure in status");
@@ -209,8 +215,15 @@ async fn sync_objects(
     let desired: Vec<Desired> = rendered.objects.iter().map(Desired::from).collect();
     let live = prune::list_owned(&ctx.client, ManagedKind::ALL, &name).await?;
     let mut applied = Vec::new();
+    let mut not_ours = Vec::new();
     for d in &desired {
         let current = live.iter().find(|l| l.key == d.key);
+        if current.is_none()
+            && let Some(holder) = ownership::foreign_holder(&ctx.client, d, &name).await?
+        {
+            not_ours.push((d.key.to_string(), holder));
+            continue;
+        }
         let outcome =
             apply::apply_object(&ctx.client, &ctx.fingerprints, &name, d, current).await?;
         let kind = d.key.kind.as_str();
@@ -239,6 +252,9 @@ async fn sync_objects(
     }
     if !pruned.is_empty() {
         events::publish(ctx, cr, Note::Pruned(&pruned)).await;
+    }
+    if !not_ours.is_empty() {
+        return Err(Error::NotOwned(ownership::describe(&not_ours)));
     }
     Ok(())
 }

@@ -20,7 +20,8 @@ pub const BUILTIN_DRIVER_NAME: &str = "local.csi.plinth.dev";
 /// Where kubelet keeps its state on most distributions.
 pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
 /// Where the built-in driver keeps volume images on each node.
-pub const DEFAULT_POOL_PATH: &str = "/var/lib/plinth/pool";
+/// Where pools go when `node.poolPath` is unset: one directory per driver name.
+pub const POOL_PATH_PARENT: &str = "/var/lib/plinth";
 /// The port the livenessprobe sidecar serves `/healthz` on.
 pub const DEFAULT_HEALTH_PORT: i32 = 9808;
 
@@ -86,6 +87,7 @@ pub struct CsiDeploymentSpec {
 
     /// The node DaemonSet (the driver's node plugin and kubelet registration).
     #[serde(default)]
+    #[x_kube(validation = Rule::new("has(self.poolPath) == has(oldSelf.poolPath) && (!has(self.poolPath) || self.poolPath == oldSelf.poolPath)").message("node.poolPath is immutable: the volumes' images live there; create a new CsiDeployment to use another directory"))]
     pub node: NodeSpec,
 
     /// Where images come from: registry mirror, per-image overrides, pull secrets.
@@ -334,10 +336,11 @@ pub struct NodeSpec {
     pub resources: BTreeMap<String, ResourceRequirements>,
 
     /// Built-in driver: host directory holding the volume images (mounted into the node pod
-    /// at the same path).
-    #[serde(default = "default_pool_path")]
+    /// at the same path). Unset: `/var/lib/plinth/<driver name>`, so deployments of
+    /// different drivers never share a pool. Immutable: the volumes' images live there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/.*[^/]$"))]
-    pub pool_path: String,
+    pub pool_path: Option<String>,
 
     /// Built-in driver: space kept free in the pool's filesystem, e.g. `10Gi` (a
     /// Kubernetes binary or decimal quantity without fractions).
@@ -350,6 +353,33 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_volumes_per_node: Option<i64>,
+
+    /// Built-in driver: limits on CSI ephemeral inline volumes, which any pod spec may ask
+    /// for without a claim or a quota. Unset fields keep the driver's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_volumes: Option<InlineVolumeLimits>,
+}
+
+/// Sizes are Kubernetes quantities without fractions, e.g. `512Mi`, `16Gi`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InlineVolumeLimits {
+    /// Size of an inline volume whose attributes name none. Default `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub default_size: Option<String>,
+    /// Largest inline volume one pod may ask for. Default `16Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub max_size: Option<String>,
+    /// What all inline volumes of one node may take together. Default `64Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub max_total_size: Option<String>,
+    /// How many inline volumes one node may hold at once. Default 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_volumes: Option<u32>,
 }
 
 impl Default for NodeSpec {
@@ -361,9 +391,10 @@ impl Default for NodeSpec {
             priority_class_name: default_node_priority(),
             update_strategy: NodeUpdateStrategy::default(),
             resources: BTreeMap::new(),
-            pool_path: default_pool_path(),
+            pool_path: None,
             pool_reserve: None,
             max_volumes_per_node: None,
+            inline_volumes: None,
         }
     }
 }
@@ -678,6 +709,14 @@ impl CsiDeploymentSpec {
     pub fn is_builtin(&self) -> bool {
         self.driver.third_party.is_none()
     }
+
+    /// The built-in driver's pool directory: `node.poolPath`, or one named for the driver.
+    pub fn pool_path(&self) -> String {
+        self.node
+            .pool_path
+            .clone()
+            .unwrap_or_else(|| format!("{POOL_PATH_PARENT}/{}", self.driver.name))
+    }
 }
 
 fn default_driver_name() -> String {
@@ -706,7 +745,4 @@ fn default_timeout() -> String {
 }
 fn default_kubelet_dir() -> String {
     DEFAULT_KUBELET_DIR.to_owned()
-}
-fn default_pool_path() -> String {
-    DEFAULT_POOL_PATH.to_owned()
 }

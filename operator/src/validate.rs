@@ -78,6 +78,7 @@ pub fn validate_in(cr: &CsiDeployment, env: &RenderEnv) -> Result<(), Validation
     driver(cr, &mut errors);
     features(cr, env, &mut errors);
     paths(cr, &mut errors);
+    inline_volumes(cr, &mut errors);
     csi_driver(cr, &plan, &mut errors);
     classes(cr, &plan, &mut errors);
     images_and_resources(cr, &mut errors);
@@ -280,19 +281,83 @@ fn paths(cr: &CsiDeployment, errors: &mut Errors) {
     let node = &cr.spec.node;
     check_host_path("spec.node.kubeletDir", &node.kubelet_dir, errors);
     if cr.spec.is_builtin() {
-        check_host_path("spec.node.poolPath", &node.pool_path, errors);
+        let pool_path = cr.spec.pool_path();
+        check_host_path("spec.node.poolPath", &pool_path, errors);
         let kubelet = Path::new(&node.kubelet_dir);
-        let pool = Path::new(&node.pool_path);
+        let pool = Path::new(&pool_path);
         if pool.starts_with(kubelet) || kubelet.starts_with(pool) {
             errors.add(
                 "spec.node.poolPath",
                 format!(
-                    "{:?} overlaps kubeletDir {:?}: the pool must be a directory of its own \
-                     (kubelet manages everything under its root)",
-                    node.pool_path, node.kubelet_dir
+                    "{pool_path:?} overlaps kubeletDir {:?}: the pool must be a directory of \
+                     its own (kubelet manages everything under its root)",
+                    node.kubelet_dir
                 ),
             );
         }
+    }
+}
+
+/// Inline-volume limits the driver would refuse at start (it would crash-loop instead).
+fn inline_volumes(cr: &CsiDeployment, errors: &mut Errors) {
+    let Some(limits) = &cr.spec.node.inline_volumes else {
+        return;
+    };
+    if !cr.spec.is_builtin() {
+        errors.add(
+            "spec.node.inlineVolumes",
+            "applies to the built-in driver only: remove it or spec.driver.thirdParty",
+        );
+        return;
+    }
+    let defaults = plinth_driver::ephemeral::Limits::default();
+    let size = |field: &str, value: &Option<String>, default: u64, errors: &mut Errors| match value
+        .as_deref()
+        .map(plinth_driver::config::parse_size)
+    {
+        None => Some(default),
+        Some(Ok(bytes)) if bytes > 0 => Some(bytes),
+        Some(_) => {
+            errors.add(
+                format!("spec.node.inlineVolumes.{field}"),
+                "must be a size above zero, e.g. 1Gi",
+            );
+            None
+        }
+    };
+    let default_size = size(
+        "defaultSize",
+        &limits.default_size,
+        defaults.default_bytes,
+        errors,
+    );
+    let max_size = size("maxSize", &limits.max_size, defaults.max_bytes, errors);
+    let total = size(
+        "maxTotalSize",
+        &limits.max_total_size,
+        defaults.node_max_bytes,
+        errors,
+    );
+    if let (Some(default_size), Some(max_size)) = (default_size, max_size)
+        && default_size > max_size
+    {
+        errors.add(
+            "spec.node.inlineVolumes.defaultSize",
+            format!(
+                "{default_size} bytes is above maxSize ({max_size} bytes): lower it or raise maxSize"
+            ),
+        );
+    }
+    if let (Some(max_size), Some(total)) = (max_size, total)
+        && max_size > total
+    {
+        errors.add(
+            "spec.node.inlineVolumes.maxSize",
+            format!(
+                "{max_size} bytes is above maxTotalSize ({total} bytes): one volume could never \
+                 fit; lower it or raise maxTotalSize"
+            ),
+        );
     }
 }
 

@@ -141,3 +141,55 @@ fn the_render_subcommand_prints_every_object_and_refuses_bad_input() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("spec.node.kubeletDir"), "{stderr}");
 }
+
+/// `node.poolPath` can neither change nor appear or vanish once the CR exists (the
+/// default follows the driver name, so unset is a value too): evaluated with a real CEL
+/// implementation, as the apiserver evaluates the transition rule on every update.
+#[test]
+fn pool_path_is_immutable_set_or_unset() {
+    let node = &schema()["properties"]["spec"]["properties"]["node"];
+    assert!(
+        node.get("default").is_some(),
+        "spec.node must default, or the rule is skipped when it is added later"
+    );
+    let rule = node["x-kubernetes-validations"][0]["rule"]
+        .as_str()
+        .expect("a transition rule on spec.node");
+    let cases = serde_json::json!([
+        [{"poolPath": "/srv/a"}, {"poolPath": "/srv/a"}, true],
+        [{"poolPath": "/srv/b"}, {"poolPath": "/srv/a"}, false],
+        [{"poolPath": "/srv/a"}, {}, false],
+        [{}, {"poolPath": "/srv/a"}, false],
+        [{"kubeletDir": "/k"}, {}, true],
+    ]);
+    let script = r#"
+import json, sys, cel
+rule, cases = sys.argv[1], json.loads(sys.argv[2])
+print(json.dumps([cel.evaluate(rule, {"self": new, "oldSelf": old}) for new, old, _ in cases]))
+"#;
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import cel"])
+        .output();
+    assert!(
+        probe.is_ok_and(|o| o.status.success()),
+        "the CEL evaluator is required (`pip install common-expression-language`, in \
+         .ci/requirements.txt)"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, rule, &cases.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<bool> = serde_json::from_slice(&out.stdout).unwrap();
+    let want: Vec<bool> = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[2].as_bool().unwrap())
+        .collect();
+    assert_eq!(got, want, "rule {rule}");
+}

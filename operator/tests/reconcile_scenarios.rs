@@ -1005,3 +1005,43 @@ async fn two_deployments_naming_one_class_do_not_take_it_from_each_other() {
             .any(|r| r.path == shared && r.is_write())
     );
 }
+
+/// Two built-in drivers in one pool directory would destroy each other's volumes: the
+/// newer CR is refused before anything is applied, with the directory and the holder.
+#[tokio::test]
+async fn the_newer_of_two_deployments_sharing_a_pool_directory_is_refused() {
+    let mut h = Harness::new();
+    h.create_at(
+        "first",
+        json!({"namespace": "plinth-system", "node": {"poolPath": "/srv/pool"}}),
+        "2026-01-01T00:00:00Z",
+    );
+    h.create_at(
+        "second",
+        json!({"namespace": "other", "driver": {"name": "second.csi.plinth.dev"},
+               "node": {"poolPath": "/srv/pool"}}),
+        "2026-01-02T00:00:00Z",
+    );
+    let (result, action) = h.reconcile("second").await;
+    assert!(
+        matches!(result, Err(Error::PoolPathConflict { ref holder, .. }) if holder == "first"),
+        "{result:?}"
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    assert_eq!(object_applies(&h.fake.log()).len(), 0);
+    let degraded = condition(&h.status("second"), "Degraded").clone();
+    assert_eq!(degraded["reason"], "PoolPathConflict");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("/srv/pool") && message.contains("CsiDeployment first"),
+        "{message}"
+    );
+
+    // Unset pool paths follow the driver names, which differ: no conflict.
+    h.create_at(
+        "third",
+        json!({"namespace": "third", "driver": {"name": "third.csi.plinth.dev"}}),
+        "2026-01-03T00:00:00Z",
+    );
+    h.reconcile_ok("third").await;
+}

@@ -440,11 +440,18 @@ fn kubelet_dir_moves_every_kubelet_path() {
         assert!(
             path.starts_with("/var/lib/k0s/kubelet/")
                 || path == "/dev"
-                || path == "/var/lib/plinth/pool",
+                || path == "/var/lib/plinth/local.csi.plinth.dev",
             "{path}"
         );
         assert!(!path.starts_with("/var/lib/kubelet"), "{path}");
     }
+    // The driver refuses staging and target paths outside the kubelet directory it is given.
+    let driver = container(pod, "plinth-driver").unwrap();
+    assert!(
+        args(driver).contains(&"--kubelet-dir=/var/lib/k0s/kubelet"),
+        "{:?}",
+        args(driver)
+    );
     let registrar = container(pod, "node-driver-registrar").unwrap();
     assert!(args(registrar).contains(
         &"--kubelet-registration-path=/var/lib/k0s/kubelet/plugins/local.csi.plinth.dev/csi.sock"

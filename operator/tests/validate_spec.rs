@@ -136,10 +136,46 @@ fn host_paths_must_be_absolute_and_apart() {
     cr.spec.node.kubelet_dir = "/var/lib/../kubelet".into();
     assert_refused(&cr, "spec.node.kubeletDir", "absolute");
     cr.spec.node.kubelet_dir = "/var/lib/kubelet".into();
-    cr.spec.node.pool_path = "/var/lib/kubelet/plinth".into();
+    cr.spec.node.pool_path = Some("/var/lib/kubelet/plinth".into());
     assert_refused(&cr, "spec.node.poolPath", "overlaps kubeletDir");
-    cr.spec.node.pool_path = "/".into();
+    cr.spec.node.pool_path = Some("/".into());
     assert_refused(&cr, "spec.node.poolPath", "absolute");
+}
+
+#[test]
+fn the_default_pool_is_named_for_the_driver() {
+    let mut cr = fixture("minimal");
+    cr.spec.node.pool_path = None;
+    assert_eq!(cr.spec.pool_path(), "/var/lib/plinth/local.csi.plinth.dev");
+    cr.spec.driver.name = "fast.csi.example.com".into();
+    assert_eq!(cr.spec.pool_path(), "/var/lib/plinth/fast.csi.example.com");
+    cr.spec.node.pool_path = Some("/srv/pool".into());
+    assert_eq!(cr.spec.pool_path(), "/srv/pool");
+}
+
+#[test]
+fn inline_volume_limits_the_driver_would_refuse_are_refused_here() {
+    use plinth_operator::crd::InlineVolumeLimits;
+    let mut cr = fixture("minimal");
+    cr.spec.node.inline_volumes = Some(InlineVolumeLimits {
+        default_size: Some("2Gi".into()),
+        max_size: Some("1Gi".into()),
+        ..InlineVolumeLimits::default()
+    });
+    assert_refused(&cr, "spec.node.inlineVolumes.defaultSize", "above maxSize");
+    cr.spec.node.inline_volumes = Some(InlineVolumeLimits {
+        max_size: Some("100Gi".into()),
+        ..InlineVolumeLimits::default()
+    });
+    assert_refused(&cr, "spec.node.inlineVolumes.maxSize", "above maxTotalSize");
+    cr.spec.node.inline_volumes = Some(InlineVolumeLimits {
+        max_total_size: Some("0".into()),
+        ..InlineVolumeLimits::default()
+    });
+    assert_refused(&cr, "spec.node.inlineVolumes.maxTotalSize", "above zero");
+    let mut third = fixture("third-party");
+    third.spec.node.inline_volumes = Some(InlineVolumeLimits::default());
+    assert_refused(&third, "spec.node.inlineVolumes", "built-in driver only");
 }
 
 #[test]

@@ -74,3 +74,24 @@ pub fn older_holder(cr: &CsiDeployment, all: &[Arc<CsiDeployment>]) -> Option<St
         .min_by_key(|other| rank(other))
         .map(|other| other.name_any())
 }
+
+/// The CsiDeployment that already keeps its built-in driver's pool in `cr`'s pool
+/// directory, if one was created before it: two drivers in one pool would recover, reap
+/// and allocate over each other (the second node plugin refuses to start on it anyway).
+pub fn older_pool_holder(cr: &CsiDeployment, all: &[Arc<CsiDeployment>]) -> Option<String> {
+    if !cr.spec.is_builtin() {
+        return None;
+    }
+    let rank = |c: &CsiDeployment| (c.metadata.creation_timestamp.clone(), c.name_any());
+    let mine = rank(cr);
+    let pool = cr.spec.pool_path();
+    all.iter()
+        .filter(|other| {
+            other.name_any() != cr.name_any()
+                && other.spec.is_builtin()
+                && other.spec.pool_path() == pool
+                && rank(other) < mine
+        })
+        .min_by_key(|other| rank(other))
+        .map(|other| other.name_any())
+}

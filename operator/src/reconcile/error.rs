@@ -38,6 +38,10 @@ pub enum Error {
     #[error("driver name {driver} is already deployed by CsiDeployment {holder}")]
     DriverNameConflict { driver: String, holder: String },
 
+    /// Another, older CsiDeployment keeps its pool in this one's pool directory.
+    #[error("pool directory {pool} is already used by CsiDeployment {holder}")]
+    PoolPathConflict { pool: String, holder: String },
+
     /// Objects the CR would create exist and belong to someone else: they were left
     /// alone (the message says which and to whom, and what to change).
     #[error("{0}")]
@@ -67,6 +71,7 @@ impl Error {
         match self {
             Self::InvalidSpec(_) => "invalid_spec",
             Self::DriverNameConflict { .. } => "driver_name_conflict",
+            Self::PoolPathConflict { .. } => "pool_path_conflict",
             Self::NotOwned(_) => "not_owned",
             Self::Api { .. } => "api",
         }
@@ -88,7 +93,9 @@ impl Error {
             Self::InvalidSpec(_) => None,
             // Resolves when the other CR goes away or changes its driver name; its
             // deletion does not trigger this CR, so look again now and then.
-            Self::DriverNameConflict { .. } => Some(Duration::from_secs(60)),
+            Self::DriverNameConflict { .. } | Self::PoolPathConflict { .. } => {
+                Some(Duration::from_secs(60))
+            }
             // Resolves when the other object goes, which does not trigger this CR (it is
             // not ours to watch).
             Self::NotOwned(_) => Some(Duration::from_secs(60)),

@@ -167,6 +167,15 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
         return Err(Error::DriverNameConflict { driver, holder });
     }
 
+    if let Some(holder) = discovery::older_pool_holder(cr, &ctx.deployments.state()) {
+        let pool = cr.spec.pool_path();
+        let message = format!(
+            "pool directory {pool} is already used by CsiDeployment {holder}, created earlier; nothing was applied. Set a spec.node.poolPath of its own (poolPath cannot change later: create this CsiDeployment anew with it)"
+        );
+        block(cr, ctx, "PoolPathConflict", &message).await?;
+        return Err(Error::PoolPathConflict { pool, holder });
+    }
+
     let env = discovery::render_env(&ctx.client, &cr.spec, &ctx.base_env).await?;
     let rendered = match render::render(cr, &env) {
         Ok(r) => r,

@@ -14,7 +14,7 @@ use plinth_driver::capabilities::Sidecar;
 
 use super::pod::{self, SOCKET_DIR, SOCKET_VOLUME};
 use super::{Plan, names, plan};
-use crate::crd::{CsiDeployment, UpdateStrategyType};
+use crate::crd::{CsiDeployment, InlineVolumeLimits, UpdateStrategyType};
 
 pub const COMPONENT: &str = "node";
 
@@ -142,7 +142,7 @@ fn volumes(cr: &CsiDeployment, paths: &KubeletPaths) -> Vec<Volume> {
     if cr.spec.is_builtin() {
         volumes.push(pod::host_path_volume(
             POOL_VOLUME,
-            &cr.spec.node.pool_path,
+            &cr.spec.pool_path(),
             "DirectoryOrCreate",
         ));
         volumes.push(api_token_volume());
@@ -216,12 +216,18 @@ fn driver(cr: &CsiDeployment, plan: &Plan, paths: &KubeletPaths) -> Container {
             // template alone, so the DaemonSet does not roll.
             let disabled = plan::node_disabled_switches(features);
             let mut args = pod::builtin_args(cr, "node", &disabled);
-            args.push(format!("--pool={}", node.pool_path));
+            args.push(format!("--pool={}", cr.spec.pool_path()));
+            // Staging and target paths outside it are refused, and nothing under it is
+            // reached through a symlink.
+            args.push(format!("--kubelet-dir={}", node.kubelet_dir));
             if let Some(reserve) = &node.pool_reserve {
                 args.push(format!("--pool-reserve={reserve}"));
             }
             if let Some(max) = node.max_volumes_per_node {
                 args.push(format!("--max-volumes-per-node={max}"));
+            }
+            if let Some(inline) = &node.inline_volumes {
+                args.extend(inline_args(inline));
             }
             args
         }
@@ -238,7 +244,7 @@ fn driver(cr: &CsiDeployment, plan: &Plan, paths: &KubeletPaths) -> Container {
         pod::mount(DEV_VOLUME, "/dev"),
     ];
     if cr.spec.is_builtin() {
-        mounts.push(pod::mount(POOL_VOLUME, &node.pool_path));
+        mounts.push(pod::mount(POOL_VOLUME, &cr.spec.pool_path()));
         mounts.push(VolumeMount {
             read_only: Some(true),
             ..pod::mount(API_TOKEN_VOLUME, API_TOKEN_DIR)
@@ -251,6 +257,23 @@ fn driver(cr: &CsiDeployment, plan: &Plan, paths: &KubeletPaths) -> Container {
         ..SecurityContext::default()
     });
     container
+}
+
+/// The driver's inline-volume flags for the limits the CR sets.
+fn inline_args(limits: &InlineVolumeLimits) -> Vec<String> {
+    let sizes = [
+        ("--ephemeral-default-size", &limits.default_size),
+        ("--ephemeral-max-size", &limits.max_size),
+        ("--ephemeral-max-total-size", &limits.max_total_size),
+    ];
+    let mut args: Vec<String> = sizes
+        .into_iter()
+        .filter_map(|(flag, value)| value.as_ref().map(|v| format!("{flag}={v}")))
+        .collect();
+    if let Some(max) = limits.max_volumes {
+        args.push(format!("--ephemeral-max-volumes={max}"));
+    }
+    args
 }
 
 fn registrar(cr: &CsiDeployment, paths: &KubeletPaths) -> Container {

@@ -378,7 +378,7 @@ pub struct InlineVolumeLimits {
     pub max_total_size: Option<String>,
     /// How many inline volumes one node may hold at once. Default 32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(with = "i32", range(min = 1))]
     pub max_volumes: Option<u32>,
 }
 

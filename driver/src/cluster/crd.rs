@@ -5,6 +5,10 @@
 //! They are the driver's internal bookkeeping, not an interface for users: the controller
 //! writes specs, the node plugin of `spec.node` does the work in its pool and writes
 //! status. The CRD YAML is generated from these types (`plinth-operator generate`).
+//!
+//! Counts and sizes are `u64` in Rust but `int64` (minimum 0) in the schema
+//! (`schemars(with = "i64")`): the API server knows no `uint64` format and warns on every
+//! write of an object whose schema names one.
 
 use std::collections::BTreeMap;
 
@@ -67,7 +71,7 @@ pub struct PoolVolumeSpec {
     /// The CSI name of the volume (its idempotency key, usually the PV name).
     pub name: String,
     /// Size of the image in bytes. Expansion raises it; it never shrinks.
-    #[schemars(range(min = 1))]
+    #[schemars(with = "i64", range(min = 1))]
     pub size_bytes: u64,
     /// How the volume is consumed.
     pub access: AccessSpec,
@@ -116,6 +120,7 @@ pub struct PoolVolumeStatus {
     pub phase: Phase,
     /// Size of the image in the pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub size_bytes: Option<u64>,
     /// Why the last attempt failed; the node retries with backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,9 +169,11 @@ pub struct PoolSnapshotStatus {
     pub phase: Phase,
     /// Size of the source when the snapshot was cut; a restore is at least this big.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub size_bytes: Option<u64>,
     /// When the snapshot was cut, in nanoseconds since the Unix epoch (CSI creation_time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>", range(min = 0))]
     pub created_unix_nanos: Option<u64>,
     /// The source's access type: a restore must use the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,10 +221,14 @@ pub struct PoolNodeSpec {
 pub struct PoolNodeStatus {
     /// Bytes a new volume may still be promised (free space after the reserve and after
     /// what existing volumes are owed).
+    #[schemars(with = "i64", range(min = 0))]
     pub available_bytes: u64,
     /// Size of the pool's filesystem.
+    #[schemars(with = "i64", range(min = 0))]
     pub total_bytes: u64,
+    #[schemars(with = "i64", range(min = 0))]
     pub volumes: u64,
+    #[schemars(with = "i64", range(min = 0))]
     pub snapshots: u64,
     /// The pool's filesystem (ext4, xfs, ...) and how snapshots copy on it.
     #[serde(default, skip_serializing_if = "String::is_empty")]

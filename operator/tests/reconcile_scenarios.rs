@@ -845,15 +845,23 @@ async fn missing_snapshot_crds_leave_out_the_snapshotter_and_say_so() {
     let sts = h.fake.get(&sts_path()).unwrap();
     assert!(!containers(&sts).iter().any(|c| c == "csi-snapshotter"));
     assert!(containers(&sts).iter().any(|c| c == "csi-provisioner"));
+    // Snapshots were left unset: the user asked for nothing that is missing, so not
+    // Degraded, but the condition still says what was left out and why.
     let degraded = condition(&h.status("local"), "Degraded").clone();
-    assert_eq!(degraded["status"], "True");
-    assert_eq!(degraded["reason"], "FeatureUnavailable");
+    assert_eq!(degraded["status"], "False");
+    assert_eq!(degraded["reason"], "AsExpected");
     assert!(
         degraded["message"]
             .as_str()
             .unwrap()
             .contains("snapshot.storage.k8s.io")
     );
+    // Required, they make it Degraded until the CRDs come.
+    h.edit_spec("local", |s| s["features"] = json!({"snapshots": true}));
+    h.reconcile_ok("local").await;
+    let degraded = condition(&h.status("local"), "Degraded").clone();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "FeatureUnavailable");
 
     // Once the CRDs are installed, the next reconcile adds the snapshotter.
     h.fake.set_snapshot_crds(true);

@@ -63,8 +63,20 @@ fn missing_snapshot_crds_drop_the_snapshotter_but_keep_the_driver_unchanged() {
     assert!(container(controller_pod(&r), "csi-snapshotter").is_none());
     assert!(snapshot_classes(&r).is_empty());
     assert!(cluster_role(&r, "plinth-local-snapshotter").is_none());
-    assert!(r.warnings.iter().any(|w| w.contains("VolumeSnapshot CRDs")));
+    // Snapshots were left unset: said as a note, not a fault.
+    assert!(r.notes.iter().any(|w| w.contains("VolumeSnapshot CRDs")));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     assert!(!r.sidecars.iter().any(|n| n.sidecar == Sidecar::Snapshotter));
+    // Required, they are a fault until the CRDs come.
+    let mut required = cr.clone();
+    required.spec.features.snapshots = Some(true);
+    let r_required = render_ok(&required, &without);
+    assert!(
+        r_required
+            .warnings
+            .iter()
+            .any(|w| w.contains("VolumeSnapshot CRDs"))
+    );
     // Installing the CRDs later must not roll every node pod.
     let with = render_ok(&cr, &full_env());
     assert_eq!(node_pod(&r), node_pod(&with));
@@ -1046,7 +1058,8 @@ fn group_snapshots_gate_needs_the_group_crds() {
     let r = render_ok(&cr, &without);
     let snapshotter = container(controller_pod(&r), "csi-snapshotter").unwrap();
     assert!(!args(snapshotter).contains(&gate));
-    assert!(r.warnings.iter().any(|w| w.contains("VolumeGroupSnapshot")));
+    let said: Vec<&String> = r.warnings.iter().chain(&r.notes).collect();
+    assert!(said.iter().any(|w| w.contains("VolumeGroupSnapshot")), "{said:?}");
     // The built-in driver never runs the gate: a cluster of pools has no group snapshots.
     let builtin = render_ok(&fixture("minimal"), &full_env());
     let snapshotter = container(controller_pod(&builtin), "csi-snapshotter").unwrap();

@@ -198,7 +198,13 @@ pub fn verdicts(cr: &CsiDeployment, rendered: &Rendered, obs: &Observed) -> Vec<
         },
     ];
     out.push(if rendered.warnings.is_empty() {
-        Verdict::new(DEGRADED, CondStatus::False, "AsExpected", "")
+        // Left-out parts of unset features are no fault, but still said.
+        Verdict::new(
+            DEGRADED,
+            CondStatus::False,
+            "AsExpected",
+            rendered.notes.join("; "),
+        )
     } else {
         Verdict::new(
             DEGRADED,

@@ -59,9 +59,12 @@ pub struct Rendered {
     pub objects: Vec<ManagedObject>,
     /// The controller pod's sidecars and why each is there (for status).
     pub sidecars: Vec<SidecarNeed>,
-    /// Things the user should know that do not stop the deployment (e.g. snapshots requested
-    /// but the snapshot CRDs missing).
+    /// What the CR requires and the cluster cannot serve yet (snapshots set to `true`
+    /// without the snapshot CRDs): the deployment goes ahead, Degraded.
     pub warnings: Vec<String>,
+    /// What is left out of features the CR left unset (the snapshotter while the
+    /// snapshot CRDs are missing): said, not a fault.
+    pub notes: Vec<String>,
     pub driver_name: String,
     pub namespace: String,
 }
@@ -112,6 +115,7 @@ pub fn render(cr: &CsiDeployment, env: &RenderEnv) -> Result<Rendered, RenderErr
         objects,
         sidecars: plan.controller_sidecars.clone(),
         warnings: plan.warnings.clone(),
+        notes: plan.notes.clone(),
         driver_name: plan.driver_name.clone(),
         namespace: cr.spec.namespace.clone(),
     })

@@ -28,7 +28,11 @@ pub struct Plan {
     pub snapshots: bool,
     /// The snapshotter runs with its group snapshot feature gate.
     pub group_snapshots: bool,
+    /// A feature the CR requires (`true`) that the cluster cannot support yet: the CR is
+    /// Degraded until it can.
     pub warnings: Vec<String>,
+    /// A feature left unset that is left out for now: worth saying, not a fault.
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -42,22 +46,32 @@ impl Plan {
             Some(third) => (None, restrict(&third.capabilities, &spec.features)),
         };
         let mut warnings = Vec::new();
+        let mut notes = Vec::new();
+        // Required (`true`): a fault until the cluster can serve it. Unset: only a note.
+        let mut say = |required: Option<bool>, text: String| {
+            if required == Some(true) {
+                warnings.push(text);
+            } else {
+                notes.push(text);
+            }
+        };
         let mut snapshots = capabilities.can_snapshot();
         if snapshots && !env.snapshot_crds_present {
-            warnings.push(
-                "snapshots are enabled but the VolumeSnapshot CRDs (snapshot.storage.k8s.io) \
-                 are not installed: csi-snapshotter and VolumeSnapshotClasses are left out \
-                 until they are"
+            say(
+                spec.features.snapshots,
+                "the VolumeSnapshot CRDs (snapshot.storage.k8s.io) are not installed: \
+                 csi-snapshotter and VolumeSnapshotClasses are left out until they are"
                     .to_owned(),
             );
             snapshots = false;
         }
         let mut group_snapshots = snapshots && capabilities.can_group_snapshot();
         if group_snapshots && !env.group_snapshot_crds_present {
-            warnings.push(
-                "group snapshots are enabled but the VolumeGroupSnapshot CRDs \
-                 (groupsnapshot.storage.k8s.io) are not installed: the snapshotter runs \
-                 without its CSIVolumeGroupSnapshot feature gate until they are"
+            say(
+                spec.features.group_snapshots,
+                "the VolumeGroupSnapshot CRDs (groupsnapshot.storage.k8s.io) are not \
+                 installed: the snapshotter runs without its CSIVolumeGroupSnapshot feature \
+                 gate until they are"
                     .to_owned(),
             );
             group_snapshots = false;
@@ -78,6 +92,7 @@ impl Plan {
             snapshots,
             group_snapshots,
             warnings,
+            notes,
         }
     }
 

@@ -35,6 +35,11 @@ pub fn to_stream(rendered: &Rendered) -> Result<String, YamlError> {
         out.push_str(warning);
         out.push('\n');
     }
+    for note in &rendered.notes {
+        out.push_str("# note: ");
+        out.push_str(note);
+        out.push('\n');
+    }
     for object in &rendered.objects {
         let yaml = serde_saphyr::to_string(&object.to_apply_json()).map_err(|e| {
             YamlError::Serialise(format!("{:?} {}", object.kind(), object.name()), e)

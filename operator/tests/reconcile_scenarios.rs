@@ -1053,3 +1053,72 @@ async fn the_newer_of_two_deployments_sharing_a_pool_directory_is_refused() {
     );
     h.reconcile_ok("third").await;
 }
+
+/// The first real cluster: the minimal sample applied before its namespace existed left
+/// a Debug dump in status and waited out a backoff. Now the namespace is created (labelled
+/// as Plinth's) when the server says it is missing, and the deployment goes on at once.
+#[tokio::test]
+async fn a_missing_workload_namespace_is_created_and_the_deployment_goes_on() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create("local", minimal());
+    h.fake.fail_next(
+        Method::PATCH,
+        "/namespaces/plinth-system/",
+        404,
+        "namespaces \"plinth-system\" not found",
+    );
+    h.reconcile_ok("local").await;
+    let log = h.fake.log();
+    let created: Vec<&Req> = log
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path == "/api/v1/namespaces")
+        .collect();
+    assert_eq!(created.len(), 1, "{:#?}", lines(&log));
+    let body = created[0].body.as_ref().unwrap();
+    assert_eq!(body["metadata"]["name"], "plinth-system");
+    assert_eq!(
+        body["metadata"]["labels"]["plinth.dev/created-for"],
+        "local"
+    );
+    assert_eq!(
+        body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "plinth-operator"
+    );
+    // Everything was applied in this one reconcile, the refused object included.
+    let want = expected(&h, "local", true);
+    assert_eq!(
+        object_applies(&log).len(),
+        want.len() + 1,
+        "one apply repeated"
+    );
+    assert_eq!(condition(&h.status("local"), "Degraded")["status"], "False");
+}
+
+/// An API failure reaches status as the server's sentence, not a dump of client types.
+#[tokio::test]
+async fn an_api_failure_in_status_is_a_sentence() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create("local", minimal());
+    h.fake.fail_next(
+        Method::PATCH,
+        "/statefulsets/",
+        403,
+        "statefulsets.apps \"plinth-local-controller\" is forbidden: User cannot patch",
+    );
+    let (result, _) = h.reconcile("local").await;
+    assert!(result.is_err());
+    let message = condition(&h.status("local"), "Degraded")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("is forbidden: User cannot patch")
+            && message.contains("the operator's RBAC does not allow it"),
+        "{message}"
+    );
+    for dump in ["Status {", "ErrorResponse", "Some(", "code: 403"] {
+        assert!(!message.contains(dump), "a Debug dump in status: {message}");
+    }
+}

@@ -1059,7 +1059,10 @@ fn group_snapshots_gate_needs_the_group_crds() {
     let snapshotter = container(controller_pod(&r), "csi-snapshotter").unwrap();
     assert!(!args(snapshotter).contains(&gate));
     let said: Vec<&String> = r.warnings.iter().chain(&r.notes).collect();
-    assert!(said.iter().any(|w| w.contains("VolumeGroupSnapshot")), "{said:?}");
+    assert!(
+        said.iter().any(|w| w.contains("VolumeGroupSnapshot")),
+        "{said:?}"
+    );
     // The built-in driver never runs the gate: a cluster of pools has no group snapshots.
     let builtin = render_ok(&fixture("minimal"), &full_env());
     let snapshotter = container(controller_pod(&builtin), "csi-snapshotter").unwrap();

@@ -52,6 +52,9 @@ pub fn own_rules() -> Vec<PolicyRule> {
         ),
         // Whether volumes of a driver still exist before deleting it.
         rule(&[""], &["persistentvolumes"], &["list"]),
+        // The workload namespace, when a CR names one that does not exist yet; never
+        // deleted, so no `delete`.
+        rule(&[""], &["namespaces"], &["create"]),
         // The built-in driver's per-node capacity records go with the driver.
         rule(&["plinth.dev"], &["poolnodes"], &["list", "delete"]),
         // Whether the snapshot APIs are served is asked through API discovery, which every

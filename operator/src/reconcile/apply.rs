@@ -8,6 +8,7 @@ use tracing::{debug, info, instrument};
 use super::FIELD_MANAGER;
 use super::error::{Error, Verb, is_immutable_rejection};
 use super::fingerprint::{Fingerprints, hash_desired};
+use super::namespace;
 use super::objects::{Desired, KindExt, LiveObject};
 use super::prune::delete_owned;
 
@@ -44,7 +45,17 @@ pub async fn apply_object(
     let api = desired.kind.api(client, desired.key.namespace.as_deref());
     let name = desired.key.name.as_str();
     let patch = Patch::Apply(&desired.body);
-    let (applied, outcome) = match api.patch(name, &apply_params(), &patch).await {
+    let first = match api.patch(name, &apply_params(), &patch).await {
+        Err(err) => match namespace::missing_namespace(&err) {
+            Some(missing) => {
+                namespace::create(client, &missing, owner).await?;
+                api.patch(name, &apply_params(), &patch).await
+            }
+            None => Err(err),
+        },
+        applied => applied,
+    };
+    let (applied, outcome) = match first {
         Ok(obj) => (obj, Outcome::Applied),
         // Replacing deletes: only ever an object we listed as ours (a live object carries
         // our labels and its uid goes with the deletion).

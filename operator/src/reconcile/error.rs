@@ -6,6 +6,7 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verb {
     Apply,
+    Create,
     Delete,
     List,
     Get,
@@ -18,6 +19,7 @@ impl std::fmt::Display for Verb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Apply => "apply",
+            Self::Create => "create",
             Self::Delete => "delete",
             Self::List => "list",
             Self::Get => "get",
@@ -48,7 +50,8 @@ pub enum Error {
     NotOwned(String),
 
     /// An API request failed; usually transient (apiserver restart, throttling, conflict).
-    #[error("cannot {verb} {target}: {source}")]
+    /// Said with the server's own sentence, never a dump of the client's error types.
+    #[error("cannot {verb} {target}: {}", human(source))]
     Api {
         verb: Verb,
         target: String,
@@ -101,6 +104,18 @@ impl Error {
             Self::NotOwned(_) => Some(Duration::from_secs(60)),
             Self::Api { .. } => Some(backoff(failures)),
         }
+    }
+}
+
+/// What a user reads of an API failure: the API server's message (it names the object
+/// and the cause) and, for a refusal, who refused; other failures by their own text.
+pub fn human(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) if status.code == 403 => {
+            format!("{} (the operator's RBAC does not allow it)", status.message)
+        }
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod finalizer;
 pub mod fingerprint;
+pub mod namespace;
 pub mod objects;
 pub mod ownership;
 pub mod prune;

@@ -228,16 +228,7 @@ async fn restart_after_kill_9_with_volumes_staged_and_published() {
             .await
             .unwrap();
     }
-    assert!(
-        driver.loops().is_empty(),
-        "leaked loop devices: {:?}",
-        driver.loops()
-    );
-    assert!(
-        driver.mounts().is_empty(),
-        "leaked mounts: {:?}",
-        driver.mounts()
-    );
+    driver.assert_nothing_left();
 }
 
 /// Runs `n` copies of a call at once on separate connections.

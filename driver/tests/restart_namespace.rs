@@ -265,14 +265,5 @@ async fn volumes_survive(restart: Restart) {
             .unwrap_or_else(|e| panic!("{}: NodeUnstageVolume: {e}", v.kind));
         delete_volume(&driver, &v.id).await;
     }
-    assert!(
-        driver.loops().is_empty(),
-        "leaked loop devices: {:?}",
-        driver.loops()
-    );
-    assert!(
-        driver.mounts().is_empty(),
-        "leaked mounts: {:?}",
-        driver.mounts()
-    );
+    driver.assert_nothing_left();
 }

@@ -273,6 +273,56 @@ async fn wait_registered(
     Ok(registered)
 }
 
+/// A short id unique enough for one run's names: a run never meets a previous run's
+/// leftovers.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{:06x}", nanos % 0x100_0000)
+}
+
+/// Runs `flow`, then `cleanup` whatever the flow did (failed or panicked), stops the
+/// in-process operator, and reports the flow's outcome (after a clean flow, the
+/// cleanup's).
+async fn flow_then_cleanup(
+    operator: Operator,
+    flow: impl std::future::Future<Output = anyhow::Result<()>>,
+    cleanup: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    use futures::FutureExt as _;
+    let outcome = std::panic::AssertUnwindSafe(flow).catch_unwind().await;
+    let cleaned = cleanup.await;
+    operator.stop().await;
+    if let (Err(_) | Ok(Err(_)), Err(cleanup)) = (&outcome, &cleaned) {
+        eprintln!("e2e: cleanup after the failure failed too: {cleanup:#}");
+    }
+    match outcome {
+        Err(panic) => std::panic::resume_unwind(panic),
+        Ok(result) => result.and(cleaned),
+    }
+}
+
+/// Deletes the CsiDeployment `cr` (waiting until its objects are gone) and the PoolNodes
+/// its node plugins published.
+async fn remove_deployment(client: &Client, cr: &str) -> anyhow::Result<()> {
+    delete_and_wait_clean(client, cr)
+        .await
+        .context("removing the CsiDeployment")?;
+    let driver = spec(cr, json!({}))["driver"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let pools: Api<plinth_driver::cluster::crd::PoolNode> = Api::all(client.clone());
+    for pool in pools.list(&ListParams::default()).await?.items {
+        if pool.spec.driver == driver {
+            workloads::delete_if_present(&pools, &pool.name_any()).await?;
+        }
+    }
+    Ok(())
+}
+
 struct Setup {
     client: Client,
     operator: Operator,

@@ -10,16 +10,13 @@
 //! deleted and a privileged pod on the node confirms that no loop device of the volume
 //! and no mount of it or of the driver's staging directory is left.
 
-use std::panic::AssertUnwindSafe;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use futures::FutureExt as _;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use plinth_driver::cluster::crd::PoolNode;
 use plinth_e2e::{install_pool_crds, wait_for};
 use plinth_operator::render::ManagedKind;
 use serde_json::{Value, json};
@@ -29,8 +26,8 @@ use crate::workloads::{
     wait_claim_capacity, wait_pod_ready, wait_pod_succeeded,
 };
 use crate::{
-    LONG, SHORT, Setup, apply_cr, delete_and_wait_clean, find_name, namespace, rendered, setup,
-    spec, wait_condition, wait_containers, wait_registered,
+    LONG, SHORT, Setup, apply_cr, find_name, flow_then_cleanup, namespace, remove_deployment,
+    rendered, run_id, setup, spec, wait_condition, wait_containers, wait_registered,
 };
 
 const GI: u64 = 1 << 30;
@@ -51,16 +48,7 @@ async fn a_volume_in_use_survives_a_node_plugin_restart_then_grows_and_is_freed(
     install_pool_crds(&client).await?;
     let run = Run::new(client);
     eprintln!("e2e: run {} (CsiDeployment {})", run.id, run.cr);
-    let outcome = AssertUnwindSafe(run.flow()).catch_unwind().await;
-    let cleaned = run.cleanup().await;
-    operator.stop().await;
-    if let (Err(_) | Ok(Err(_)), Err(cleanup)) = (&outcome, &cleaned) {
-        eprintln!("e2e: cleanup after the failure failed too: {cleanup:#}");
-    }
-    match outcome {
-        Err(panic) => std::panic::resume_unwind(panic),
-        Ok(result) => result.and(cleaned),
-    }
+    flow_then_cleanup(operator, run.flow(), run.cleanup()).await
 }
 
 struct Run {
@@ -72,11 +60,7 @@ struct Run {
 
 impl Run {
     fn new(client: Client) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let id = format!("{:06x}", nanos % 0x100_0000);
+        let id = run_id();
         Self {
             client,
             ns: namespace(),
@@ -341,20 +325,7 @@ impl Run {
                 self.cr
             )
         })?;
-        delete_and_wait_clean(&self.client, &self.cr)
-            .await
-            .context("removing the CsiDeployment")?;
-        let driver = spec(&self.cr, json!({}))["driver"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let pools: Api<PoolNode> = Api::all(self.client.clone());
-        for pool in pools.list(&ListParams::default()).await?.items {
-            if pool.spec.driver == driver {
-                delete_if_present(&pools, &pool.name_any()).await?;
-            }
-        }
-        Ok(())
+        remove_deployment(&self.client, &self.cr).await
     }
 }
 

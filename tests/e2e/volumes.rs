@@ -5,11 +5,9 @@
 //! pod output) and what the driver recorded (PoolVolume, PoolSnapshot, PoolNode).
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{
@@ -32,8 +30,9 @@ use crate::workloads::{
     is_not_found, pod, wait_claim_capacity, wait_gone, wait_pod_ready, wait_pod_succeeded,
 };
 use crate::{
-    LONG, SHORT, Setup, apply_cr, delete_and_wait_clean, find_name, namespace, rendered, setup,
-    snapshot_crds_installed, spec, vsc_api, wait_condition, wait_containers, wait_registered,
+    LONG, SHORT, Setup, apply_cr, find_name, flow_then_cleanup, namespace, remove_deployment,
+    rendered, run_id, setup, snapshot_crds_installed, spec, vsc_api, wait_condition,
+    wait_containers, wait_registered,
 };
 
 const GI: u64 = 1 << 30;
@@ -71,18 +70,7 @@ async fn volumes_are_provisioned_snapshotted_restored_expanded_and_freed_on_thei
     install_pool_crds(&client).await?;
     let run = Run::new(client);
     eprintln!("e2e: run {} (CsiDeployment {})", run.id, run.cr);
-    // Cleanup runs whatever the flow did, failed or panicked, then the flow's outcome
-    // is reported.
-    let outcome = AssertUnwindSafe(run.flow()).catch_unwind().await;
-    let cleaned = run.cleanup().await;
-    operator.stop().await;
-    if let (Err(_) | Ok(Err(_)), Err(cleanup)) = (&outcome, &cleaned) {
-        eprintln!("e2e: cleanup after the failure failed too: {cleanup:#}");
-    }
-    match outcome {
-        Err(panic) => std::panic::resume_unwind(panic),
-        Ok(result) => result.and(cleaned),
-    }
+    flow_then_cleanup(operator, run.flow(), run.cleanup()).await
 }
 
 /// One run: unique names, so a run never meets a previous run's leftovers.
@@ -113,11 +101,7 @@ struct Deployed {
 
 impl Run {
     fn new(client: Client) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let id = format!("{:06x}", nanos % 0x100_0000);
+        let id = run_id();
         Self {
             client,
             ns: namespace(),
@@ -802,20 +786,7 @@ impl Run {
                 self.cr
             )
         })?;
-        delete_and_wait_clean(&self.client, &self.cr)
-            .await
-            .context("removing the CsiDeployment")?;
-        let driver = spec(&self.cr, json!({}))["driver"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let pools: Api<PoolNode> = Api::all(self.client.clone());
-        for pool in pools.list(&ListParams::default()).await?.items {
-            if pool.spec.driver == driver {
-                delete_if_present(&pools, &pool.name_any()).await?;
-            }
-        }
-        Ok(())
+        remove_deployment(&self.client, &self.cr).await
     }
 }
 

@@ -385,6 +385,22 @@ impl TestDriver {
             .collect()
     }
 
+    /// Fails unless no loop device of this test's pool and no mount under its directory
+    /// is left (the harness's own binds aside).
+    #[track_caller]
+    pub fn assert_nothing_left(&self) {
+        assert!(
+            self.loops().is_empty(),
+            "leaked loop devices: {:?}",
+            self.loops()
+        );
+        assert!(
+            self.mounts().is_empty(),
+            "leaked mounts: {:?}",
+            self.mounts()
+        );
+    }
+
     /// Loop devices backed by images of this test's pool.
     pub fn loops(&self) -> Vec<String> {
         loops_backed_under(&self.pool)

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::api::storage::v1::TokenRequest;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
-use plinth_driver::capabilities::{Capabilities, SidecarNeed};
+use plinth_driver::capabilities::Capabilities;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -669,9 +669,10 @@ pub struct CsiDeploymentStatus {
     /// `registeredNodes/targetedNodes`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<String>,
-    /// The sidecars deployed and the capability that requires each.
+    /// Every sidecar of the controller and node pods, deployed or left out, each with
+    /// why: the answer to "why does this pod have these containers".
     #[serde(default)]
-    pub sidecars: Vec<SidecarNeed>,
+    pub sidecars: Vec<SidecarStatus>,
     /// The CSI driver name deployed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver_name: Option<String>,
@@ -679,6 +680,23 @@ pub struct CsiDeploymentStatus {
     /// under `RefuseWhileVolumesExist`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_volumes: Option<i64>,
+}
+
+/// One sidecar and the decision about it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarStatus {
+    /// Container name, e.g. `csi-resizer`.
+    #[serde(default)]
+    pub name: String,
+    /// `controller` or `node`: the pod it runs in (or would).
+    #[serde(default)]
+    pub pod: String,
+    #[serde(default)]
+    pub deployed: bool,
+    /// Why, in words: the capability the driver advertises, or what keeps it out.
+    #[serde(default)]
+    pub reason: String,
 }
 
 impl CsiDeploymentStatus {

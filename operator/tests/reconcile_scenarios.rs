@@ -1122,3 +1122,49 @@ async fn an_api_failure_in_status_is_a_sentence() {
         assert!(!message.contains(dump), "a Debug dump in status: {message}");
     }
 }
+
+/// Switching a feature off removes its sidecar: an Event says so, and status.sidecars
+/// keeps a line saying why it is not there.
+#[tokio::test]
+async fn a_sidecar_that_goes_is_announced_and_explained() {
+    let mut h = Harness::new();
+    h.fake.set_snapshot_crds(true);
+    h.create("local", minimal());
+    h.reconcile_ok("local").await;
+    let first = h.status("local");
+    let snapshotter = |status: &Value| {
+        status["sidecars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["pod"] == "controller" && s["name"] == "csi-snapshotter")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(snapshotter(&first)["deployed"], true);
+    // No change event for the first deployment.
+    assert!(
+        !events(&h.fake.log())
+            .iter()
+            .any(|e| e["reason"] == "SidecarsChanged")
+    );
+
+    h.edit_spec("local", |s| s["features"] = json!({"snapshots": false}));
+    h.fake.clear_log();
+    h.reconcile_ok("local").await;
+    let after = h.status("local");
+    assert_eq!(snapshotter(&after)["deployed"], false);
+    assert_eq!(
+        snapshotter(&after)["reason"],
+        "switched off: features.snapshots is false"
+    );
+    let changed: Vec<Value> = events(&h.fake.log())
+        .into_iter()
+        .filter(|e| e["reason"] == "SidecarsChanged")
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:#?}");
+    assert_eq!(
+        changed[0]["note"],
+        "removed controller/csi-snapshotter; status.sidecars says why"
+    );
+}

@@ -1075,3 +1075,62 @@ fn group_snapshots_gate_needs_the_group_crds() {
             .any(|g| g == "groupsnapshot.storage.k8s.io")
     }));
 }
+
+/// Every sidecar is explained, deployed or left out, in words a user reads in
+/// `kubectl describe`.
+#[test]
+fn every_sidecar_decision_is_explained() {
+    let without_crds = RenderEnv {
+        snapshot_crds_present: false,
+        ..full_env()
+    };
+    let mut cr = fixture("minimal");
+    cr.spec.features.resize = Some(false);
+    let r = render_ok(&cr, &without_crds);
+    let line = |pod: &str, name: &str| {
+        r.sidecar_decisions
+            .iter()
+            .find(|d| d.pod == pod && d.name == name)
+            .unwrap_or_else(|| panic!("no line for {pod}/{name}: {:#?}", r.sidecar_decisions))
+            .clone()
+    };
+    let provisioner = line("controller", "csi-provisioner");
+    assert!(provisioner.deployed);
+    assert_eq!(
+        provisioner.reason,
+        "the driver advertises CREATE_DELETE_VOLUME"
+    );
+    let attacher = line("controller", "csi-attacher");
+    assert!(!attacher.deployed);
+    assert_eq!(
+        attacher.reason,
+        "the driver does not advertise PUBLISH_UNPUBLISH_VOLUME"
+    );
+    let resizer = line("controller", "csi-resizer");
+    assert!(!resizer.deployed);
+    assert_eq!(resizer.reason, "switched off: features.resize is false");
+    let snapshotter = line("controller", "csi-snapshotter");
+    assert!(!snapshotter.deployed);
+    assert!(
+        snapshotter.reason.contains("VolumeSnapshot CRDs")
+            && snapshotter.reason.contains("not installed"),
+        "{}",
+        snapshotter.reason
+    );
+    assert!(line("node", "node-driver-registrar").deployed);
+    assert!(line("node", "liveness-probe").deployed);
+    assert!(line("controller", "liveness-probe").deployed);
+    // The lines agree with the containers actually rendered.
+    let containers: Vec<String> = controller_pod(&r)
+        .containers
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    for d in r.sidecar_decisions.iter().filter(|d| d.pod == "controller") {
+        assert_eq!(
+            containers.contains(&d.name),
+            d.deployed,
+            "{d:?} vs {containers:?}"
+        );
+    }
+}

@@ -16,9 +16,17 @@ pub enum Note<'a> {
     Applied(&'a [String]),
     Pruned(&'a [String]),
     Replaced(&'a ObjectKey),
-    Blocked { reason: &'a str, message: &'a str },
+    Blocked {
+        reason: &'a str,
+        message: &'a str,
+    },
     DeletionRefused(&'a str),
     CleanedUp(usize),
+    /// Sidecars that came and went (`pod/container`), with the status saying why.
+    SidecarsChanged {
+        added: &'a [String],
+        removed: &'a [String],
+    },
 }
 
 fn listing(objects: &[String]) -> String {
@@ -65,6 +73,21 @@ impl Note<'_> {
                 "Reconcile",
                 (*message).to_owned(),
             ),
+            Self::SidecarsChanged { added, removed } => {
+                let mut parts = Vec::new();
+                if !added.is_empty() {
+                    parts.push(format!("added {}", listing(added)));
+                }
+                if !removed.is_empty() {
+                    parts.push(format!("removed {}", listing(removed)));
+                }
+                (
+                    EventType::Normal,
+                    "SidecarsChanged",
+                    "Reconcile",
+                    format!("{}; status.sidecars says why", parts.join("; ")),
+                )
+            }
             Self::DeletionRefused(message) => (
                 EventType::Warning,
                 "DeletionRefused",

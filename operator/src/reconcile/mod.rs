@@ -210,7 +210,19 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
     let csinodes = ctx.csinodes.state();
     let observed = status::observe(&ctx.client, &rendered, &csinodes).await?;
     let new_status = status::applied_status(cr, &rendered, &observed, &now());
+    let changes = status::sidecar_changes(cr.status.as_ref(), &new_status);
     status::write_status(&ctx.client, cr, &new_status).await?;
+    if let Some((added, removed)) = changes {
+        events::publish(
+            ctx,
+            cr,
+            Note::SidecarsChanged {
+                added: &added,
+                removed: &removed,
+            },
+        )
+        .await;
+    }
     Ok(Action::requeue(RESYNC))
 }
 

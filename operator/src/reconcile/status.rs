@@ -253,7 +253,7 @@ pub fn applied_status(
         ),
         controller: obs.controller,
         node: obs.node,
-        sidecars: rendered.sidecars.clone(),
+        sidecars: rendered.sidecar_decisions.clone(),
         driver_name: Some(rendered.driver_name.clone()),
         ..CsiDeploymentStatus::default()
     };
@@ -315,4 +315,25 @@ pub async fn write_status(
             format!("CsiDeployment {name}"),
         ))?;
     Ok(true)
+}
+
+/// The sidecars deployed now that were not before, and those gone (`pod/container`);
+/// `None` when nothing changed or there was no previous deployment to compare with.
+pub fn sidecar_changes(
+    previous: Option<&CsiDeploymentStatus>,
+    now: &CsiDeploymentStatus,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let deployed = |status: &CsiDeploymentStatus| -> std::collections::BTreeSet<String> {
+        status
+            .sidecars
+            .iter()
+            .filter(|s| s.deployed)
+            .map(|s| format!("{}/{}", s.pod, s.name))
+            .collect()
+    };
+    let before = deployed(previous.filter(|p| !p.sidecars.is_empty())?);
+    let after = deployed(now);
+    let added: Vec<String> = after.difference(&before).cloned().collect();
+    let removed: Vec<String> = before.difference(&after).cloned().collect();
+    (!added.is_empty() || !removed.is_empty()).then_some((added, removed))
 }

@@ -57,8 +57,10 @@ impl Default for RenderEnv {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rendered {
     pub objects: Vec<ManagedObject>,
-    /// The controller pod's sidecars and why each is there (for status).
+    /// The controller pod's sidecars and why each is there.
     pub sidecars: Vec<SidecarNeed>,
+    /// Every sidecar of both pods, deployed or left out, and why (for status).
+    pub sidecar_decisions: Vec<crate::crd::SidecarStatus>,
     /// What the CR requires and the cluster cannot serve yet (snapshots set to `true`
     /// without the snapshot CRDs): the deployment goes ahead, Degraded.
     pub warnings: Vec<String>,
@@ -114,6 +116,7 @@ pub fn render(cr: &CsiDeployment, env: &RenderEnv) -> Result<Rendered, RenderErr
     Ok(Rendered {
         objects,
         sidecars: plan.controller_sidecars.clone(),
+        sidecar_decisions: plan.explain_sidecars(&cr.spec.features),
         warnings: plan.warnings.clone(),
         notes: plan.notes.clone(),
         driver_name: plan.driver_name.clone(),

@@ -11,7 +11,7 @@ use plinth_driver::capabilities::{
 };
 
 use super::RenderEnv;
-use crate::crd::{CsiDeployment, Features};
+use crate::crd::{CsiDeployment, Features, SidecarStatus};
 
 /// The resolved shape of one deployment.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,6 +94,72 @@ impl Plan {
             warnings,
             notes,
         }
+    }
+
+    /// Every sidecar, deployed or left out, with the reason in words.
+    pub fn explain_sidecars(&self, features: &Features) -> Vec<SidecarStatus> {
+        let caps = &self.capabilities;
+        let line = |sidecar: Sidecar, pod: &str, deployed: bool, reason: String| SidecarStatus {
+            name: sidecar.container_name().to_owned(),
+            pod: pod.to_owned(),
+            deployed,
+            reason,
+        };
+        // Deployed because of `cap`; or left out: switched off by `field`, or not
+        // advertised by the driver.
+        let optional = |sidecar: Sidecar, cap: &str, switch: Option<(&str, Option<bool>)>| {
+            let deployed = self.has_sidecar(sidecar);
+            let reason = if deployed {
+                format!("the driver advertises {cap}")
+            } else if let Some((field, Some(false))) = switch {
+                format!("switched off: features.{field} is false")
+            } else {
+                format!("the driver does not advertise {cap}")
+            };
+            line(sidecar, "controller", deployed, reason)
+        };
+        let mut out = vec![
+            optional(Sidecar::Provisioner, "CREATE_DELETE_VOLUME", None),
+            optional(Sidecar::Attacher, "PUBLISH_UNPUBLISH_VOLUME", None),
+            optional(
+                Sidecar::Resizer,
+                "EXPAND_VOLUME",
+                Some(("resize", features.resize)),
+            ),
+        ];
+        out.push(if caps.can_snapshot() && !self.snapshots {
+            line(
+                Sidecar::Snapshotter,
+                "controller",
+                false,
+                "the VolumeSnapshot CRDs (snapshot.storage.k8s.io) are not installed; it is \
+                 added when they are"
+                    .to_owned(),
+            )
+        } else {
+            optional(
+                Sidecar::Snapshotter,
+                "CREATE_DELETE_SNAPSHOT",
+                Some(("snapshots", features.snapshots)),
+            )
+        });
+        for pod in ["controller", "node"] {
+            if pod == "node" {
+                out.push(line(
+                    Sidecar::NodeDriverRegistrar,
+                    pod,
+                    true,
+                    "always: registers the driver with kubelet".to_owned(),
+                ));
+            }
+            out.push(line(
+                Sidecar::LivenessProbe,
+                pod,
+                true,
+                "always: lets kubelet restart a driver that stops answering Probe".to_owned(),
+            ));
+        }
+        out
     }
 
     pub fn has_sidecar(&self, sidecar: Sidecar) -> bool {

@@ -172,11 +172,7 @@ fn attach_with(image: &Path, read_only: bool) -> Result<LoopDevice, MountError> 
             Ok(()) => {
                 let device = LoopDevice::from_number(number)?;
                 if !read_only && let Ok(meta) = backing.metadata() {
-                    let id = FileId {
-                        dev: split_dev(meta.dev()),
-                        ino: meta.ino(),
-                    };
-                    RW_CACHE.remember(id, &device);
+                    RW_CACHE.remember(FileId::of_metadata(&meta), &device);
                 }
                 return Ok(device);
             }
@@ -291,12 +287,16 @@ impl FileId {
     /// The identity of the file at `path`; `None` when there is no such file.
     pub fn of(path: &Path) -> Result<Option<Self>, MountError> {
         match fs::metadata(path) {
-            Ok(meta) => Ok(Some(Self {
-                dev: split_dev(meta.dev()),
-                ino: meta.ino(),
-            })),
+            Ok(meta) => Ok(Some(Self::of_metadata(&meta))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(MountError::io("stat", path)(e)),
+        }
+    }
+
+    fn of_metadata(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: split_dev(meta.dev()),
+            ino: meta.ino(),
         }
     }
 

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, ResourceRequirements, Toleration, Volume, VolumeMount,
+};
 use k8s_openapi::api::storage::v1::TokenRequest;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -156,7 +158,8 @@ pub struct DriverSpec {
     pub extra_args: Vec<String>,
 
     /// Port the livenessprobe sidecars serve `/healthz` on (inside each pod's network
-    /// namespace; neither pod uses the host network).
+    /// namespace, or on the node itself when a third-party driver's pod uses
+    /// `hostNetwork`: then pick a port free on every node).
     #[serde(default = "default_health_port")]
     #[schemars(range(min = 1024, max = 65535))]
     pub health_port: i32,
@@ -211,6 +214,77 @@ pub struct ThirdPartyDriver {
     #[serde(default = "default_node_id_env")]
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub node_id_env: String,
+
+    /// Where the driver's controller side runs. `Central` (default): a controller
+    /// StatefulSet runs the driver's controller service with external-provisioner,
+    /// -attacher, -resizer and -snapshotter as its capabilities need. `PerNode`: for local
+    /// storage, as upstream's distributed deployments do: no controller StatefulSet; every
+    /// node pod runs external-provisioner with `--node-deployment` (it provisions only the
+    /// volumes of its own node, capacity objects owned by the pod) and, with snapshots,
+    /// external-snapshotter with `--node-deployment` (which also needs the cluster's
+    /// snapshot-controller to run with `--enable-distributed-snapshotting`).
+    /// external-resizer has no per-node mode, so volumes cannot be expanded, and
+    /// PUBLISH_UNPUBLISH_VOLUME is refused (nothing could attach). Needs topology
+    /// (VOLUME_ACCESSIBILITY_CONSTRAINTS): the provisioner offers each volume to one node.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub provisioning: Provisioning,
+
+    /// Extra environment, volumes and host networking of the driver container in the
+    /// controller pod. Volumes here cannot be hostPath: the controller container is not
+    /// privileged and has no business on the host.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub controller_pod: DriverPodOptions,
+
+    /// Extra environment, volumes and host networking of the driver container in the node
+    /// pod, e.g. a hostPath data directory. The container already runs privileged.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub node_pod: DriverPodOptions,
+
+    /// Arguments appended to a sidecar's own, keyed by container name: `csi-provisioner`,
+    /// `csi-attacher`, `csi-resizer`, `csi-snapshotter`, `liveness-probe` (both pods),
+    /// `node-driver-registrar`. E.g. `csi-provisioner: ["--worker-threads=5"]`. The flags
+    /// Plinth sets (`--csi-address`, `--timeout`, leader election, topology and capacity
+    /// flags) come first; a flag given again here wins where the sidecar takes the last.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sidecar_args: BTreeMap<String, Vec<String>>,
+}
+
+/// Where a third-party driver's controller side runs; see `driver.thirdParty.provisioning`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Provisioning {
+    /// A controller StatefulSet with the sidecars the capabilities need.
+    #[default]
+    Central,
+    /// No controller StatefulSet: the node pods provision their own node's volumes.
+    PerNode,
+}
+
+/// Extras of the driver container in one pod (third-party drivers).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriverPodOptions {
+    /// Environment variables added to the driver container, after the endpoint and node
+    /// name variables (which they may not redefine). `$(VAR)` references in the arguments
+    /// see them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// ConfigMaps and Secrets (in `spec.namespace`) whose keys become environment
+    /// variables of the driver container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+    /// Volumes added to the pod, for the driver container's `volumeMounts`. Names must not
+    /// clash with Plinth's own (`socket-dir`, `registration-dir`, `pods-dir`,
+    /// `csi-plugins-dir`, `dev`, `pool`, `kube-api-access`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Mounts of the driver container, each naming one of `volumes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Run the pod in the node's network namespace (`hostNetwork`, with DNS policy
+    /// `ClusterFirstWithHostNet`), for drivers that must reach storage over the node's
+    /// interfaces. The livenessprobe then serves `driver.healthPort` on the node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
 }
 
 /// Optional features; see `spec.features`.
@@ -540,6 +614,40 @@ pub struct StorageClassSpec {
     /// Restrict provisioning to nodes matching these terms.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_topologies: Vec<k8s_openapi::api::core::v1::TopologySelectorTerm>,
+    /// Built-in driver, ext4 only: encrypt every volume of this class at rest with a key
+    /// of its own (ext4 fscrypt). The class gets the parameters `encryption: fscrypt`,
+    /// `csi.storage.k8s.io/node-stage-secret-name` and `-namespace`: kubelet reads that
+    /// Secret (through its node authorization, so no sidecar gets any Secret access) and
+    /// hands it to the driver at NodeStageVolume; the first stage creates the volume's
+    /// random key, wrapped with the Secret's `encryptionKey`. A volume whose Secret is
+    /// missing is not mounted. The StorageClass is labelled `plinth.dev/encryption: fscrypt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSpec>,
+}
+
+/// Where each encrypted volume's Secret is; `${pvc.name}`, `${pvc.namespace}` and
+/// `${pv.name}` are filled in per claim by the provisioner.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionSpec {
+    /// Name of the Secret holding `encryptionKey`. Default `${pvc.name}`: one Secret per
+    /// claim, named like it.
+    #[serde(default = "default_encryption_secret_name")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Namespace of that Secret. Default `${pvc.namespace}`: the claim's own.
+    #[serde(default = "default_encryption_secret_namespace")]
+    #[schemars(length(min = 1, max = 63))]
+    pub secret_namespace: String,
+}
+
+impl Default for EncryptionSpec {
+    fn default() -> Self {
+        Self {
+            secret_name: default_encryption_secret_name(),
+            secret_namespace: default_encryption_secret_namespace(),
+        }
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -728,6 +836,15 @@ impl CsiDeploymentSpec {
         self.driver.third_party.is_none()
     }
 
+    /// A third-party driver whose node pods provision their own volumes (no controller
+    /// StatefulSet).
+    pub fn is_per_node(&self) -> bool {
+        self.driver
+            .third_party
+            .as_ref()
+            .is_some_and(|t| t.provisioning == Provisioning::PerNode)
+    }
+
     /// The built-in driver's pool directory: `node.poolPath`, or one named for the driver.
     pub fn pool_path(&self) -> String {
         self.node
@@ -737,6 +854,15 @@ impl CsiDeploymentSpec {
     }
 }
 
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+fn default_encryption_secret_name() -> String {
+    "${pvc.name}".to_owned()
+}
+fn default_encryption_secret_namespace() -> String {
+    "${pvc.namespace}".to_owned()
+}
 fn default_driver_name() -> String {
     BUILTIN_DRIVER_NAME.to_owned()
 }

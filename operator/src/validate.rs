@@ -8,12 +8,17 @@ use std::path::{Component, Path};
 
 use plinth_driver::capabilities::{ControllerCapability, Sidecar};
 
-use crate::crd::{CsiDeployment, LifecycleMode};
-use crate::render::RenderEnv;
+use crate::crd::{
+    CsiDeployment, DriverPodOptions, EncryptionSpec, LifecycleMode, StorageClassSpec,
+};
 use crate::render::controller::{MIN_BUILTIN_TIMEOUT_MILLIS, go_duration_millis};
 use crate::render::images;
 use crate::render::names::MAX_CR_NAME;
 use crate::render::plan::{Feature, Plan};
+use crate::render::{RenderEnv, classes, secrets};
+
+/// The StorageClass parameter naming the volumes' filesystem.
+const FSTYPE_PARAMETER: &str = "csi.storage.k8s.io/fstype";
 
 /// One problem in a spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +85,10 @@ pub fn validate_in(cr: &CsiDeployment, env: &RenderEnv) -> Result<(), Validation
     paths(cr, &mut errors);
     inline_volumes(cr, &mut errors);
     csi_driver(cr, &plan, &mut errors);
+    third_party_pods(cr, &mut errors);
+    per_node(cr, &plan, &mut errors);
     classes(cr, &plan, &mut errors);
+    operation_secrets(cr, &plan, &mut errors);
     images_and_resources(cr, &mut errors);
     if errors.0.is_empty() {
         Ok(())
@@ -436,12 +444,20 @@ fn classes(cr: &CsiDeployment, plan: &Plan, errors: &mut Errors) {
             errors,
         );
         for (i, sc) in classes.iter().enumerate() {
-            if sc.allow_volume_expansion == Some(true) && !plan.capabilities.can_expand() {
+            if sc.allow_volume_expansion == Some(true) && !plan.can_resize() {
                 errors.add(
                     format!("{field}[{i}].allowVolumeExpansion"),
-                    "true, but resize is off (no resizer is deployed): enable features.resize \
-                     or unset it",
+                    if plan.per_node {
+                        "true, but no resizer is deployed: external-resizer has no per-node \
+                         mode (driver.thirdParty.provisioning: PerNode); unset it"
+                    } else {
+                        "true, but resize is off (no resizer is deployed): enable \
+                         features.resize or unset it"
+                    },
                 );
+            }
+            if let Some(encryption) = &sc.encryption {
+                check_encryption(cr, &format!("{field}[{i}]"), sc, encryption, errors);
             }
         }
     }
@@ -457,6 +473,262 @@ fn classes(cr: &CsiDeployment, plan: &Plan, errors: &mut Errors) {
                 "listed, but snapshots are off: enable features.snapshots or remove the list",
             );
         }
+    }
+}
+
+/// The encryption knob: the built-in driver's ext4 fscrypt, with a Secret reference the
+/// class does not already set.
+fn check_encryption(
+    cr: &CsiDeployment,
+    item: &str,
+    sc: &StorageClassSpec,
+    encryption: &EncryptionSpec,
+    errors: &mut Errors,
+) {
+    let field = format!("{item}.encryption");
+    if !cr.spec.is_builtin() {
+        errors.add(
+            &field,
+            "encrypts with the built-in driver's ext4 fscrypt support, which a third-party \
+             driver does not have: remove it and use the driver's own encryption parameters",
+        );
+    }
+    if let Some(fstype) = sc.parameters.get(FSTYPE_PARAMETER)
+        && fstype != "ext4"
+    {
+        errors.add(
+            &field,
+            format!(
+                "needs ext4 (the volumes are encrypted with ext4's fscrypt), but the class \
+                 sets {FSTYPE_PARAMETER}: {fstype:?}; remove that parameter or set it to ext4"
+            ),
+        );
+    }
+    let owned = classes::encryption_parameters(encryption);
+    for key in owned.keys().filter(|k| sc.parameters.contains_key(*k)) {
+        errors.add(
+            format!("{item}.parameters"),
+            format!(
+                "{key:?} is set by encryption: remove it from parameters (set \
+                 encryption.secretName / secretNamespace instead)"
+            ),
+        );
+    }
+    for (what, value) in [
+        ("secretName", &encryption.secret_name),
+        ("secretNamespace", &encryption.secret_namespace),
+    ] {
+        if value.trim().is_empty() {
+            errors.add(
+                format!("{field}.{what}"),
+                "is empty: give a name or a template such as ${pvc.name}, or leave it unset",
+            );
+        }
+    }
+    check_secret_namespace(
+        &format!("{field}.secretNamespace"),
+        &encryption.secret_namespace,
+        errors,
+    );
+}
+
+/// A literal Secret namespace must be a namespace name.
+fn check_secret_namespace(field: &str, namespace: &str, errors: &mut Errors) {
+    if !secrets::is_templated(namespace) && !namespace.is_empty() && !is_dns_label(namespace, 63) {
+        errors.add(
+            field,
+            format!(
+                "{namespace:?} is neither a namespace name nor a template such as \
+                 ${{pvc.namespace}}"
+            ),
+        );
+    }
+}
+
+/// Operation-secret parameters come in pairs: a Secret is found by name *and* namespace.
+fn operation_secrets(cr: &CsiDeployment, plan: &Plan, errors: &mut Errors) {
+    let storage = classes::storage_class_specs(cr)
+        .into_iter()
+        .map(|sc| classes::rendered_parameters(&sc));
+    let snapshot = if cr.spec.volume_snapshot_classes.is_some() || plan.snapshots {
+        classes::snapshot_class_specs(cr)
+    } else {
+        Vec::new()
+    }
+    .into_iter()
+    .map(|c| c.parameters);
+    let lists = storage
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                format!("spec.storageClasses[{i}].parameters"),
+                p,
+                secrets::STORAGE_CLASS_KINDS,
+            )
+        })
+        .chain(snapshot.enumerate().map(|(i, p)| {
+            (
+                format!("spec.volumeSnapshotClasses[{i}].parameters"),
+                p,
+                secrets::SNAPSHOT_CLASS_KINDS,
+            )
+        }));
+    for (field, parameters, kinds) in lists {
+        for r in secrets::secret_refs(&parameters, kinds) {
+            let prefix = r.kind.prefix();
+            match (r.name, r.namespace) {
+                (Some(_), None) => errors.add(
+                    &field,
+                    format!(
+                        "{prefix}name is set without {prefix}namespace: a Secret is found by \
+                         both; add the namespace (a name, or a template such as \
+                         ${{pvc.namespace}})"
+                    ),
+                ),
+                (None, Some(_)) => errors.add(
+                    &field,
+                    format!(
+                        "{prefix}namespace is set without {prefix}name: a Secret is found by \
+                         both; add the name (or remove the namespace)"
+                    ),
+                ),
+                (_, Some(namespace)) => {
+                    check_secret_namespace(
+                        &format!("{field}.{prefix}namespace"),
+                        namespace,
+                        errors,
+                    );
+                }
+                (None, None) => {}
+            }
+        }
+    }
+}
+
+/// A third-party driver's extra env, volumes, mounts and sidecar arguments.
+fn third_party_pods(cr: &CsiDeployment, errors: &mut Errors) {
+    let Some(third) = &cr.spec.driver.third_party else {
+        return;
+    };
+    for (pod, options, reserved) in [
+        (
+            "controllerPod",
+            &third.controller_pod,
+            &[crate::render::pod::SOCKET_VOLUME][..],
+        ),
+        (
+            "nodePod",
+            &third.node_pod,
+            crate::render::node::RESERVED_VOLUMES,
+        ),
+    ] {
+        let field = format!("spec.driver.thirdParty.{pod}");
+        for (i, env) in options.env.iter().enumerate() {
+            if env.name == third.endpoint_env || env.name == third.node_id_env {
+                errors.add(
+                    format!("{field}.env[{i}].name"),
+                    format!(
+                        "{:?} is set by Plinth (the CSI endpoint and the node name): remove it, \
+                         or rename Plinth's with endpointEnv / nodeIdEnv",
+                        env.name
+                    ),
+                );
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, volume) in options.volumes.iter().enumerate() {
+            let item = format!("{field}.volumes[{i}]");
+            if reserved.contains(&volume.name.as_str()) {
+                errors.add(
+                    format!("{item}.name"),
+                    format!(
+                        "{:?} is one of Plinth's own volumes in this pod ({}): pick another name",
+                        volume.name,
+                        reserved.join(", ")
+                    ),
+                );
+            }
+            if !names.insert(volume.name.as_str()) {
+                errors.add(
+                    format!("{item}.name"),
+                    format!("{:?} is listed twice", volume.name),
+                );
+            }
+            if pod == "controllerPod" && volume.host_path.is_some() {
+                errors.add(
+                    format!("{item}.hostPath"),
+                    "hostPath volumes are allowed in nodePod only: the controller pod runs \
+                     unprivileged and away from any particular node's disks; use another \
+                     volume type here, or move it to nodePod",
+                );
+            }
+        }
+        for (i, mount) in options.volume_mounts.iter().enumerate() {
+            if !names.contains(mount.name.as_str()) {
+                errors.add(
+                    format!("{field}.volumeMounts[{i}].name"),
+                    format!(
+                        "{:?} names no volume of {pod}.volumes: add the volume, or fix the name",
+                        mount.name
+                    ),
+                );
+            }
+        }
+    }
+    let known: Vec<&str> = Sidecar::ALL.iter().map(|s| s.container_name()).collect();
+    for key in third.sidecar_args.keys() {
+        if !known.contains(&key.as_str()) {
+            errors.add(
+                format!("spec.driver.thirdParty.sidecarArgs.{key}"),
+                format!("no sidecar {key:?}: sidecars are {}", known.join(", ")),
+            );
+        }
+    }
+}
+
+/// Per-node provisioning: what a node-local provisioner needs and cannot do.
+fn per_node(cr: &CsiDeployment, plan: &Plan, errors: &mut Errors) {
+    let Some(third) = cr
+        .spec
+        .driver
+        .third_party
+        .as_ref()
+        .filter(|_| plan.per_node)
+    else {
+        return;
+    };
+    let field = "spec.driver.thirdParty.provisioning";
+    if !plan.capabilities.has_topology() {
+        errors.add(
+            field,
+            "PerNode needs topology: each node's provisioner creates volumes on its own node \
+             and must tell the scheduler so (plugin capability \
+             VOLUME_ACCESSIBILITY_CONSTRAINTS, features.topology not false); use Central \
+             for a driver without it",
+        );
+    }
+    if plan.capabilities.attach_required() {
+        errors.add(
+            field,
+            "PerNode cannot serve PUBLISH_UNPUBLISH_VOLUME: external-attacher has no per-node \
+             mode, so volumes would wait for attachment forever; use Central for a driver \
+             that attaches",
+        );
+    }
+    if cr.spec.features.resize == Some(true) {
+        errors.add(
+            "spec.features.resize",
+            "true, but external-resizer has no per-node mode \
+             (driver.thirdParty.provisioning: PerNode): unset it or set it to false",
+        );
+    }
+    if !third.controller_args.is_empty() || third.controller_pod != DriverPodOptions::default() {
+        errors.add(
+            "spec.driver.thirdParty.controllerArgs",
+            "PerNode runs no controller pod, so controllerArgs and controllerPod would be \
+             ignored: remove them (the node pod's driver serves the controller calls with \
+             nodeArgs and nodePod)",
+        );
     }
 }
 

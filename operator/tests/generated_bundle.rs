@@ -521,8 +521,27 @@ fn operator_cluster_role_manages_every_kind_without_update_or_wildcards() {
             "wildcard resource: {rule:?}"
         );
         assert!(
-            !rule.verbs.iter().any(|v| v == "escalate" || v == "bind"),
-            "the operator holds what it grants instead of escalate/bind: {rule:?}"
+            !rule.verbs.iter().any(|v| v == "escalate"),
+            "the operator holds what it grants instead of escalating: {rule:?}"
+        );
+        // `bind` only on the shipped operation-secret reader, by name: the operator never
+        // holds Secret access itself (see render::secrets).
+        if rule.verbs.iter().any(|v| v == "bind") {
+            assert_eq!(
+                rule,
+                &PolicyRule {
+                    api_groups: Some(vec!["rbac.authorization.k8s.io".to_owned()]),
+                    resources: Some(vec!["clusterroles".to_owned()]),
+                    resource_names: Some(vec!["plinth-operation-secret-reader".to_owned()]),
+                    verbs: vec!["bind".to_owned()],
+                    ..PolicyRule::default()
+                },
+                "bind beyond the operation-secret reader"
+            );
+        }
+        assert!(
+            !rule.resources.iter().flatten().any(|r| r == "secrets"),
+            "the operator must not hold Secret access: {rule:?}"
         );
     }
     // `update` only where something the operator grants needs it, or on finalizers.
@@ -550,4 +569,20 @@ fn operator_cluster_role_manages_every_kind_without_update_or_wildcards() {
             );
         }
     }
+}
+
+#[test]
+fn the_operation_secret_reader_ships_in_config_and_bundle_and_only_gets_secrets() {
+    let file = generate::OPERATION_SECRET_READER_FILE;
+    let config = read(&format!("config/rbac/{file}"));
+    assert_eq!(config, read(&format!("bundle/manifests/{file}")));
+    let role: Value = yaml(&config);
+    assert_eq!(role["kind"], "ClusterRole");
+    assert_eq!(role["metadata"]["name"], "plinth-operation-secret-reader");
+    let rules: Vec<PolicyRule> = serde_json::from_value(role["rules"].clone()).unwrap();
+    assert_eq!(rules, [policy::rule(&[""], &["secrets"], &["get"])]);
+    assert!(
+        read("config/rbac/kustomization.yaml").contains(file),
+        "config/rbac/kustomization.yaml does not list {file}"
+    );
 }

@@ -35,6 +35,9 @@ pub const OPERATOR_NAME: &str = "plinth-operator";
 /// Namespace of a kustomize install (OLM installs into the namespace the user picks).
 pub const NAMESPACE: &str = "plinth-system";
 pub const SERVICE_ACCOUNT: &str = "plinth-operator";
+/// The operation-secret reader ClusterRole's file, the same in config/rbac and
+/// bundle/manifests.
+pub const OPERATION_SECRET_READER_FILE: &str = "operation_secret_reader_role.yaml";
 /// The CRD's file name, the same in config/crd/bases and bundle/manifests.
 pub const CRD_FILE: &str = "plinth.dev_csideployments.yaml";
 /// The CRDs of the built-in driver: its controller and node plugins hand volume work to
@@ -215,6 +218,13 @@ pub fn artifacts() -> Result<Vec<Artifact>, GenerateError> {
                     &rbac::leader_election_role_binding(),
                 )?,
             ),
+            (
+                OPERATION_SECRET_READER_FILE,
+                yaml::document(
+                    "the operation-secret reader ClusterRole",
+                    &rbac::operation_secret_reader(),
+                )?,
+            ),
         ],
     )?;
     tree.kustomize_dir(
@@ -254,6 +264,15 @@ pub fn artifacts() -> Result<Vec<Artifact>, GenerateError> {
     for (file, text) in crd_files {
         tree.add(format!("bundle/manifests/{file}"), text);
     }
+    // OLM installs ClusterRoles shipped in the bundle as they are: the CSV's
+    // clusterPermissions hold `bind` on this one.
+    tree.add(
+        format!("bundle/manifests/{OPERATION_SECRET_READER_FILE}"),
+        yaml::document(
+            "the operation-secret reader ClusterRole",
+            &rbac::operation_secret_reader(),
+        )?,
+    );
     tree.add(
         "bundle/metadata/annotations.yaml",
         bundle::annotations_yaml()?,

@@ -17,6 +17,7 @@ use plinth_driver::capabilities::Sidecar;
 use super::policy::{merge, rule};
 use super::{NAMESPACE, SERVICE_ACCOUNT, manager};
 use crate::render::ManagedKind;
+use crate::render::secrets::OPERATION_SECRET_READER;
 
 /// Name of the ClusterRole, ClusterRoleBinding and ServiceAccount.
 pub const CLUSTER_ROLE: &str = "plinth-operator";
@@ -93,9 +94,41 @@ pub fn grantable_rules() -> Vec<PolicyRule> {
         .collect()
 }
 
-/// The operator's ClusterRole rules: its own needs ∪ every grantable permission.
+/// Binding the shipped operation-secret reader (and nothing else): the operator grants
+/// sidecars `get` on the Secrets their StorageClasses name without ever holding Secret
+/// access itself, which holding what it grants would require (see `render::secrets`).
+pub fn bind_rules() -> Vec<PolicyRule> {
+    vec![PolicyRule {
+        resource_names: Some(vec![OPERATION_SECRET_READER.to_owned()]),
+        ..rule(&["rbac.authorization.k8s.io"], &["clusterroles"], &["bind"])
+    }]
+}
+
+/// The operator's ClusterRole rules: its own needs ∪ every grantable permission ∪ binding
+/// the operation-secret reader.
 pub fn cluster_rules() -> Vec<PolicyRule> {
-    merge(own_rules().into_iter().chain(grantable_rules()))
+    merge(
+        own_rules()
+            .into_iter()
+            .chain(grantable_rules())
+            .chain(bind_rules()),
+    )
+}
+
+/// The rules of [`OPERATION_SECRET_READER`]: reading one Secret by name, what a sidecar
+/// does with the operation secret a StorageClass or VolumeSnapshotClass names.
+pub fn operation_secret_reader_rules() -> Vec<PolicyRule> {
+    vec![rule(&[""], &["secrets"], &["get"])]
+}
+
+/// The ClusterRole the operator binds (per namespace or cluster-wide) to sidecars that
+/// read operation secrets; it holds no rights of its own through it.
+pub fn operation_secret_reader() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(OPERATION_SECRET_READER, None),
+        rules: Some(operation_secret_reader_rules()),
+        ..ClusterRole::default()
+    }
 }
 
 /// Name of the operator's leader-election Lease: the default of `run --lease-name` (a

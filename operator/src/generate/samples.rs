@@ -36,6 +36,16 @@ pub const SAMPLES: &[Sample] = &[
         "plinth_v1alpha1_csideployment_third_party.yaml",
         "third-party.yaml"
     ),
+    // Per-volume encryption keys from per-claim Secrets.
+    sample!(
+        "plinth_v1alpha1_csideployment_encrypted.yaml",
+        "encrypted.yaml"
+    ),
+    // A real third-party driver, upstream's distributed (per-node) topology.
+    sample!(
+        "plinth_v1alpha1_csideployment_hostpath.yaml",
+        "hostpath.yaml"
+    ),
     // Disconnected clusters: every image from a mirror (see the CSV's relatedImages).
     sample!(
         "plinth_v1alpha1_csideployment_air_gapped.yaml",

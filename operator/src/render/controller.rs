@@ -12,9 +12,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use plinth_driver::capabilities::{PluginCapability, Sidecar};
+use plinth_driver::capabilities::{DriverFeatures, PluginCapability, Sidecar};
 
-use super::pod::{self, SOCKET_VOLUME};
+use super::pod::{self, PodKind, SOCKET_VOLUME};
 use super::{Plan, names, plan};
 use crate::crd::CsiDeployment;
 
@@ -23,12 +23,23 @@ pub const COMPONENT: &str = "controller";
 pub fn stateful_set(cr: &CsiDeployment, plan: &Plan) -> StatefulSet {
     let workload = pod::workload(cr, names::controller(cr), COMPONENT);
     let spec = &cr.spec.controller;
-    let mut containers = vec![driver(cr, plan)];
+    let mut containers = vec![pod::driver_container(
+        cr,
+        PodKind::Controller,
+        plan.builtin.as_ref(),
+    )];
     containers.extend(
         plan.controller_sidecars
             .iter()
-            .map(|need| sidecar(cr, plan, need.sidecar)),
+            .map(|need| sidecar(cr, plan, need.sidecar, PodKind::Controller)),
     );
+    let mut volumes = vec![Volume {
+        name: SOCKET_VOLUME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    volumes.extend(pod::extra_volumes(cr, PodKind::Controller));
+    let (host_network, dns_policy) = pod::host_network(cr, PodKind::Controller);
     StatefulSet {
         metadata: workload.metadata,
         spec: Some(StatefulSetSpec {
@@ -47,11 +58,9 @@ pub fn stateful_set(cr: &CsiDeployment, plan: &Plan) -> StatefulSet {
                     affinity: affinity(cr, &workload.selector),
                     image_pull_secrets: pod::pull_secrets(cr),
                     containers,
-                    volumes: Some(vec![Volume {
-                        name: SOCKET_VOLUME.to_owned(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
+                    host_network,
+                    dns_policy,
                     ..PodSpec::default()
                 }),
             },
@@ -129,9 +138,11 @@ pub fn handoff_timeout_seconds(cr: &CsiDeployment) -> u64 {
     (timeout / 2 / 1_000).max(1)
 }
 
-fn driver(cr: &CsiDeployment, plan: &Plan) -> Container {
-    let args = match (&plan.builtin, &cr.spec.driver.third_party) {
-        (Some(features), _) => {
+/// The driver's arguments in the controller pod.
+pub(super) fn driver_args(cr: &CsiDeployment, builtin: Option<&DriverFeatures>) -> Vec<String> {
+    match (builtin, &cr.spec.driver.third_party) {
+        (_, Some(third)) => third.controller_args.clone(),
+        (Some(features), None) => {
             // No pool here: the controller records work in the API and the node plugins
             // do it in theirs.
             let mut args = pod::builtin_args(cr, "controller", &plan::disabled_switches(features));
@@ -141,22 +152,31 @@ fn driver(cr: &CsiDeployment, plan: &Plan) -> Container {
             ));
             args
         }
-        (None, Some(third)) => third.controller_args.clone(),
         (None, None) => Vec::new(),
-    };
-    let mut container = pod::driver_container(cr, args, &cr.spec.controller.resources);
-    container.volume_mounts = Some(vec![pod::socket_mount()]);
-    container.security_context = Some(pod::restricted());
-    container
+    }
 }
 
 /// Leader election only with several replicas (see the module comment).
+/// Per node there is no controller pod, and each node's sidecars own their node's volumes:
+/// nothing to elect.
 pub fn leader_election(cr: &CsiDeployment) -> bool {
-    cr.spec.controller.replicas > 1
+    cr.spec.controller.replicas > 1 && !cr.spec.is_per_node()
 }
 
-fn sidecar(cr: &CsiDeployment, plan: &Plan, sidecar: Sidecar) -> Container {
-    let resources = &cr.spec.controller.resources;
+/// A sidecar that works through the API (provisioner, attacher, resizer, snapshotter) or
+/// the livenessprobe, in `pod`: the controller pod, or with per-node provisioning the node
+/// pod, where the provisioner and snapshotter handle only their own node's volumes.
+pub(super) fn sidecar(
+    cr: &CsiDeployment,
+    plan: &Plan,
+    sidecar: Sidecar,
+    pod: PodKind,
+) -> Container {
+    let per_node = pod == PodKind::Node;
+    let resources = match pod {
+        PodKind::Controller => &cr.spec.controller.resources,
+        PodKind::Node => &cr.spec.node.resources,
+    };
     if sidecar == Sidecar::LivenessProbe {
         return pod::liveness_sidecar(cr, resources);
     }
@@ -167,6 +187,10 @@ fn sidecar(cr: &CsiDeployment, plan: &Plan, sidecar: Sidecar) -> Container {
         args.push(format!("--leader-election-namespace={}", cr.spec.namespace));
     }
     let mut env = Vec::new();
+    if per_node {
+        // `--node-deployment` needs to know which node's volumes are its own.
+        env.push(pod::field_env("NODE_NAME", "spec.nodeName"));
+    }
     match sidecar {
         Sidecar::Provisioner => {
             // PVC name/namespace and PV name reach CreateVolume as parameters.
@@ -174,17 +198,25 @@ fn sidecar(cr: &CsiDeployment, plan: &Plan, sidecar: Sidecar) -> Container {
             args.push("--default-fstype=ext4".to_owned());
             if plan.capabilities.has_topology() {
                 args.push("--feature-gates=Topology=true".to_owned());
-                if plan.builtin.is_some() {
+                if plan.builtin.is_some() || per_node {
                     // Local volumes live on exactly the selected node: offer only that one
                     // (a third-party driver may well serve a whole zone).
                     args.push("--strict-topology=true".to_owned());
                 }
             }
+            if per_node {
+                // Each node's provisioner takes the claims scheduled to its node; claims
+                // with Immediate binding would have no node to go to.
+                args.push("--node-deployment=true".to_owned());
+                args.push("--immediate-topology=false".to_owned());
+            }
             if plan.capacity_tracking() {
                 args.push("--enable-capacity=true".to_owned());
-                // Level 1 from the pod is the StatefulSet: capacity objects live as long
-                // as the deployment, not one pod.
-                args.push("--capacity-ownerref-level=1".to_owned());
+                // Capacity objects live as long as their owner: from the pod, level 1 is
+                // the StatefulSet (the deployment's life). Per node, the pod itself: a
+                // node's capacity goes when its pod does (upstream's distributed setup).
+                let level = if per_node { 0 } else { 1 };
+                args.push(format!("--capacity-ownerref-level={level}"));
                 env.push(pod::field_env("NAMESPACE", "metadata.namespace"));
                 env.push(pod::field_env("POD_NAME", "metadata.name"));
             }
@@ -204,6 +236,9 @@ fn sidecar(cr: &CsiDeployment, plan: &Plan, sidecar: Sidecar) -> Container {
         }
         Sidecar::Snapshotter => {
             args.push("--extra-create-metadata=true".to_owned());
+            if per_node {
+                args.push("--node-deployment=true".to_owned());
+            }
             if plan.group_snapshots {
                 args.push("--feature-gates=CSIVolumeGroupSnapshot=true".to_owned());
             }
@@ -219,7 +254,7 @@ fn sidecar(cr: &CsiDeployment, plan: &Plan, sidecar: Sidecar) -> Container {
 
 /// With several replicas, voluntary disruptions (drains) take one down at a time.
 pub fn disruption_budget(cr: &CsiDeployment, _plan: &Plan) -> Option<PodDisruptionBudget> {
-    if cr.spec.controller.replicas <= 1 {
+    if cr.spec.controller.replicas <= 1 || cr.spec.is_per_node() {
         return None;
     }
     let workload = pod::workload(cr, names::controller(cr), COMPONENT);

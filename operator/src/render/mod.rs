@@ -13,8 +13,9 @@ pub mod names;
 pub mod node;
 pub mod objects;
 pub mod plan;
-mod pod;
+pub mod pod;
 pub mod rbac;
+pub mod secrets;
 pub mod yaml;
 
 use plinth_driver::capabilities::{DriverFeatures, SidecarNeed};
@@ -59,6 +60,8 @@ pub struct Rendered {
     pub objects: Vec<ManagedObject>,
     /// The controller pod's sidecars and why each is there.
     pub sidecars: Vec<SidecarNeed>,
+    /// StorageClasses whose volumes are encrypted (`storageClasses[].encryption`), by name.
+    pub encrypted_classes: Vec<String>,
     /// Every sidecar of both pods, deployed or left out, and why (for status).
     pub sidecar_decisions: Vec<crate::crd::SidecarStatus>,
     /// What the CR requires and the cluster cannot serve yet (snapshots set to `true`
@@ -92,9 +95,12 @@ pub fn render(cr: &CsiDeployment, env: &RenderEnv) -> Result<Rendered, RenderErr
     let mut objects = vec![ManagedObject::CsiDriver(csidriver::csi_driver(cr, &plan))];
     objects.extend(rbac::objects(cr, &plan));
     objects.extend(admission::objects(cr));
-    objects.push(ManagedObject::StatefulSet(controller::stateful_set(
-        cr, &plan,
-    )));
+    // Per-node provisioning has no controller pod at all.
+    if !plan.per_node {
+        objects.push(ManagedObject::StatefulSet(controller::stateful_set(
+            cr, &plan,
+        )));
+    }
     objects.push(ManagedObject::DaemonSet(node::daemon_set(cr, &plan)));
     objects
         .extend(controller::disruption_budget(cr, &plan).map(ManagedObject::PodDisruptionBudget));
@@ -116,6 +122,7 @@ pub fn render(cr: &CsiDeployment, env: &RenderEnv) -> Result<Rendered, RenderErr
     Ok(Rendered {
         objects,
         sidecars: plan.controller_sidecars.clone(),
+        encrypted_classes: classes::encrypted_class_names(cr),
         sidecar_decisions: plan.explain_sidecars(&cr.spec.features),
         warnings: plan.warnings.clone(),
         notes: plan.notes.clone(),

@@ -59,6 +59,12 @@ pub fn leader_election_role(cr: &CsiDeployment) -> String {
     prefixed(cr, "leader-election")
 }
 
+/// The bindings granting the sidecars `get` on the operation secrets the classes name
+/// (a RoleBinding per namespace, or one ClusterRoleBinding).
+pub fn operation_secrets_binding(cr: &CsiDeployment) -> String {
+    prefixed(cr, "operation-secrets")
+}
+
 /// The ClusterRole (and binding) of the built-in driver's controller plugin.
 pub fn driver_controller_role(cr: &CsiDeployment) -> String {
     prefixed(cr, "driver-controller")

@@ -6,14 +6,13 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     ConfigMapProjection, Container, DownwardAPIProjection, DownwardAPIVolumeFile, ExecAction,
     KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    SecurityContext, ServiceAccountTokenProjection, Toleration, Volume, VolumeMount,
-    VolumeProjection,
+    ServiceAccountTokenProjection, Toleration, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use plinth_driver::capabilities::Sidecar;
+use plinth_driver::capabilities::{DriverFeatures, Sidecar};
 
-use super::pod::{self, SOCKET_DIR, SOCKET_VOLUME};
-use super::{Plan, names, plan};
+use super::pod::{self, PodKind, SOCKET_DIR, SOCKET_VOLUME};
+use super::{Plan, controller, names, plan};
 use crate::crd::{CsiDeployment, InlineVolumeLimits, UpdateStrategyType};
 
 pub const COMPONENT: &str = "node";
@@ -65,11 +64,22 @@ pub fn daemon_set(cr: &CsiDeployment, plan: &Plan) -> DaemonSet {
     let workload = pod::workload(cr, names::node(cr), COMPONENT);
     let spec = &cr.spec.node;
     let paths = KubeletPaths::new(cr);
-    let containers = vec![
-        driver(cr, plan, &paths),
+    let mut containers = vec![
+        pod::driver_container(cr, PodKind::Node, plan.builtin.as_ref()),
         registrar(cr, &paths),
         pod::liveness_sidecar(cr, &spec.resources),
     ];
+    // Per-node provisioning: the API-facing sidecars run here, each with the node pod's
+    // own token (the ServiceAccount mounts none by default).
+    containers.extend(plan.node_sidecars.iter().map(|need| {
+        let mut container = controller::sidecar(cr, plan, need.sidecar, PodKind::Node);
+        container
+            .volume_mounts
+            .get_or_insert_default()
+            .push(api_token_mount());
+        container
+    }));
+    let (host_network, dns_policy) = pod::host_network(cr, PodKind::Node);
     DaemonSet {
         metadata: workload.metadata,
         spec: Some(DaemonSetSpec {
@@ -89,7 +99,9 @@ pub fn daemon_set(cr: &CsiDeployment, plan: &Plan) -> DaemonSet {
                     })),
                     image_pull_secrets: pod::pull_secrets(cr),
                     containers,
-                    volumes: Some(volumes(cr, &paths)),
+                    volumes: Some(volumes(cr, plan, &paths)),
+                    host_network,
+                    dns_policy,
                     ..PodSpec::default()
                 }),
             },
@@ -127,7 +139,7 @@ fn int_or_percent(value: &str) -> IntOrString {
         .unwrap_or_else(|_| IntOrString::String(value.to_owned()))
 }
 
-fn volumes(cr: &CsiDeployment, paths: &KubeletPaths) -> Vec<Volume> {
+fn volumes(cr: &CsiDeployment, plan: &Plan, paths: &KubeletPaths) -> Vec<Volume> {
     let mut volumes = vec![
         pod::host_path_volume(SOCKET_VOLUME, &paths.plugin_dir, "DirectoryOrCreate"),
         pod::host_path_volume(REGISTRATION_VOLUME, &paths.registration_dir, "Directory"),
@@ -145,9 +157,31 @@ fn volumes(cr: &CsiDeployment, paths: &KubeletPaths) -> Vec<Volume> {
             &cr.spec.pool_path(),
             "DirectoryOrCreate",
         ));
+    }
+    if cr.spec.is_builtin() || !plan.node_sidecars.is_empty() {
         volumes.push(api_token_volume());
     }
+    volumes.extend(pod::extra_volumes(cr, PodKind::Node));
     volumes
+}
+
+/// Plinth's own volume names in the node pod (the CR's extra volumes may not reuse them).
+pub const RESERVED_VOLUMES: &[&str] = &[
+    SOCKET_VOLUME,
+    REGISTRATION_VOLUME,
+    PODS_VOLUME,
+    CSI_PLUGINS_VOLUME,
+    DEV_VOLUME,
+    POOL_VOLUME,
+    API_TOKEN_VOLUME,
+];
+
+/// The API credentials, read-only, where client libraries look for them.
+fn api_token_mount() -> VolumeMount {
+    VolumeMount {
+        read_only: Some(true),
+        ..pod::mount(API_TOKEN_VOLUME, API_TOKEN_DIR)
+    }
 }
 
 /// The built-in node plugin's own API credentials: what kubelet would automount (a bound
@@ -208,10 +242,12 @@ fn bidirectional(name: &str, path: &str) -> VolumeMount {
     }
 }
 
-fn driver(cr: &CsiDeployment, plan: &Plan, paths: &KubeletPaths) -> Container {
+/// The driver's arguments in the node pod.
+pub(super) fn driver_args(cr: &CsiDeployment, builtin: Option<&DriverFeatures>) -> Vec<String> {
     let node = &cr.spec.node;
-    let args = match (&plan.builtin, &cr.spec.driver.third_party) {
-        (Some(features), _) => {
+    match (builtin, &cr.spec.driver.third_party) {
+        (_, Some(third)) => third.node_args.clone(),
+        (Some(features), None) => {
             // Only what the node side serves: a controller-only toggle leaves the pod
             // template alone, so the DaemonSet does not roll.
             let disabled = plan::node_disabled_switches(features);
@@ -231,12 +267,14 @@ fn driver(cr: &CsiDeployment, plan: &Plan, paths: &KubeletPaths) -> Container {
             }
             args
         }
-        (None, Some(third)) => third.node_args.clone(),
         (None, None) => Vec::new(),
-    };
-    let mut container = pod::driver_container(cr, args, &node.resources);
-    // kubelet hands the driver host paths, so the kubelet directories are mounted at
-    // the same paths inside the container.
+    }
+}
+
+/// The node driver container's own mounts. kubelet hands the driver host paths, so the
+/// kubelet directories are mounted at the same paths inside the container.
+pub(super) fn driver_mounts(cr: &CsiDeployment) -> Vec<VolumeMount> {
+    let paths = KubeletPaths::new(cr);
     let mut mounts = vec![
         pod::socket_mount(),
         bidirectional(PODS_VOLUME, &paths.pods_dir),
@@ -245,18 +283,9 @@ fn driver(cr: &CsiDeployment, plan: &Plan, paths: &KubeletPaths) -> Container {
     ];
     if cr.spec.is_builtin() {
         mounts.push(pod::mount(POOL_VOLUME, &cr.spec.pool_path()));
-        mounts.push(VolumeMount {
-            read_only: Some(true),
-            ..pod::mount(API_TOKEN_VOLUME, API_TOKEN_DIR)
-        });
+        mounts.push(api_token_mount());
     }
-    container.volume_mounts = Some(mounts);
-    // Mounting, loop devices and mkfs need it; Bidirectional propagation requires it.
-    container.security_context = Some(SecurityContext {
-        privileged: Some(true),
-        ..SecurityContext::default()
-    });
-    container
+    mounts
 }
 
 /// The driver's inline-volume flags for the limits the CR sets.

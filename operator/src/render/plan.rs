@@ -11,7 +11,14 @@ use plinth_driver::capabilities::{
 };
 
 use super::RenderEnv;
+use super::pod::PodKind;
 use crate::crd::{CsiDeployment, Features, SidecarStatus};
+
+/// The sidecars with a per-node mode (`--node-deployment`) in their current releases:
+/// external-provisioner and external-snapshotter. external-resizer has none
+/// (kubernetes-csi/external-resizer#142 is open), and the attacher has nothing to do for
+/// a driver whose volumes need no attaching.
+pub const PER_NODE_SIDECARS: [Sidecar; 2] = [Sidecar::Provisioner, Sidecar::Snapshotter];
 
 /// The resolved shape of one deployment.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,8 +29,16 @@ pub struct Plan {
     /// What the deployed driver serves (and the CSIDriver object declares).
     pub capabilities: Capabilities,
     /// The controller pod's sidecars: the capabilities' sidecars minus those the cluster
-    /// cannot support yet (see `warnings`).
+    /// cannot support yet (see `warnings`). Empty with per-node provisioning: there is no
+    /// controller pod.
     pub controller_sidecars: Vec<SidecarNeed>,
+    /// Per-node provisioning (`driver.thirdParty.provisioning: PerNode`): no controller
+    /// StatefulSet, the node pods provision their own node's volumes.
+    pub per_node: bool,
+    /// The API-facing sidecars the node pod carries besides the registrar and the
+    /// livenessprobe: with per-node provisioning, the provisioner and the snapshotter
+    /// (`--node-deployment`). The other sidecars have no per-node mode.
+    pub node_sidecars: Vec<SidecarNeed>,
     /// The snapshotter runs and VolumeSnapshotClasses are created.
     pub snapshots: bool,
     /// The snapshotter runs with its group snapshot feature gate.
@@ -66,6 +81,15 @@ impl Plan {
             snapshots = false;
         }
         let mut group_snapshots = snapshots && capabilities.can_group_snapshot();
+        if group_snapshots && spec.is_per_node() {
+            say(
+                spec.features.group_snapshots,
+                "group snapshots are left out: with per-node provisioning each node's \
+                 snapshotter sees only its own volumes, and no point in time spans nodes"
+                    .to_owned(),
+            );
+            group_snapshots = false;
+        }
         if group_snapshots && !env.group_snapshot_crds_present {
             say(
                 spec.features.group_snapshots,
@@ -79,16 +103,35 @@ impl Plan {
         // The driver keeps advertising snapshots when only the CRDs are missing: dropping
         // the sidecar is enough, and installing the CRDs later then only rolls the
         // controller pods, not every node pod.
-        let controller_sidecars = capabilities
+        let sidecars = capabilities
             .controller_sidecars()
             .into_iter()
-            .filter(|need| snapshots || need.sidecar != Sidecar::Snapshotter)
-            .collect();
+            .filter(|need| snapshots || need.sidecar != Sidecar::Snapshotter);
+        let per_node = spec.is_per_node();
+        let (controller_sidecars, node_sidecars) = if per_node {
+            if capabilities.can_expand() {
+                say(
+                    spec.features.resize,
+                    "csi-resizer is left out: external-resizer has no per-node mode \
+                     (driver.thirdParty.provisioning: PerNode), so volumes of this driver \
+                     cannot be expanded"
+                        .to_owned(),
+                );
+            }
+            let moved = sidecars
+                .filter(|need| PER_NODE_SIDECARS.contains(&need.sidecar))
+                .collect();
+            (Vec::new(), moved)
+        } else {
+            (sidecars.collect(), Vec::new())
+        };
         Self {
             driver_name: spec.driver.name.clone(),
             builtin,
             capabilities,
             controller_sidecars,
+            per_node,
+            node_sidecars,
             snapshots,
             group_snapshots,
             warnings,
@@ -96,12 +139,14 @@ impl Plan {
         }
     }
 
-    /// Every sidecar, deployed or left out, with the reason in words.
+    /// Every sidecar, deployed or left out, with the pod it runs in (or would) and the
+    /// reason in words.
     pub fn explain_sidecars(&self, features: &Features) -> Vec<SidecarStatus> {
         let caps = &self.capabilities;
-        let line = |sidecar: Sidecar, pod: &str, deployed: bool, reason: String| SidecarStatus {
+        let home = self.api_sidecar_pod();
+        let line = |sidecar: Sidecar, pod: PodKind, deployed: bool, reason: String| SidecarStatus {
             name: sidecar.container_name().to_owned(),
-            pod: pod.to_owned(),
+            pod: pod.as_str().to_owned(),
             deployed,
             reason,
         };
@@ -109,28 +154,53 @@ impl Plan {
         // advertised by the driver.
         let optional = |sidecar: Sidecar, cap: &str, switch: Option<(&str, Option<bool>)>| {
             let deployed = self.has_sidecar(sidecar);
-            let reason = if deployed {
+            let reason = if deployed && self.per_node {
+                format!(
+                    "the driver advertises {cap}; runs in every node pod with \
+                     --node-deployment (driver.thirdParty.provisioning: PerNode), each \
+                     handling its own node's volumes{}",
+                    if sidecar == Sidecar::Snapshotter {
+                        "; snapshots are taken only if the cluster's snapshot-controller runs \
+                         with --enable-distributed-snapshotting"
+                    } else {
+                        ""
+                    }
+                )
+            } else if deployed {
                 format!("the driver advertises {cap}")
             } else if let Some((field, Some(false))) = switch {
                 format!("switched off: features.{field} is false")
             } else {
                 format!("the driver does not advertise {cap}")
             };
-            line(sidecar, "controller", deployed, reason)
+            line(sidecar, home, deployed, reason)
         };
         let mut out = vec![
             optional(Sidecar::Provisioner, "CREATE_DELETE_VOLUME", None),
             optional(Sidecar::Attacher, "PUBLISH_UNPUBLISH_VOLUME", None),
-            optional(
-                Sidecar::Resizer,
-                "EXPAND_VOLUME",
-                Some(("resize", features.resize)),
-            ),
         ];
+        out.push(
+            if self.per_node && caps.can_expand() && features.resize != Some(false) {
+                line(
+                    Sidecar::Resizer,
+                    PodKind::Node,
+                    false,
+                    "the driver advertises EXPAND_VOLUME, but external-resizer has no per-node \
+                 mode (driver.thirdParty.provisioning: PerNode): volumes cannot be expanded"
+                        .to_owned(),
+                )
+            } else {
+                optional(
+                    Sidecar::Resizer,
+                    "EXPAND_VOLUME",
+                    Some(("resize", features.resize)),
+                )
+            },
+        );
         out.push(if caps.can_snapshot() && !self.snapshots {
             line(
                 Sidecar::Snapshotter,
-                "controller",
+                home,
                 false,
                 "the VolumeSnapshot CRDs (snapshot.storage.k8s.io) are not installed; it is \
                  added when they are"
@@ -143,29 +213,63 @@ impl Plan {
                 Some(("snapshots", features.snapshots)),
             )
         });
-        for pod in ["controller", "node"] {
-            if pod == "node" {
-                out.push(line(
-                    Sidecar::NodeDriverRegistrar,
+        out.push(line(
+            Sidecar::NodeDriverRegistrar,
+            PodKind::Node,
+            true,
+            "always: registers the driver with kubelet".to_owned(),
+        ));
+        for pod in [PodKind::Controller, PodKind::Node] {
+            out.push(if pod == PodKind::Controller && self.per_node {
+                line(
+                    Sidecar::LivenessProbe,
+                    pod,
+                    false,
+                    "no controller pod: driver.thirdParty.provisioning is PerNode".to_owned(),
+                )
+            } else {
+                line(
+                    Sidecar::LivenessProbe,
                     pod,
                     true,
-                    "always: registers the driver with kubelet".to_owned(),
-                ));
-            }
-            out.push(line(
-                Sidecar::LivenessProbe,
-                pod,
-                true,
-                "always: lets kubelet restart a driver that stops answering Probe".to_owned(),
-            ));
+                    "always: lets kubelet restart a driver that stops answering Probe".to_owned(),
+                )
+            });
         }
         out
     }
 
+    /// Whether `sidecar` is deployed in either pod (the livenessprobe and the registrar,
+    /// which every node pod carries, aside).
     pub fn has_sidecar(&self, sidecar: Sidecar) -> bool {
-        self.controller_sidecars
-            .iter()
-            .any(|n| n.sidecar == sidecar)
+        self.sidecar_pod(sidecar).is_some()
+    }
+
+    /// The pod an API-facing sidecar runs in, if it is deployed.
+    pub fn sidecar_pod(&self, sidecar: Sidecar) -> Option<PodKind> {
+        let has = |list: &[SidecarNeed]| list.iter().any(|n| n.sidecar == sidecar);
+        if has(&self.controller_sidecars) {
+            Some(PodKind::Controller)
+        } else if has(&self.node_sidecars) {
+            Some(PodKind::Node)
+        } else {
+            None
+        }
+    }
+
+    /// The pod that holds the sidecars reading operation secrets: there is one at a time
+    /// (the controller pod, or the node pod with per-node provisioning).
+    pub fn api_sidecar_pod(&self) -> PodKind {
+        if self.per_node {
+            PodKind::Node
+        } else {
+            PodKind::Controller
+        }
+    }
+
+    /// Volumes can grow: a resizer is deployed.
+    pub fn can_resize(&self) -> bool {
+        self.has_sidecar(Sidecar::Resizer)
     }
 
     pub fn capacity_tracking(&self) -> bool {

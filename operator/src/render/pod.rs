@@ -9,10 +9,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use plinth_driver::capabilities::Sidecar;
+use plinth_driver::capabilities::{DriverFeatures, Sidecar};
 
 use super::images;
-use crate::crd::CsiDeployment;
+use crate::crd::{CsiDeployment, DriverPodOptions};
 use crate::labels;
 
 /// Where every container of a pod sees the CSI socket's directory.
@@ -102,6 +102,8 @@ pub fn sidecar(
     resources: &BTreeMap<String, ResourceRequirements>,
 ) -> Container {
     let name = sidecar.container_name();
+    let mut args = args;
+    args.extend(extra_sidecar_args(cr, sidecar));
     Container {
         name: name.to_owned(),
         image: Some(images::sidecar_image(&cr.spec.images, sidecar)),
@@ -171,24 +173,74 @@ pub fn node_selector(user: &BTreeMap<String, String>) -> BTreeMap<String, String
     selector
 }
 
-/// The driver container common to both pods: image, pull policy, endpoint and node name
-/// in the environment, resources. Mode-specific arguments come from the caller.
+/// The two pods of a deployment (the probe Job borrows their driver container).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodKind {
+    /// The controller StatefulSet's pod.
+    Controller,
+    /// The node DaemonSet's pod.
+    Node,
+}
+
+impl PodKind {
+    /// `controller` or `node`, as `status.sidecars[].pod` says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Controller => "controller",
+            Self::Node => "node",
+        }
+    }
+}
+
+/// The driver container of `pod`, complete: image, arguments, environment (endpoint, node
+/// name, the CR's extras), mounts (the socket, the node's kubelet directories, the CR's
+/// extras), security context, resources and health probe. `builtin` is the built-in
+/// driver's switches (`Plan::builtin`); a third-party driver ignores it. Everything that
+/// starts the driver comes from here, so a Job that runs the driver alone (the capability
+/// probe) starts it exactly as the deployment does.
 pub fn driver_container(
     cr: &CsiDeployment,
-    args: Vec<String>,
-    resources: &BTreeMap<String, ResourceRequirements>,
+    pod: PodKind,
+    builtin: Option<&DriverFeatures>,
 ) -> Container {
     let name = driver_container_name(cr);
     let driver = &cr.spec.driver;
-    let env = match &driver.third_party {
+    let (mut args, resources) = match pod {
+        PodKind::Controller => (
+            super::controller::driver_args(cr, builtin),
+            &cr.spec.controller.resources,
+        ),
+        PodKind::Node => (
+            super::node::driver_args(cr, builtin),
+            &cr.spec.node.resources,
+        ),
+    };
+    args.extend(driver.extra_args.iter().cloned());
+    let mut env = match &driver.third_party {
         None => vec![field_env("NODE_ID", "spec.nodeName")],
         Some(third) => vec![
             value_env(&third.endpoint_env, CSI_ENDPOINT),
             field_env(&third.node_id_env, "spec.nodeName"),
         ],
     };
-    let mut args = args;
-    args.extend(driver.extra_args.iter().cloned());
+    let mut mounts = match pod {
+        PodKind::Controller => vec![socket_mount()],
+        PodKind::Node => super::node::driver_mounts(cr),
+    };
+    let mut env_from = Vec::new();
+    if let Some(extra) = pod_options(cr, pod) {
+        env.extend(extra.env.iter().cloned());
+        env_from.extend(extra.env_from.iter().cloned());
+        mounts.extend(extra.volume_mounts.iter().cloned());
+    }
+    let security_context = match pod {
+        PodKind::Controller => restricted(),
+        // Mounting, loop devices and mkfs need it; Bidirectional propagation requires it.
+        PodKind::Node => SecurityContext {
+            privileged: Some(true),
+            ..SecurityContext::default()
+        },
+    };
     let mut container = Container {
         name: name.to_owned(),
         image: Some(images::driver_image(
@@ -198,11 +250,50 @@ pub fn driver_container(
         image_pull_policy: Some(driver.image_pull_policy.as_str().to_owned()),
         args: Some(args),
         env: Some(env),
+        env_from: (!env_from.is_empty()).then_some(env_from),
+        volume_mounts: Some(mounts),
         resources: resources.get(name).cloned(),
+        security_context: Some(security_context),
         ..Container::default()
     };
     driver_health(cr, &mut container);
     container
+}
+
+/// A third-party driver's extras for `pod` (`driver.thirdParty.controllerPod` / `nodePod`).
+pub fn pod_options(cr: &CsiDeployment, pod: PodKind) -> Option<&DriverPodOptions> {
+    let third = cr.spec.driver.third_party.as_ref()?;
+    Some(match pod {
+        PodKind::Controller => &third.controller_pod,
+        PodKind::Node => &third.node_pod,
+    })
+}
+
+/// The CR's extra volumes of `pod` (the driver container mounts them).
+pub fn extra_volumes(cr: &CsiDeployment, pod: PodKind) -> Vec<Volume> {
+    pod_options(cr, pod)
+        .map(|o| o.volumes.clone())
+        .unwrap_or_default()
+}
+
+/// `hostNetwork` and the DNS policy that keeps cluster DNS working with it.
+pub fn host_network(cr: &CsiDeployment, pod: PodKind) -> (Option<bool>, Option<String>) {
+    if pod_options(cr, pod).is_some_and(|o| o.host_network) {
+        (Some(true), Some("ClusterFirstWithHostNet".to_owned()))
+    } else {
+        (None, None)
+    }
+}
+
+/// The user's extra arguments of `sidecar` (`driver.thirdParty.sidecarArgs`).
+pub fn extra_sidecar_args(cr: &CsiDeployment, sidecar: Sidecar) -> Vec<String> {
+    cr.spec
+        .driver
+        .third_party
+        .as_ref()
+        .and_then(|t| t.sidecar_args.get(sidecar.container_name()))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Built-in driver arguments common to both modes.

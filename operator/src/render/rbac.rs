@@ -18,7 +18,9 @@ use kube::Resource;
 use plinth_driver::capabilities::{PluginCapability, Sidecar};
 use plinth_driver::cluster::crd::{GROUP, PoolNode, PoolSnapshot, PoolVolume};
 
-use super::{ManagedObject, Plan, controller, names};
+use super::pod::PodKind;
+use super::secrets::{self, SecretScope};
+use super::{ManagedObject, Plan, classes, controller, names};
 use crate::crd::CsiDeployment;
 use crate::labels;
 
@@ -39,6 +41,9 @@ pub struct Needs {
     pub topology: bool,
     /// The resizer waits for pods to stop using a volume (offline-only expansion).
     pub offline_resize: bool,
+    /// The provisioner runs in the node pods (per-node provisioning): its capacity objects
+    /// are owned by its pod, not by a StatefulSet.
+    pub per_node: bool,
 }
 
 impl Needs {
@@ -49,6 +54,7 @@ impl Needs {
         capacity: true,
         topology: true,
         offline_resize: true,
+        per_node: false,
     };
 
     pub fn of(plan: &Plan) -> Self {
@@ -61,6 +67,7 @@ impl Needs {
             topology: caps.has_topology(),
             offline_resize: !caps.plugin.contains(&PluginCapability::OnlineExpansion)
                 && caps.plugin.contains(&PluginCapability::OfflineExpansion),
+            per_node: plan.per_node,
         }
     }
 }
@@ -125,10 +132,13 @@ pub fn rules(sidecar: Sidecar, needs: Needs) -> SidecarRbac {
                         "get", "list", "watch", "create", "update", "patch", "delete",
                     ],
                 ));
-                // The owner of the capacity objects is found from the pod up to the
-                // StatefulSet (`--capacity-ownerref-level=1`).
+                // The owner of the capacity objects is found from the pod, up to the
+                // StatefulSet (`--capacity-ownerref-level=1`); per node the pod itself
+                // owns them (level 0).
                 namespaced.push(rule("", &["pods"], &["get"]));
-                namespaced.push(rule("apps", &["statefulsets"], &["get"]));
+                if !needs.per_node {
+                    namespaced.push(rule("apps", &["statefulsets"], &["get"]));
+                }
             }
         }
         Sidecar::Attacher => {
@@ -335,11 +345,12 @@ fn cluster_grant(
     ]
 }
 
-/// A Role and its RoleBinding to the controller's ServiceAccount.
+/// A Role and its RoleBinding to `subjects`.
 fn namespaced_grant(
     cr: &CsiDeployment,
     name: String,
     rules: Vec<PolicyRule>,
+    subjects: Vec<Subject>,
 ) -> [ManagedObject; 2] {
     let ns = Some(cr.spec.namespace.as_str());
     [
@@ -350,23 +361,82 @@ fn namespaced_grant(
         ManagedObject::RoleBinding(RoleBinding {
             metadata: labels::metadata(cr, name.clone(), ns),
             role_ref: role_ref("Role", &name),
-            subjects: Some(controller_subject(cr)),
+            subjects: Some(subjects),
         }),
     ]
 }
 
+/// The ServiceAccount of `pod`.
+fn pod_subject(cr: &CsiDeployment, pod: PodKind) -> Vec<Subject> {
+    match pod {
+        PodKind::Controller => controller_subject(cr),
+        PodKind::Node => subject(cr, names::node_service_account(cr)),
+    }
+}
+
+/// Bindings of [`OPERATION_SECRET_READER`] for the operation secrets the classes name:
+/// one RoleBinding per literal namespace, or one ClusterRoleBinding when a namespace is
+/// templated, to the ServiceAccount of the pod running the reading sidecars. None for the
+/// node-stage, node-publish and node-expand secrets: kubelet reads those with its own
+/// node authorization.
+pub fn operation_secret_bindings(cr: &CsiDeployment, plan: &Plan) -> Vec<ManagedObject> {
+    let storage_classes = classes::storage_class_specs(cr);
+    let parameters: Vec<_> = storage_classes
+        .iter()
+        .map(classes::rendered_parameters)
+        .collect();
+    let snapshot_classes = if plan.snapshots {
+        classes::snapshot_class_specs(cr)
+    } else {
+        Vec::new()
+    };
+    let refs = parameters
+        .iter()
+        .flat_map(|p| secrets::secret_refs(p, secrets::STORAGE_CLASS_KINDS))
+        .chain(
+            snapshot_classes
+                .iter()
+                .flat_map(|c| secrets::secret_refs(&c.parameters, secrets::SNAPSHOT_CLASS_KINDS)),
+        );
+    let scopes = secrets::scopes(refs, |sidecar| plan.has_sidecar(sidecar));
+    let name = names::operation_secrets_binding(cr);
+    let subjects = pod_subject(cr, plan.api_sidecar_pod());
+    let reader = role_ref("ClusterRole", secrets::OPERATION_SECRET_READER);
+    scopes
+        .into_iter()
+        .map(|scope| match scope {
+            SecretScope::Cluster => ManagedObject::ClusterRoleBinding(ClusterRoleBinding {
+                metadata: labels::metadata(cr, name.clone(), None),
+                role_ref: reader.clone(),
+                subjects: Some(subjects.clone()),
+            }),
+            SecretScope::Namespace(ns) => ManagedObject::RoleBinding(RoleBinding {
+                metadata: labels::metadata(cr, name.clone(), Some(&ns)),
+                role_ref: reader.clone(),
+                subjects: Some(subjects.clone()),
+            }),
+        })
+        .collect()
+}
+
 /// ServiceAccounts, roles and bindings of one deployment.
 pub fn objects(cr: &CsiDeployment, plan: &Plan) -> Vec<ManagedObject> {
-    let mut out = vec![
-        ManagedObject::ServiceAccount(service_account(cr, names::controller_service_account(cr))),
-        ManagedObject::ServiceAccount(ServiceAccount {
-            // The registrar and livenessprobe never call the API server, so no container
-            // gets a token by default; the built-in driver's container mounts one of its
-            // own (`node::api_token_volume`).
-            automount_service_account_token: Some(false),
-            ..service_account(cr, names::node_service_account(cr))
-        }),
-    ];
+    let mut out = Vec::new();
+    // Per-node provisioning has no controller pod, so no controller identity either.
+    if !plan.per_node {
+        out.push(ManagedObject::ServiceAccount(service_account(
+            cr,
+            names::controller_service_account(cr),
+        )));
+    }
+    out.push(ManagedObject::ServiceAccount(ServiceAccount {
+        // The registrar and livenessprobe never call the API server, so no container
+        // gets a token by default; the containers that do (the built-in driver, the
+        // per-node provisioner and snapshotter) mount one of their own
+        // (`node::api_token_volume`).
+        automount_service_account_token: Some(false),
+        ..service_account(cr, names::node_service_account(cr))
+    }));
     if cr.spec.is_builtin() {
         out.extend(cluster_grant(
             cr,
@@ -382,7 +452,12 @@ pub fn objects(cr: &CsiDeployment, plan: &Plan) -> Vec<ManagedObject> {
         ));
     }
     let needs = Needs::of(plan);
-    for need in &plan.controller_sidecars {
+    let placed = plan
+        .controller_sidecars
+        .iter()
+        .map(|need| (need, PodKind::Controller))
+        .chain(plan.node_sidecars.iter().map(|need| (need, PodKind::Node)));
+    for (need, pod) in placed {
         let SidecarRbac {
             cluster,
             namespaced,
@@ -393,11 +468,11 @@ pub fn objects(cr: &CsiDeployment, plan: &Plan) -> Vec<ManagedObject> {
                 cr,
                 name.clone(),
                 cluster,
-                controller_subject(cr),
+                pod_subject(cr, pod),
             ));
         }
         if !namespaced.is_empty() {
-            out.extend(namespaced_grant(cr, name, namespaced));
+            out.extend(namespaced_grant(cr, name, namespaced, pod_subject(cr, pod)));
         }
     }
     if controller::leader_election(cr) {
@@ -405,7 +480,9 @@ pub fn objects(cr: &CsiDeployment, plan: &Plan) -> Vec<ManagedObject> {
             cr,
             names::leader_election_role(cr),
             leader_election_rules(),
+            controller_subject(cr),
         ));
     }
+    out.extend(operation_secret_bindings(cr, plan));
     out
 }

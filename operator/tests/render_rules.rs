@@ -306,13 +306,20 @@ fn third_party_with_publish_gets_the_attacher_and_attach_required() {
 fn controller_sidecars_are_exactly_what_the_capabilities_need() {
     for name in fixture_names() {
         let r = render_ok(&fixture(&name), &full_env());
-        let pod = controller_pod(&r);
         let expected: Vec<&str> = r
             .sidecars
             .iter()
             .map(|n| n.sidecar.container_name())
             .collect();
-        assert_eq!(&container_names(pod)[1..], expected.as_slice(), "{name}");
+        let names: Vec<&str> = controller_containers(&r)
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        if fixture(&name).spec.is_per_node() {
+            assert!(names.is_empty() && expected.is_empty(), "{name}: {names:?}");
+            continue;
+        }
+        assert_eq!(&names[1..], expected.as_slice(), "{name}");
     }
 }
 
@@ -350,7 +357,7 @@ fn every_image_is_rewritten_when_a_registry_is_set() {
 fn only_the_node_driver_is_privileged_and_only_it_propagates_mounts() {
     for name in fixture_names() {
         let r = render_ok(&fixture(&name), &full_env());
-        for c in &controller_pod(&r).containers {
+        for c in controller_containers(&r) {
             let sc = c.security_context.as_ref().unwrap();
             assert_ne!(sc.privileged, Some(true), "{name}: controller {}", c.name);
             assert_eq!(
@@ -360,7 +367,7 @@ fn only_the_node_driver_is_privileged_and_only_it_propagates_mounts() {
                 c.name
             );
         }
-        let driver_name = if name == "third-party" {
+        let driver_name = if is_third_party_fixture(&name) {
             "csi-driver"
         } else {
             "plinth-driver"
@@ -707,7 +714,12 @@ fn sidecar_rbac_is_within_what_the_operator_may_grant() {
     use plinth_operator::render::rbac::sidecar_rules;
     for name in fixture_names() {
         let r = render_ok(&fixture(&name), &full_env());
-        for need in &r.sidecars {
+        let placed = plinth_operator::render::Plan::new(&fixture(&name), &full_env());
+        for need in placed
+            .controller_sidecars
+            .iter()
+            .chain(&placed.node_sidecars)
+        {
             let all = sidecar_rules(need.sidecar);
             let role = format!(
                 "plinth-{}-{}",
@@ -744,7 +756,12 @@ fn sidecar_rbac_is_within_what_the_operator_may_grant() {
             .filter(|(_, subjects)| subjects.iter().flatten().any(|s| s.name == node_sa))
             .map(|(role, _)| role)
             .collect();
-        let expected: Vec<String> = if name == "third-party" {
+        let expected: Vec<String> = if fixture(&name).spec.is_per_node() {
+            // Per node, the provisioner and snapshotter run in the node pods.
+            ["provisioner", "snapshotter", "provisioner"]
+                .map(|s| format!("plinth-{cr_name}-{s}"))
+                .to_vec()
+        } else if is_third_party_fixture(&name) {
             Vec::new()
         } else {
             vec![format!("plinth-{cr_name}-driver-node")]
@@ -1133,4 +1150,503 @@ fn every_sidecar_decision_is_explained() {
             "{d:?} vs {containers:?}"
         );
     }
+}
+
+/// A third-party fixture's `thirdParty` block, to edit.
+fn third_party(cr: &mut CsiDeployment) -> &mut plinth_operator::crd::ThirdPartyDriver {
+    cr.spec.driver.third_party.as_mut().unwrap()
+}
+
+fn env_names(c: &k8s_openapi::api::core::v1::Container) -> Vec<&str> {
+    c.env.iter().flatten().map(|e| e.name.as_str()).collect()
+}
+
+fn mount_paths(c: &k8s_openapi::api::core::v1::Container) -> Vec<&str> {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect()
+}
+
+#[test]
+fn per_node_provisioning_has_no_controller_and_provisions_from_every_node_pod() {
+    let r = render_ok(&fixture("hostpath"), &full_env());
+    assert!(
+        !r.objects.iter().any(|o| matches!(
+            o.kind(),
+            ManagedKind::StatefulSet | ManagedKind::PodDisruptionBudget
+        )),
+        "no controller StatefulSet or PDB per node"
+    );
+    assert!(
+        !r.objects
+            .iter()
+            .any(|o| o.kind() == ManagedKind::ServiceAccount
+                && o.name() == "plinth-hostpath-controller"),
+        "no controller ServiceAccount"
+    );
+    let node = node_pod(&r);
+    assert_eq!(
+        container_names(node),
+        [
+            "csi-driver",
+            "node-driver-registrar",
+            "liveness-probe",
+            "csi-provisioner",
+            "csi-snapshotter"
+        ]
+    );
+    let provisioner = container(node, "csi-provisioner").unwrap();
+    assert_eq!(
+        args(provisioner),
+        [
+            "--csi-address=/csi/csi.sock",
+            "--v=2",
+            "--timeout=60s",
+            "--extra-create-metadata=true",
+            "--default-fstype=ext4",
+            "--feature-gates=Topology=true",
+            "--strict-topology=true",
+            "--node-deployment=true",
+            "--immediate-topology=false",
+            "--enable-capacity=true",
+            "--capacity-ownerref-level=0",
+            "--worker-threads=5",
+        ]
+    );
+    assert_eq!(
+        env_names(provisioner),
+        ["NODE_NAME", "NAMESPACE", "POD_NAME"]
+    );
+    let api = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(mount_paths(provisioner), ["/csi", api]);
+    let snapshotter = container(node, "csi-snapshotter").unwrap();
+    assert_eq!(
+        args(snapshotter),
+        [
+            "--csi-address=/csi/csi.sock",
+            "--v=2",
+            "--timeout=60s",
+            "--extra-create-metadata=true",
+            "--node-deployment=true",
+        ]
+    );
+    assert_eq!(env_names(snapshotter), ["NODE_NAME"]);
+    assert_eq!(mount_paths(snapshotter), ["/csi", api]);
+    // The registrar and livenessprobe stay without credentials.
+    for name in ["node-driver-registrar", "liveness-probe", "csi-driver"] {
+        assert!(
+            !mount_paths(container(node, name).unwrap()).contains(&api),
+            "{name} has a token"
+        );
+    }
+    // Capacity objects are owned by the pod: the provisioner reads its pod, no StatefulSet.
+    let role = r
+        .objects
+        .iter()
+        .find_map(|o| match o {
+            ManagedObject::Role(role) if o.name() == "plinth-hostpath-provisioner" => Some(role),
+            _ => None,
+        })
+        .unwrap();
+    let resources: Vec<&str> = role
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|rule| rule.resources.iter().flatten().map(String::as_str))
+        .collect();
+    assert_eq!(resources, ["csistoragecapacities", "pods"]);
+    // No resizer per node, so no expansion on the class.
+    assert_eq!(storage_classes(&r)[0].allow_volume_expansion, Some(false));
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("csi-resizer is left out")),
+        "{:?}",
+        r.notes
+    );
+}
+
+#[test]
+fn sidecar_decisions_name_the_pod_each_sidecar_runs_in() {
+    let r = render_ok(&fixture("hostpath"), &full_env());
+    let decision = |name: &str, pod: &str| {
+        r.sidecar_decisions
+            .iter()
+            .find(|d| d.name == name && d.pod == pod)
+            .unwrap_or_else(|| panic!("no decision for {pod}/{name}: {:?}", r.sidecar_decisions))
+    };
+    let provisioner = decision("csi-provisioner", "node");
+    assert!(provisioner.deployed);
+    assert!(
+        provisioner.reason.contains("--node-deployment"),
+        "{}",
+        provisioner.reason
+    );
+    let snapshotter = decision("csi-snapshotter", "node");
+    assert!(snapshotter.deployed);
+    assert!(
+        snapshotter
+            .reason
+            .contains("--enable-distributed-snapshotting"),
+        "{}",
+        snapshotter.reason
+    );
+    let resizer = decision("csi-resizer", "node");
+    assert!(!resizer.deployed);
+    assert!(
+        resizer.reason.contains("no per-node mode"),
+        "{}",
+        resizer.reason
+    );
+    let controller_probe = decision("liveness-probe", "controller");
+    assert!(!controller_probe.deployed);
+    assert!(decision("liveness-probe", "node").deployed);
+    // Central mode keeps them in the controller pod.
+    let central = render_ok(&fixture("third-party"), &full_env());
+    assert!(
+        central
+            .sidecar_decisions
+            .iter()
+            .any(|d| d.name == "csi-provisioner" && d.pod == "controller" && d.deployed)
+    );
+}
+
+#[test]
+fn driver_pod_extras_reach_the_driver_container_of_their_pod_only() {
+    use k8s_openapi::api::core::v1::{EnvVar, Volume, VolumeMount};
+    let mut cr = fixture("third-party");
+    let volume = |json: serde_json::Value| -> Volume { serde_json::from_value(json).unwrap() };
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        ..VolumeMount::default()
+    };
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..EnvVar::default()
+    };
+    {
+        let third = third_party(&mut cr);
+        third.controller_pod.env = vec![env("API_URL", "https://storage.example")];
+        third.controller_pod.env_from = vec![
+            serde_json::from_value(
+                serde_json::json!({ "secretRef": { "name": "acme-credentials" } }),
+            )
+            .unwrap(),
+        ];
+        third.controller_pod.volumes = vec![volume(serde_json::json!({
+            "name": "config",
+            "configMap": { "name": "acme-config" },
+        }))];
+        third.controller_pod.volume_mounts = vec![mount("config", "/etc/acme")];
+        third.node_pod.volumes = vec![volume(serde_json::json!({
+            "name": "data",
+            "hostPath": { "path": "/var/lib/acme", "type": "DirectoryOrCreate" },
+        }))];
+        third.node_pod.volume_mounts = vec![mount("data", "/var/lib/acme")];
+        third.node_pod.host_network = true;
+        third.sidecar_args.insert(
+            "csi-attacher".to_owned(),
+            vec!["--worker-threads=20".to_owned()],
+        );
+        third.sidecar_args.insert(
+            "liveness-probe".to_owned(),
+            vec!["--probe-timeout=3s".to_owned()],
+        );
+    }
+    let r = render_ok(&cr, &full_env());
+    let controller = controller_pod(&r);
+    let driver = container(controller, "csi-driver").unwrap();
+    assert_eq!(env_names(driver), ["CSI_ENDPOINT", "NODE_ID", "API_URL"]);
+    assert_eq!(
+        driver.env_from.as_ref().unwrap()[0]
+            .secret_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "acme-credentials"
+    );
+    assert_eq!(mount_paths(driver), ["/csi", "/etc/acme"]);
+    let volume_names: Vec<&str> = controller
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(volume_names, ["socket-dir", "config"]);
+    assert_eq!(controller.host_network, None);
+    let node = node_pod(&r);
+    let node_driver = container(node, "csi-driver").unwrap();
+    assert_eq!(env_names(node_driver), ["CSI_ENDPOINT", "NODE_ID"]);
+    assert_eq!(node_driver.env_from, None);
+    assert_eq!(
+        mount_paths(node_driver),
+        [
+            "/csi",
+            "/var/lib/kubelet/pods",
+            "/var/lib/kubelet/plugins/kubernetes.io/csi",
+            "/dev",
+            "/var/lib/acme"
+        ]
+    );
+    let data = node
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "data")
+        .unwrap();
+    assert_eq!(data.host_path.as_ref().unwrap().path, "/var/lib/acme");
+    assert_eq!(node.host_network, Some(true));
+    assert_eq!(node.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    // Sidecar arguments come after Plinth's, in every pod carrying the sidecar.
+    let attacher = container(controller, "csi-attacher").unwrap();
+    assert_eq!(args(attacher).last(), Some(&"--worker-threads=20"));
+    for pod in [controller, node] {
+        assert_eq!(
+            args(container(pod, "liveness-probe").unwrap()),
+            [
+                "--csi-address=/csi/csi.sock",
+                "--v=2",
+                "--health-port=9808",
+                "--probe-timeout=3s"
+            ]
+        );
+    }
+    assert!(
+        !args(container(controller, "csi-provisioner").unwrap()).contains(&"--worker-threads=20")
+    );
+}
+
+fn binding_subjects(
+    r: &plinth_operator::render::Rendered,
+) -> Vec<(String, Option<String>, String, String)> {
+    r.objects
+        .iter()
+        .filter_map(|o| {
+            let (kind, role_ref, subjects) = match o {
+                ManagedObject::RoleBinding(b) => ("RoleBinding", &b.role_ref, &b.subjects),
+                ManagedObject::ClusterRoleBinding(b) => {
+                    ("ClusterRoleBinding", &b.role_ref, &b.subjects)
+                }
+                _ => return None,
+            };
+            (role_ref.name == "plinth-operation-secret-reader").then(|| {
+                (
+                    format!("{kind}/{}", o.name()),
+                    o.namespace().map(str::to_owned),
+                    role_ref.kind.clone(),
+                    subjects
+                        .iter()
+                        .flatten()
+                        .map(|s| s.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+            })
+        })
+        .collect()
+}
+
+fn with_parameters(mut cr: CsiDeployment, pairs: &[(&str, &str)]) -> CsiDeployment {
+    let classes = cr.spec.storage_classes.as_mut().unwrap();
+    classes[0].parameters = pairs
+        .iter()
+        .map(|(k, v)| (format!("csi.storage.k8s.io/{k}"), (*v).to_owned()))
+        .collect();
+    cr
+}
+
+#[test]
+fn operation_secrets_are_readable_as_narrowly_as_the_parameters_allow() {
+    // Literal namespaces: a RoleBinding in each, for the controller's ServiceAccount.
+    let literal = with_parameters(
+        fixture("third-party"),
+        &[
+            ("provisioner-secret-name", "acme-provision"),
+            ("provisioner-secret-namespace", "acme-secrets"),
+            ("controller-publish-secret-name", "acme-attach"),
+            ("controller-publish-secret-namespace", "acme-attach-ns"),
+            ("node-stage-secret-name", "${pvc.name}"),
+            ("node-stage-secret-namespace", "${pvc.namespace}"),
+        ],
+    );
+    let r = render_ok(&literal, &full_env());
+    let reader = |ns: &str| {
+        (
+            "RoleBinding/plinth-acme-operation-secrets".to_owned(),
+            Some(ns.to_owned()),
+            "ClusterRole".to_owned(),
+            "plinth-acme-controller".to_owned(),
+        )
+    };
+    assert_eq!(
+        binding_subjects(&r),
+        [reader("acme-attach-ns"), reader("acme-secrets")]
+    );
+    // A templated namespace can be any: one ClusterRoleBinding instead.
+    let templated = with_parameters(
+        fixture("third-party"),
+        &[
+            ("provisioner-secret-name", "acme-provision"),
+            ("provisioner-secret-namespace", "acme-secrets"),
+            ("controller-expand-secret-name", "${pvc.name}"),
+            ("controller-expand-secret-namespace", "${pvc.namespace}"),
+        ],
+    );
+    assert_eq!(
+        binding_subjects(&render_ok(&templated, &full_env())),
+        [(
+            "ClusterRoleBinding/plinth-acme-operation-secrets".to_owned(),
+            None,
+            "ClusterRole".to_owned(),
+            "plinth-acme-controller".to_owned()
+        )]
+    );
+    // kubelet reads node-stage, node-publish and node-expand secrets: nothing to grant.
+    let kubelet_only = with_parameters(
+        fixture("third-party"),
+        &[
+            ("node-stage-secret-name", "s"),
+            ("node-stage-secret-namespace", "acme-secrets"),
+            ("node-publish-secret-name", "s"),
+            ("node-publish-secret-namespace", "acme-secrets"),
+            ("node-expand-secret-name", "s"),
+            ("node-expand-secret-namespace", "acme-secrets"),
+        ],
+    );
+    assert!(binding_subjects(&render_ok(&kubelet_only, &full_env())).is_empty());
+    // A secret of a sidecar that is not deployed grants nothing (resize switched off).
+    let mut no_resizer = with_parameters(
+        fixture("third-party"),
+        &[
+            ("controller-expand-secret-name", "s"),
+            ("controller-expand-secret-namespace", "acme-secrets"),
+        ],
+    );
+    no_resizer.spec.features.resize = Some(false);
+    assert!(binding_subjects(&render_ok(&no_resizer, &full_env())).is_empty());
+    // Per node, the node pods' ServiceAccount reads them; snapshot classes count too.
+    let mut per_node = with_parameters(
+        fixture("hostpath"),
+        &[
+            ("provisioner-secret-name", "hp"),
+            ("provisioner-secret-namespace", "hp-secrets"),
+        ],
+    );
+    per_node.spec.volume_snapshot_classes = Some(vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "hp-snap",
+            "parameters": {
+                "csi.storage.k8s.io/snapshotter-secret-name": "snap",
+                "csi.storage.k8s.io/snapshotter-secret-namespace": "snap-secrets",
+            },
+        }))
+        .unwrap(),
+    ]);
+    let r = render_ok(&per_node, &full_env());
+    let subjects: Vec<(Option<String>, String)> = binding_subjects(&r)
+        .into_iter()
+        .map(|(_, ns, _, subject)| (ns, subject))
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            (
+                Some("hp-secrets".to_owned()),
+                "plinth-hostpath-node".to_owned()
+            ),
+            (
+                Some("snap-secrets".to_owned()),
+                "plinth-hostpath-node".to_owned()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn encrypted_classes_carry_the_node_stage_secret_and_say_so() {
+    let r = render_ok(&fixture("encrypted"), &full_env());
+    let classes = storage_classes(&r);
+    let encrypted = classes
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("plinth-encrypted"))
+        .unwrap();
+    let parameters: Vec<(&str, &str)> = encrypted
+        .parameters
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        parameters,
+        [
+            ("csi.storage.k8s.io/node-stage-secret-name", "${pvc.name}"),
+            (
+                "csi.storage.k8s.io/node-stage-secret-namespace",
+                "${pvc.namespace}"
+            ),
+            ("encryption", "fscrypt"),
+        ]
+    );
+    assert_eq!(
+        encrypted
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("plinth.dev/encryption")
+            .map(String::as_str),
+        Some("fscrypt")
+    );
+    assert_eq!(
+        encrypted
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .get("plinth.dev/encryption-secret")
+            .map(String::as_str),
+        Some("${pvc.namespace}/${pvc.name}")
+    );
+    let plain = classes
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("plinth-plain"))
+        .unwrap();
+    assert_eq!(plain.parameters, None);
+    assert!(
+        !plain
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key("plinth.dev/encryption")
+    );
+    assert_eq!(r.encrypted_classes, ["plinth-encrypted"]);
+    // kubelet reads node-stage secrets: no sidecar gets Secret access.
+    assert!(binding_subjects(&r).is_empty());
+    // Other Secret locations are the user's choice.
+    let mut custom = fixture("encrypted");
+    custom.spec.storage_classes.as_mut().unwrap()[0].encryption = Some(
+        serde_json::from_value(
+            serde_json::json!({ "secretName": "volume-keys", "secretNamespace": "keys" }),
+        )
+        .unwrap(),
+    );
+    let r = render_ok(&custom, &full_env());
+    let class = storage_classes(&r)
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some("plinth-encrypted"))
+        .unwrap();
+    let parameters = class.parameters.as_ref().unwrap();
+    assert_eq!(
+        parameters["csi.storage.k8s.io/node-stage-secret-name"],
+        "volume-keys"
+    );
+    assert_eq!(
+        parameters["csi.storage.k8s.io/node-stage-secret-namespace"],
+        "keys"
+    );
 }

@@ -67,13 +67,37 @@ pub fn render_ok(cr: &CsiDeployment, env: &RenderEnv) -> Rendered {
 }
 
 pub fn stateful_set(r: &Rendered) -> &StatefulSet {
-    r.objects
+    maybe_stateful_set(r).expect("a StatefulSet")
+}
+
+/// The controller StatefulSet, absent with per-node provisioning.
+pub fn maybe_stateful_set(r: &Rendered) -> Option<&StatefulSet> {
+    r.objects.iter().find_map(|o| match o {
+        ManagedObject::StatefulSet(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// The controller pod's containers; none with per-node provisioning.
+pub fn controller_containers(r: &Rendered) -> Vec<&Container> {
+    maybe_stateful_set(r)
         .iter()
-        .find_map(|o| match o {
-            ManagedObject::StatefulSet(s) => Some(s),
-            _ => None,
+        .flat_map(|s| {
+            &s.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers
         })
-        .expect("a StatefulSet")
+        .collect()
+}
+
+/// Fixtures of third-party drivers (driver container `csi-driver`).
+pub fn is_third_party_fixture(name: &str) -> bool {
+    fixture(name).spec.driver.third_party.is_some()
 }
 
 pub fn daemon_set(r: &Rendered) -> &DaemonSet {

@@ -27,6 +27,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod real_drivers;
 mod restart;
 mod snapshot_crds;
 mod volumes;

@@ -74,6 +74,16 @@ pub struct Rendered {
     pub namespace: String,
 }
 
+impl Rendered {
+    /// Whether a controller StatefulSet is part of the deployment (not with per-node
+    /// provisioning): readiness must not wait for one that is never rendered.
+    pub fn has_controller_pod(&self) -> bool {
+        self.objects
+            .iter()
+            .any(|o| o.kind() == ManagedKind::StatefulSet)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("invalid CsiDeployment")]

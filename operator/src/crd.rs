@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use plinth_driver::capabilities::Capabilities;
 use schemars::JsonSchema;
+use schemars::{Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 /// The driver name of Plinth's built-in driver.
@@ -276,7 +277,7 @@ pub struct DriverPodOptions {
     /// clash with Plinth's own (`socket-dir`, `registration-dir`, `pods-dir`,
     /// `csi-plugins-dir`, `dev`, `pool`, `kube-api-access`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<Volume>,
+    pub volumes: Vec<PodVolume>,
     /// Mounts of the driver container, each naming one of `volumes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<VolumeMount>,
@@ -285,6 +286,44 @@ pub struct DriverPodOptions {
     /// interfaces. The livenessprobe then serves `driver.healthPort` on the node.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_network: bool,
+}
+
+/// A pod volume, spelled as in a pod spec (`kubectl explain pod.spec.volumes`).
+///
+/// The CRD checks only its `name`: the full Volume schema, inlined once per pod, made the
+/// CRD 450 KB, past the 256 KB a client-side `kubectl apply` can keep in its annotation.
+/// Validation parses each one as a Volume ([`PodVolume::parse`]) and says what is wrong
+/// in a sentence; the API server checks the rendered pods again. Held as JSON, not as a
+/// Volume, so a malformed one is a condition on its own CR, not an object the operator
+/// cannot even read.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(transparent)]
+pub struct PodVolume(pub serde_json::Value);
+
+impl PodVolume {
+    pub fn parse(&self) -> Result<Volume, serde_json::Error> {
+        serde_json::from_value(self.0.clone())
+    }
+}
+
+impl JsonSchema for PodVolume {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PodVolume".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A pod volume: `name` and one volume source, as in a pod spec.",
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {
+                "description": "Volume name, unique in the pod; volumeMounts refer to it.",
+                "type": "string",
+                "maxLength": 63
+            }},
+            "x-kubernetes-preserve-unknown-fields": true
+        })
+    }
 }
 
 /// Optional features; see `spec.features`.

@@ -638,6 +638,19 @@ fn third_party_pods(cr: &CsiDeployment, errors: &mut Errors) {
         let mut names = BTreeSet::new();
         for (i, volume) in options.volumes.iter().enumerate() {
             let item = format!("{field}.volumes[{i}]");
+            let volume = match volume.parse() {
+                Ok(volume) => volume,
+                Err(e) => {
+                    errors.add(
+                        item,
+                        format!(
+                            "is not a pod volume ({e}): write it as in a pod spec, \
+                             see `kubectl explain pod.spec.volumes`"
+                        ),
+                    );
+                    continue;
+                }
+            };
             if reserved.contains(&volume.name.as_str()) {
                 errors.add(
                     format!("{item}.name"),
@@ -648,7 +661,7 @@ fn third_party_pods(cr: &CsiDeployment, errors: &mut Errors) {
                     ),
                 );
             }
-            if !names.insert(volume.name.as_str()) {
+            if !names.insert(volume.name.clone()) {
                 errors.add(
                     format!("{item}.name"),
                     format!("{:?} is listed twice", volume.name),
@@ -664,7 +677,7 @@ fn third_party_pods(cr: &CsiDeployment, errors: &mut Errors) {
             }
         }
         for (i, mount) in options.volume_mounts.iter().enumerate() {
-            if !names.contains(mount.name.as_str()) {
+            if !names.contains(&mount.name) {
                 errors.add(
                     format!("{field}.volumeMounts[{i}].name"),
                     format!(

@@ -222,3 +222,41 @@ fn generated_crds_use_only_formats_the_api_server_knows() {
     }
     assert!(unknown.is_empty(), "unknown formats: {unknown:#?}");
 }
+
+/// `kubectl apply` (client-side, as the README's `kubectl apply -k config/default`) keeps
+/// the whole object in the `last-applied-configuration` annotation, and annotations are
+/// limited to 256 KiB in total: a bigger CRD installs only with `--server-side`.
+#[test]
+fn the_crd_fits_a_client_side_apply() {
+    const ANNOTATIONS_LIMIT: usize = 256 * 1024;
+    let applied = serde_json::to_string(&crd()).expect("CRD serializes");
+    assert!(
+        applied.len() < ANNOTATIONS_LIMIT,
+        "the CRD is {} bytes as JSON, over the {ANNOTATIONS_LIMIT} bytes kubectl's \
+         last-applied annotation may hold",
+        applied.len()
+    );
+}
+
+/// Extra pod volumes are schemaless in the CRD (the Volume schema is what made it too
+/// big), so validation is what tells a user that one is malformed.
+#[test]
+fn a_malformed_extra_volume_is_a_sentence_not_an_unreadable_object() {
+    let cr: CsiDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "plinth.dev/v1alpha1", "kind": "CsiDeployment",
+        "metadata": {"name": "ext"},
+        "spec": {"namespace": "ext", "driver": {"name": "ext.csi.example.com",
+            "image": "example.com/ext:v1",
+            "thirdParty": {"capabilities": {"controller": ["CREATE_DELETE_VOLUME"]},
+                "nodePod": {"volumes": [{"name": "data", "hostPath": "/srv/data"}]}}}}
+    }))
+    .expect("a malformed volume still deserializes: the CR stays readable");
+    let errors = plinth_operator::validate::validate(&cr).expect_err("the volume is malformed");
+    let text = errors.to_string();
+    assert!(
+        text.contains("spec.driver.thirdParty.nodePod.volumes[0]")
+            && text.contains("is not a pod volume")
+            && text.contains("kubectl explain pod.spec.volumes"),
+        "{text}"
+    );
+}

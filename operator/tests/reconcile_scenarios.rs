@@ -132,10 +132,14 @@ impl Harness {
     }
 
     fn register_nodes(&mut self, nodes: &[&str]) {
+        self.register_driver(DRIVER, nodes);
+    }
+
+    fn register_driver(&mut self, driver: &str, nodes: &[&str]) {
         for node in nodes {
             let csinode: CSINode = serde_json::from_value(json!({
                 "metadata": {"name": node},
-                "spec": {"drivers": [{"name": DRIVER, "nodeID": node}]}
+                "spec": {"drivers": [{"name": driver, "nodeID": node}]}
             }))
             .unwrap();
             self.csinodes
@@ -1167,4 +1171,39 @@ async fn a_sidecar_that_goes_is_announced_and_explained() {
         changed[0]["note"],
         "removed controller/csi-snapshotter; status.sidecars says why"
     );
+}
+
+/// Per-node provisioning renders no StatefulSet: readiness is the node pods and their
+/// registration alone, not a controller that never comes.
+#[tokio::test]
+async fn a_per_node_deployment_is_ready_without_a_controller_statefulset() {
+    let mut h = Harness::new();
+    h.create(
+        "local",
+        json!({"namespace": "plinth-system", "driver": {
+            "name": "hostpath.csi.k8s.io", "image": "example.com/hostpath:v1",
+            "thirdParty": {"provisioning": "PerNode",
+                "capabilities": {
+                    "plugin": ["CONTROLLER_SERVICE", "VOLUME_ACCESSIBILITY_CONSTRAINTS"],
+                    "controller": ["CREATE_DELETE_VOLUME"]}}}}),
+    );
+    h.reconcile_ok("local").await;
+    assert!(
+        h.fake.get(&sts_path()).is_none(),
+        "per node: no controller StatefulSet"
+    );
+    h.fake.modify(&ds_path(), |ds| {
+        ds["status"] = json!({"desiredNumberScheduled": 2, "numberReady": 2, "updatedNumberScheduled": 2,
+            "currentNumberScheduled": 2, "numberMisscheduled": 0, "observedGeneration": 1});
+    });
+    h.register_driver("hostpath.csi.k8s.io", &["node-a", "node-b"]);
+    h.reconcile_ok("local").await;
+    let status = h.status("local");
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "True", "{status:#}");
+    assert_eq!(
+        ready["message"],
+        "driver hostpath.csi.k8s.io provisions per node and is registered on 2/2 nodes"
+    );
+    assert_eq!(condition(&status, "Progressing")["status"], "False");
 }

@@ -127,7 +127,9 @@ pub fn verdicts(cr: &CsiDeployment, rendered: &Rendered, obs: &Observed) -> Vec<
     let ctrl = obs.controller.unwrap_or_default();
     let node = obs.node.unwrap_or_default();
     let targeted = node.desired;
-    let (ready, reason, message) = if !rolled_out(obs.controller.as_ref()) {
+    // Per-node provisioning renders no StatefulSet: there is no controller to wait for.
+    let controller_ready = !rendered.has_controller_pod() || rolled_out(obs.controller.as_ref());
+    let (ready, reason, message) = if !controller_ready {
         (
             false,
             "ControllerNotReady",
@@ -168,6 +170,15 @@ pub fn verdicts(cr: &CsiDeployment, rendered: &Rendered, obs: &Observed) -> Vec<
                 obs.registered, targeted, cr.spec.node.kubelet_dir
             ),
         )
+    } else if !rendered.has_controller_pod() {
+        (
+            true,
+            "Available",
+            format!(
+                "driver {driver} provisions per node and is registered on {}/{} nodes",
+                obs.registered, targeted
+            ),
+        )
     } else {
         (
             true,
@@ -178,7 +189,7 @@ pub fn verdicts(cr: &CsiDeployment, rendered: &Rendered, obs: &Observed) -> Vec<
             ),
         )
     };
-    let progressing = !rolled_out(obs.controller.as_ref()) || !rolled_out(obs.node.as_ref());
+    let progressing = !controller_ready || !rolled_out(obs.node.as_ref());
     let mut out = vec![
         Verdict::new(READY, CondStatus::from_bool(ready), reason, message),
         if progressing {

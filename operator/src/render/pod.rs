@@ -272,7 +272,8 @@ pub fn pod_options(cr: &CsiDeployment, pod: PodKind) -> Option<&DriverPodOptions
 /// The CR's extra volumes of `pod` (the driver container mounts them).
 pub fn extra_volumes(cr: &CsiDeployment, pod: PodKind) -> Vec<Volume> {
     pod_options(cr, pod)
-        .map(|o| o.volumes.clone())
+        // Validation has parsed every one already: rendering never sees a bad one.
+        .map(|o| o.volumes.iter().filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_default()
 }
 

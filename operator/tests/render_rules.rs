@@ -1315,9 +1315,9 @@ fn sidecar_decisions_name_the_pod_each_sidecar_runs_in() {
 
 #[test]
 fn driver_pod_extras_reach_the_driver_container_of_their_pod_only() {
-    use k8s_openapi::api::core::v1::{EnvVar, Volume, VolumeMount};
+    use k8s_openapi::api::core::v1::{EnvVar, VolumeMount};
     let mut cr = fixture("third-party");
-    let volume = |json: serde_json::Value| -> Volume { serde_json::from_value(json).unwrap() };
+    let volume = plinth_operator::crd::PodVolume;
     let mount = |name: &str, path: &str| VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),

@@ -1256,7 +1256,7 @@ mod probing {
             job,
             &format!("{job}-x7k2p"),
             json!([status_of(
-                "csi-driver",
+                "csi-driver-node",
                 json!({"terminated": {"exitCode": 0}}),
                 0
             )]),
@@ -1487,7 +1487,7 @@ mod probing {
             &job,
             &pod,
             json!([status_of(
-                "csi-driver",
+                "csi-driver-node",
                 json!({"waiting": {"reason": "ErrImagePull",
                                    "message": "rpc error: code = NotFound desc = manifest unknown"}}),
                 0
@@ -1503,10 +1503,37 @@ mod probing {
         assert_eq!(
             degraded["message"],
             format!(
-                "probe pod storage/{pod} cannot pull image {IMAGE} of container csi-driver (ErrImagePull: rpc error: code = NotFound desc = manifest unknown): check spec.driver.image and spec.images.pullSecrets; nothing of the deployment was applied or changed"
+                "probe pod storage/{pod} cannot pull image {IMAGE} of container csi-driver-node (ErrImagePull: rpc error: code = NotFound desc = manifest unknown): check spec.driver.image and spec.images.pullSecrets; nothing of the deployment was applied or changed"
             )
         );
         assert_eq!(condition(&status, "Progressing")["reason"], "ProbingDriver");
+        assert!(object_applies(&h.fake.log()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_crashes_in_the_probe_pod_is_degraded_with_its_exit_code() {
+        let mut h = Harness::new();
+        h.create("hp", spec(IMAGE));
+        h.reconcile_ok("hp").await;
+        let job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
+        let pod = format!("{job}-x7k2p");
+        let mut crashed = status_of(
+            "csi-driver-node",
+            json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+            2,
+        );
+        crashed["lastState"] = json!({"terminated": {"exitCode": 1, "reason": "Error"}});
+        insert_pod(&h, &job, &pod, json!([crashed]), json!([]));
+        h.fake.clear_log();
+        assert_eq!(h.reconcile_ok("hp").await, Action::requeue(PROBE_POLL));
+        let degraded = condition(&h.status("hp"), "Degraded").clone();
+        assert_eq!(degraded["reason"], "DriverCrashed");
+        assert_eq!(
+            degraded["message"],
+            format!(
+                "the driver container csi-driver-node of probe pod storage/{pod} exited with code 1 (Error) and was restarted 2 times: it does not start with these arguments; see `kubectl -n storage logs {pod} -c csi-driver-node --previous`; nothing of the deployment was applied or changed"
+            )
+        );
         assert!(object_applies(&h.fake.log()).is_empty());
     }
 

@@ -57,7 +57,7 @@ pub struct Resolved {
 /// The outcome of looking at the probe.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
-    Render(Resolved),
+    Render(Box<Resolved>),
     /// Nothing to render yet; status says why. Look again after this long.
     Wait(Duration),
 }
@@ -74,7 +74,7 @@ pub fn needs_probe(cr: &CsiDeployment) -> bool {
 #[instrument(skip_all, fields(cr = %cr.name_any()))]
 pub async fn resolve(cr: &CsiDeployment, ctx: &Context, env: &RenderEnv) -> Result<Step, Error> {
     if !needs_probe(cr) {
-        return Ok(Step::Render(without_probe(cr, env)));
+        return Ok(Step::Render(Box::new(without_probe(cr, env))));
     }
     let setup = job::setup(cr, env);
     if let Some(stored) = cr.status.as_ref().and_then(|s| s.capabilities.as_ref())
@@ -87,7 +87,12 @@ pub async fn resolve(cr: &CsiDeployment, ctx: &Context, env: &RenderEnv) -> Resu
             node_asked: !cr.spec.is_builtin(),
             capabilities: stored.advertised.clone(),
         };
-        return Ok(Step::Render(from_probe(cr, env, &result, stored.clone())));
+        return Ok(Step::Render(Box::new(from_probe(
+            cr,
+            env,
+            &result,
+            stored.clone(),
+        ))));
     }
     let ns = cr.spec.namespace.as_str();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
@@ -148,7 +153,7 @@ pub async fn resolve(cr: &CsiDeployment, ctx: &Context, env: &RenderEnv) -> Resu
             with_caps.capabilities = Some(stored.clone());
             status::write_status(&ctx.client, cr, &with_caps).await?;
             delete_job(&jobs, &name).await?;
-            Ok(Step::Render(from_probe(cr, env, &result, stored)))
+            Ok(Step::Render(Box::new(from_probe(cr, env, &result, stored))))
         }
         JobState::Running(None) => {
             let waiting = format!(

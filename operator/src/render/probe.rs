@@ -50,9 +50,6 @@ pub const SOCKET_WAIT_SECONDS: u64 = 90;
 /// Hex digits of the fingerprint in the Job's name.
 const FINGERPRINT_LEN: usize = 10;
 
-const CONTROLLER_SOCKET_VOLUME: &str = "probe-controller-socket";
-const NODE_SOCKET_VOLUME: &str = "probe-node-socket";
-
 /// One driver instance of the deployment, as the probe runs it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DriverInstance {
@@ -85,12 +82,12 @@ pub fn setup(cr: &CsiDeployment, env: &RenderEnv) -> ProbeSetup {
         .spec
         .and_then(|s| s.template.spec)
         .unwrap_or_default();
-    let controller = instance(&controller_pod, name, CONTROLLER_SOCKET_VOLUME);
+    let controller = instance(&controller_pod, name, "controller");
     // See the module comment: the built-in node instance is never started by a probe.
     let (node, pod) = if cr.spec.is_builtin() {
         (None, controller_pod)
     } else {
-        (instance(&node_pod, name, NODE_SOCKET_VOLUME), node_pod)
+        (instance(&node_pod, name, "node"), node_pod)
     };
     let image = controller
         .as_ref()
@@ -108,20 +105,16 @@ pub fn setup(cr: &CsiDeployment, env: &RenderEnv) -> ProbeSetup {
 }
 
 /// The driver container of `pod` and the volumes it mounts, made safe to run beside the
-/// real driver (see the module comment), its socket volume renamed to `socket_volume`.
-fn instance(pod: &PodSpec, name: &str, socket_volume: &str) -> Option<DriverInstance> {
+/// real driver (see the module comment). Container and volumes are prefixed with `role`
+/// (`controller`, `node`): both instances share one pod.
+fn instance(pod: &PodSpec, name: &str, role: &str) -> Option<DriverInstance> {
     let mut container = pod.containers.iter().find(|c| c.name == name)?.clone();
+    container.name = format!("{name}-{role}");
     container.liveness_probe = None;
     container.readiness_probe = None;
     container.ports = None;
     let mounts = container.volume_mounts.take().unwrap_or_default();
-    let rename = |volume: &str| {
-        if volume == SOCKET_VOLUME {
-            socket_volume.to_owned()
-        } else {
-            format!("{socket_volume}-{volume}")
-        }
-    };
+    let rename = |volume: &str| format!("{role}-{volume}");
     let all = pod.volumes.as_deref().unwrap_or_default();
     let mut volumes = Vec::new();
     let mounts = mounts

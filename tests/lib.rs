@@ -118,6 +118,7 @@ impl Operator {
             Metrics::default(),
             reporter,
             plinth_operator::health::Health::default(),
+            plinth_operator::generate::manager::operator_image(),
             async {
                 let _ = rx.await;
             },

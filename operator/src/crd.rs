@@ -165,9 +165,11 @@ pub struct DriverSpec {
     #[schemars(range(min = 1024, max = 65535))]
     pub health_port: i32,
 
-    /// Set to deploy a third-party CSI driver image instead of the built-in driver. Its
-    /// declared capabilities decide the sidecars, as the built-in driver's do.
+    /// Set to deploy a third-party CSI driver image instead of the built-in driver. What
+    /// the driver advertises (probed from the image, or declared) decides the sidecars,
+    /// as the built-in driver's capabilities do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("(has(self.probe) && !self.probe) ? has(self.capabilities) : true").message("thirdParty.capabilities is required when thirdParty.probe is false: the operator then has nothing else to learn the driver's capabilities from"))]
     pub third_party: Option<ThirdPartyDriver>,
 }
 
@@ -190,8 +192,20 @@ impl Default for DriverSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ThirdPartyDriver {
     /// The driver's capabilities in the CSI spec's names, as its documentation lists them
-    /// (e.g. `controller: [CREATE_DELETE_VOLUME, PUBLISH_UNPUBLISH_VOLUME]`).
-    pub capabilities: Capabilities,
+    /// (e.g. `controller: [CREATE_DELETE_VOLUME, PUBLISH_UNPUBLISH_VOLUME]`). Optional:
+    /// the operator asks the driver itself (see `probe`); when both exist the probe
+    /// decides and every difference is named in the `CapabilitiesMatch` condition.
+    /// `lifecycleModes` cannot be probed (CSI has no RPC for it) and is taken from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+
+    /// Learn the capabilities from the driver: a short-lived Job in `spec.namespace` runs
+    /// the driver image with the node pod's arguments and asks it over its socket
+    /// (GetPluginInfo, GetPluginCapabilities, Controller/Node/GroupControllerGetCapabilities),
+    /// again whenever the image or arguments change. `false` for clusters that cannot run
+    /// that Job: then `capabilities` is required and used as declared.
+    #[serde(default = "default_true")]
+    pub probe: bool,
 
     /// Arguments of the driver container in the controller pod. Kubernetes expands
     /// `$(CSI_ENDPOINT)` and `$(NODE_ID)` (the variables named by `endpointEnv` and
@@ -827,6 +841,45 @@ pub struct CsiDeploymentStatus {
     /// under `RefuseWhileVolumesExist`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_volumes: Option<i64>,
+    /// What the driver advertises, where that came from, for which image and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<CapabilitiesStatus>,
+}
+
+/// Where the capabilities the deployment is rendered from came from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapabilitySource {
+    /// The built-in driver of this release (its capabilities are known to the operator).
+    Builtin,
+    /// Asked from the driver image over its socket by a probe Job.
+    Probe,
+    /// `spec.driver.thirdParty.capabilities`, as written (`thirdParty.probe: false`).
+    Declaration,
+}
+
+/// The capabilities in use and their origin.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CapabilitiesStatus {
+    pub source: CapabilitySource,
+    /// The driver image they describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Probe: the hash of everything that changes the driver's answer (image, arguments,
+    /// environment, volumes). A different fingerprint means a new probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Probe: when the driver answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probed_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Probe: the name GetPluginInfo reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_name: Option<String>,
+    /// Probe: the vendor version GetPluginInfo reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_version: Option<String>,
+    /// What the driver advertises, in the CSI spec's names.
+    pub advertised: Capabilities,
 }
 
 /// One sidecar and the decision about it.
@@ -901,6 +954,9 @@ fn default_encryption_secret_name() -> String {
 }
 fn default_encryption_secret_namespace() -> String {
     "${pvc.namespace}".to_owned()
+}
+fn default_true() -> bool {
+    true
 }
 fn default_driver_name() -> String {
     BUILTIN_DRIVER_NAME.to_owned()

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod health;
 pub mod labels;
 pub mod metrics;
+pub mod probe;
 pub mod reconcile;
 pub mod render;
 pub mod run;

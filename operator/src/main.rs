@@ -38,6 +38,9 @@ enum Command {
     Generate(plinth_operator::generate::GenerateArgs),
     /// Run the operator: reconcile CsiDeployments, serve /metrics, /healthz and /readyz.
     Run(plinth_operator::run::RunArgs),
+    /// Ask a running CSI driver what it advertises (the probe Job's container): writes a
+    /// JSON answer to `--output`, exits 1 when the driver did not answer.
+    Probe(plinth_operator::probe::ProbeArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,6 +67,12 @@ fn main() -> ExitCode {
         ),
         Command::Generate(args) => plinth_operator::generate::run(&args).map_err(Into::into),
         Command::Run(args) => plinth_operator::run::main(args),
+        Command::Probe(args) => match plinth_operator::probe::run(&args) {
+            Ok(true) => Ok(()),
+            // The answer, with its reason, is already written and printed.
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

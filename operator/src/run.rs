@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Image of the probe Job's container (`plinth-operator probe`): this operator's own
+    /// image, which the Deployment passes in (a mirror rewrites both).
+    #[arg(long, env = "PLINTH_PROBE_IMAGE", default_value_t = crate::generate::manager::operator_image())]
+    pub probe_image: String,
 }
 
 /// Entry point of the subcommand: sets up logging and the runtime, then runs.
@@ -150,7 +155,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let result = if args.leader_elect {
         lead_then_run(&args, client, metrics, reporter, health, identity, stop_rx).await
     } else {
-        run_controller(client, metrics, reporter, health, stop_rx).await;
+        run_controller(
+            client,
+            metrics,
+            reporter,
+            health,
+            args.probe_image.clone(),
+            stop_rx,
+        )
+        .await;
         Ok(())
     };
     match server.await {
@@ -168,12 +181,20 @@ async fn run_controller(
     metrics: Metrics,
     reporter: Reporter,
     health: Health,
+    probe_image: String,
     stop: watch::Receiver<bool>,
 ) {
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(client, metrics, reporter, health, async {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(controller::run(
+        client,
+        metrics,
+        reporter,
+        health,
+        probe_image,
+        async {
+            let _ = rx.await;
+        },
+    ));
     stopped(stop).await;
     let _ = tx.send(());
     if let Err(err) = task.await {
@@ -224,6 +245,7 @@ async fn lead_then_run(
             metrics.clone(),
             reporter.clone(),
             health.clone(),
+            args.probe_image.clone(),
             async {
                 let _ = rx.await;
             },

@@ -164,7 +164,9 @@ fn driver(cr: &CsiDeployment, errors: &mut Errors) {
              local.csi.plinth.dev is the built-in driver's",
         );
     }
-    let caps = &third.capabilities;
+    let Some(caps) = &third.capabilities else {
+        return third_party_limits(cr, errors);
+    };
     if !caps.controller.is_empty() && !caps.has_controller_service() {
         errors.add(
             "spec.driver.thirdParty.capabilities.plugin",
@@ -183,6 +185,11 @@ fn driver(cr: &CsiDeployment, errors: &mut Errors) {
              StorageClasses of this driver could never provision: add CREATE_DELETE_VOLUME",
         );
     }
+    third_party_limits(cr, errors);
+}
+
+/// Node settings only the built-in driver understands.
+fn third_party_limits(cr: &CsiDeployment, errors: &mut Errors) {
     if cr.spec.node.pool_reserve.is_some() {
         errors.add(
             "spec.node.poolReserve",
@@ -253,8 +260,17 @@ fn features(cr: &CsiDeployment, env: &RenderEnv, errors: &mut Errors) {
         builtin_features(cr, env, errors);
         return;
     };
+    let Some(caps) = crate::render::plan::third_party_capabilities(third, env) else {
+        errors.add(
+            "spec.driver.thirdParty.capabilities",
+            "neither declared nor probed yet: the operator renders a third-party driver \
+             once its probe Job has answered (or declare them and set thirdParty.probe to \
+             false)",
+        );
+        return;
+    };
     for feature in Feature::ALL {
-        if feature.switch(f) == Some(true) && !feature.served_by(&third.capabilities) {
+        if feature.switch(f) == Some(true) && !feature.served_by(&caps) {
             errors.add(
                 format!("spec.features.{}", feature.field()),
                 format!(

@@ -162,6 +162,12 @@ fn pool_path_is_immutable_set_or_unset() {
         [{}, {"poolPath": "/srv/a"}, false],
         [{"kubeletDir": "/k"}, {}, true],
     ]);
+    assert_cel(rule, &cases);
+}
+
+/// Evaluates `rule` with a real CEL implementation on `[self, oldSelf, expected]` cases
+/// and asserts each result.
+fn assert_cel(rule: &str, cases: &serde_json::Value) {
     let script = r#"
 import json, sys, cel
 rule, cases = sys.argv[1], json.loads(sys.argv[2])
@@ -192,6 +198,28 @@ print(json.dumps([cel.evaluate(rule, {"self": new, "oldSelf": old}) for new, old
         .map(|c| c[2].as_bool().unwrap())
         .collect();
     assert_eq!(got, want, "rule {rule}");
+}
+
+/// `thirdParty.probe: false` needs declared capabilities; probing needs none.
+#[test]
+fn no_probe_requires_a_declaration() {
+    let driver = &schema()["properties"]["spec"]["properties"]["driver"];
+    let third = &driver["properties"]["thirdParty"];
+    assert_eq!(third["properties"]["probe"]["default"], true);
+    let rule = third["x-kubernetes-validations"][0]["rule"]
+        .as_str()
+        .expect("a rule on thirdParty");
+    let caps = serde_json::json!({"controller": ["CREATE_DELETE_VOLUME"]});
+    assert_cel(
+        rule,
+        &serde_json::json!([
+            [{"probe": true}, null, true],
+            [{}, null, true],
+            [{"probe": false}, null, false],
+            [{"probe": false, "capabilities": caps}, null, true],
+            [{"probe": true, "capabilities": caps}, null, true],
+        ]),
+    );
 }
 
 /// Every format in every generated CRD is one the API server knows: an unknown one

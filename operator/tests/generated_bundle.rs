@@ -385,6 +385,7 @@ fn env_with_everything() -> RenderEnv {
         snapshot_crds_present: true,
         group_snapshot_crds_present: true,
         builtin_features: DriverFeatures::default(),
+        driver_capabilities: None,
     }
 }
 

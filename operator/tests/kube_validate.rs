@@ -64,6 +64,14 @@ fn rendered_objects_and_fixtures_pass_the_schemas() {
             let mut uid = cr.clone();
             uid.metadata.uid = Some("7d3c1f0e-0000-4000-8000-00000000abcd".into());
             let owned = plinth_operator::render::render(&uid, env).unwrap();
+            let probe = plinth_operator::render::probe::setup(&uid, env);
+            let job = plinth_operator::render::probe::job(&uid, &probe, "example.com/op:v1");
+            write(
+                base,
+                "objects",
+                &format!("{name}-{env_name}-probe-job.json"),
+                &serde_json::to_string_pretty(&job).unwrap(),
+            );
             for (tag, r) in [("offline", &rendered), ("owned", &owned)] {
                 for (i, o) in r.objects.iter().enumerate() {
                     let json = serde_json::to_string_pretty(&o.to_apply_json()).unwrap();

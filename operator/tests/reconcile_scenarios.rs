@@ -1182,7 +1182,7 @@ async fn a_per_node_deployment_is_ready_without_a_controller_statefulset() {
         "local",
         json!({"namespace": "plinth-system", "driver": {
             "name": "hostpath.csi.k8s.io", "image": "example.com/hostpath:v1",
-            "thirdParty": {"provisioning": "PerNode",
+            "thirdParty": {"provisioning": "PerNode", "probe": false,
                 "capabilities": {
                     "plugin": ["CONTROLLER_SERVICE", "VOLUME_ACCESSIBILITY_CONSTRAINTS"],
                     "controller": ["CREATE_DELETE_VOLUME"]}}}}),
@@ -1206,4 +1206,441 @@ async fn a_per_node_deployment_is_ready_without_a_controller_statefulset() {
         "driver hostpath.csi.k8s.io provisions per node and is registered on 2/2 nodes"
     );
     assert_eq!(condition(&status, "Progressing")["status"], "False");
+}
+
+// ---- Probing a third-party driver -------------------------------------------------------
+
+mod probing {
+    use super::*;
+    use plinth_driver::capabilities::Capabilities;
+    use plinth_operator::probe::{ProbeAnswer, ProbeResult};
+    use plinth_operator::reconcile::probe::{FAILED_RECHECK, PROBE_POLL};
+    use plinth_operator::render::probe as probe_job;
+
+    const HP: &str = "hostpath.csi.k8s.io";
+    const IMAGE: &str = "registry.k8s.io/sig-storage/hostpathplugin:v1.17.0";
+
+    fn spec(image: &str) -> Value {
+        json!({
+            "namespace": "storage",
+            "driver": {
+                "name": HP,
+                "image": image,
+                "thirdParty": {
+                    "controllerArgs": ["--endpoint=$(CSI_ENDPOINT)", "--drivername=hostpath.csi.k8s.io"],
+                    "nodeArgs": ["--endpoint=$(CSI_ENDPOINT)", "--nodeid=$(NODE_ID)", "--drivername=hostpath.csi.k8s.io"]
+                }
+            }
+        })
+    }
+
+    /// What host-path advertises (its controller: volumes, snapshots, expansion; no attach).
+    fn advertised() -> Capabilities {
+        serde_json::from_value(json!({
+            "plugin": ["CONTROLLER_SERVICE", "VOLUME_ACCESSIBILITY_CONSTRAINTS", "ONLINE_EXPANSION"],
+            "controller": ["CREATE_DELETE_VOLUME", "CREATE_DELETE_SNAPSHOT", "LIST_SNAPSHOTS",
+                           "EXPAND_VOLUME", "GET_CAPACITY"],
+            "node": ["STAGE_UNSTAGE_VOLUME", "GET_VOLUME_STATS", "EXPAND_VOLUME"]
+        }))
+        .unwrap()
+    }
+
+    fn setup(h: &Harness) -> probe_job::ProbeSetup {
+        probe_job::setup(&h.cr("hp"), &RenderEnv::default())
+    }
+
+    fn hp_sts() -> String {
+        object_path(
+            ManagedKind::StatefulSet,
+            Some("storage"),
+            "plinth-hp-controller",
+        )
+    }
+
+    fn job_path(name: &str) -> String {
+        format!("/apis/batch/v1/namespaces/storage/jobs/{name}")
+    }
+
+    fn pod_path(name: &str) -> String {
+        format!("/api/v1/namespaces/storage/pods/{name}")
+    }
+
+    /// The Job's pod as kubelet reports it, with the given container statuses.
+    fn insert_pod(h: &Harness, job: &str, pod: &str, init: Value, main: Value) {
+        h.fake.insert(
+            &pod_path(pod),
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": "storage",
+                             "labels": {"batch.kubernetes.io/job-name": job}},
+                "spec": {"containers": []},
+                "status": {"initContainerStatuses": init, "containerStatuses": main}
+            }),
+        );
+    }
+
+    fn status_of(name: &str, state: Value, restarts: i32) -> Value {
+        json!({"name": name, "image": IMAGE, "imageID": "", "ready": false,
+               "restartCount": restarts, "state": state})
+    }
+
+    fn finish(h: &Harness, job: &str, answer: &ProbeAnswer, succeeded: bool) {
+        let condition = if succeeded { "Complete" } else { "Failed" };
+        h.fake.modify(&job_path(job), |j| {
+            j["status"] = json!({"conditions": [{"type": condition, "status": "True"}]});
+        });
+        let exit = i32::from(!succeeded);
+        insert_pod(
+            h,
+            job,
+            &format!("{job}-x7k2p"),
+            json!([status_of(
+                "csi-driver-node",
+                json!({"terminated": {"exitCode": 0}}),
+                0
+            )]),
+            json!([status_of(
+                "probe",
+                json!({"terminated": {"exitCode": exit, "message": answer.to_json()}}),
+                0
+            )]),
+        );
+    }
+
+    fn answer(caps: Capabilities) -> ProbeAnswer {
+        ProbeAnswer::Result(ProbeResult {
+            driver_name: HP.to_owned(),
+            vendor_version: "v1.17.0".to_owned(),
+            capabilities: caps,
+            node_asked: true,
+        })
+    }
+
+    fn writes(log: &[Req]) -> Vec<String> {
+        log.iter()
+            .filter(|r| r.is_write() && !r.path.ends_with("/events"))
+            .map(Req::line)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_probe_job_runs_once_its_answer_is_read_and_only_then_the_driver_is_deployed() {
+        let mut h = Harness::new();
+        h.fake.set_snapshot_crds(true);
+        h.create("hp", spec(IMAGE));
+        let s = setup(&h);
+        let job = probe_job::job_name(&h.cr("hp"), &s.fingerprint);
+        assert_eq!(job, format!("hp-probe-{}", s.fingerprint));
+
+        // First reconcile: the finalizer, the Job, status. Nothing of the deployment.
+        let action = h.reconcile_ok("hp").await;
+        assert_eq!(action, Action::requeue(PROBE_POLL));
+        let log = h.fake.log();
+        let applied: Vec<&Req> = object_applies(&log);
+        assert_eq!(
+            applied.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
+            [job_path(&job)]
+        );
+        let mut want = serde_json::to_value(probe_job::job(
+            &h.cr("hp"),
+            &s,
+            &plinth_operator::generate::manager::operator_image(),
+        ))
+        .unwrap();
+        want["apiVersion"] = json!("batch/v1");
+        want["kind"] = json!("Job");
+        assert_eq!(applied[0].body.as_ref().unwrap(), &want);
+        let status = h.status("hp");
+        let progressing = condition(&status, "Progressing");
+        assert_eq!(progressing["reason"], "ProbingDriver");
+        assert_eq!(
+            progressing["message"],
+            format!(
+                "probe Job storage/{job} is asking image {IMAGE} what it advertises; nothing is applied until it answers"
+            )
+        );
+        assert_eq!(condition(&status, "Ready")["status"], "False");
+        let requests_to_job = log.len();
+
+        // A second look while it runs: no new Job, no write at all.
+        h.fake.clear_log();
+        h.reconcile_ok("hp").await;
+        assert_eq!(writes(&h.fake.log()), Vec::<String>::new());
+        let requests_waiting = h.fake.log().len();
+
+        // The pod answers: the result is recorded, the Job deleted, the driver deployed
+        // with exactly the sidecars the answer calls for.
+        finish(&h, &job, &answer(advertised()), true);
+        h.fake.clear_log();
+        assert_eq!(
+            h.reconcile_ok("hp").await,
+            Action::requeue(reconcile::RESYNC)
+        );
+        let log = h.fake.log();
+        assert!(
+            deletes(&log).contains(&job_path(&job)),
+            "{:#?}",
+            lines(&log)
+        );
+        let caps = &h.status("hp")["capabilities"];
+        assert_eq!(caps["source"], "Probe");
+        assert_eq!(caps["image"], IMAGE);
+        assert_eq!(caps["fingerprint"], s.fingerprint.as_str());
+        assert_eq!(caps["driverName"], HP);
+        assert_eq!(caps["vendorVersion"], "v1.17.0");
+        assert_eq!(
+            caps["advertised"],
+            serde_json::to_value(advertised()).unwrap()
+        );
+        let env = RenderEnv {
+            snapshot_crds_present: true,
+            driver_capabilities: Some(advertised()),
+            ..RenderEnv::default()
+        };
+        let want: Vec<String> = render::render(&h.cr("hp"), &env)
+            .unwrap()
+            .objects
+            .iter()
+            .map(path_of)
+            .collect();
+        let got: Vec<String> = object_applies(&log)
+            .iter()
+            .map(|r| r.path.clone())
+            .collect();
+        assert_eq!(got, want);
+        let sts = h.fake.get(&hp_sts()).unwrap();
+        assert_eq!(
+            containers(&sts),
+            [
+                "csi-driver",
+                "csi-provisioner",
+                "csi-resizer",
+                "csi-snapshotter",
+                "liveness-probe"
+            ]
+        );
+        let requests_answered = log.len();
+        println!(
+            "requests from CR applied to workloads applied, with a probe: {requests_to_job} (Job created) + {requests_waiting} per look while it runs + {requests_answered} (answer read, workloads applied)"
+        );
+
+        // From now on the stored answer is used: no Job, nothing written.
+        h.fake.clear_log();
+        h.reconcile_ok("hp").await;
+        let log = h.fake.log();
+        assert_eq!(writes(&log), Vec::<String>::new());
+        assert!(
+            !log.iter().any(|r| r.path.contains("/jobs")),
+            "{:#?}",
+            lines(&log)
+        );
+    }
+
+    /// Runs the probe to its answer.
+    async fn probed(h: &mut Harness, caps: Capabilities) {
+        h.reconcile_ok("hp").await;
+        let job = probe_job::job_name(&h.cr("hp"), &setup(h).fingerprint);
+        finish(h, &job, &answer(caps), true);
+        h.reconcile_ok("hp").await;
+    }
+
+    #[tokio::test]
+    async fn a_new_image_is_probed_again_and_the_running_deployment_is_left_alone_meanwhile() {
+        let mut h = Harness::new();
+        h.create("hp", spec(IMAGE));
+        probed(&mut h, advertised()).await;
+        let old_job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
+
+        h.edit_spec("hp", |s| {
+            s["driver"]["image"] = json!(format!("{IMAGE}-rc1"))
+        });
+        h.fake.clear_log();
+        assert_eq!(h.reconcile_ok("hp").await, Action::requeue(PROBE_POLL));
+        let new_job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
+        assert_ne!(new_job, old_job);
+        let log = h.fake.log();
+        assert_eq!(
+            object_applies(&log)
+                .iter()
+                .map(|r| r.path.clone())
+                .collect::<Vec<_>>(),
+            [job_path(&new_job)]
+        );
+        assert_eq!(deletes(&log), Vec::<String>::new());
+        // The StatefulSet still runs the old image.
+        let sts = h.fake.get(&hp_sts()).unwrap();
+        assert_eq!(
+            sts["spec"]["template"]["spec"]["containers"][0]["image"],
+            IMAGE
+        );
+    }
+
+    #[tokio::test]
+    async fn a_declaration_that_disagrees_is_named_difference_by_difference() {
+        let mut h = Harness::new();
+        let mut s = spec(IMAGE);
+        s["driver"]["thirdParty"]["capabilities"] = json!({
+            "plugin": ["CONTROLLER_SERVICE", "VOLUME_ACCESSIBILITY_CONSTRAINTS", "ONLINE_EXPANSION"],
+            "controller": ["CREATE_DELETE_VOLUME", "PUBLISH_UNPUBLISH_VOLUME", "CREATE_DELETE_SNAPSHOT",
+                           "LIST_SNAPSHOTS", "EXPAND_VOLUME"],
+            "node": ["STAGE_UNSTAGE_VOLUME", "GET_VOLUME_STATS", "EXPAND_VOLUME"],
+            "lifecycleModes": ["Persistent", "Ephemeral"]
+        });
+        h.create("hp", s);
+        probed(&mut h, advertised()).await;
+        let status = h.status("hp");
+        let matched = condition(&status, "CapabilitiesMatch");
+        assert_eq!(matched["status"], "False");
+        assert_eq!(matched["reason"], "DeclarationDiffers");
+        assert_eq!(
+            matched["message"],
+            "the driver's own answer is what is deployed; declared controller PUBLISH_UNPUBLISH_VOLUME, which the driver does not advertise; the driver advertises controller GET_CAPACITY, which is not declared: correct spec.driver.thirdParty.capabilities or remove it"
+        );
+        // The probe wins: no attacher; the declared lifecycle modes (not probeable) stay.
+        let sts = h.fake.get(&hp_sts()).unwrap();
+        assert!(!containers(&sts).contains(&"csi-attacher".to_owned()));
+        let csidriver = h
+            .fake
+            .get(&object_path(ManagedKind::CsiDriver, None, HP))
+            .unwrap();
+        assert_eq!(csidriver["spec"]["attachRequired"], false);
+        assert_eq!(
+            csidriver["spec"]["volumeLifecycleModes"],
+            json!(["Persistent", "Ephemeral"])
+        );
+        assert_eq!(condition(&status, "Degraded")["status"], "False");
+    }
+
+    #[tokio::test]
+    async fn an_image_that_cannot_be_pulled_is_degraded_naming_the_pod() {
+        let mut h = Harness::new();
+        h.create(
+            "hp",
+            spec("registry.k8s.io/sig-storage/hostpathplugin:v0.0.0-nope"),
+        );
+        h.reconcile_ok("hp").await;
+        let job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
+        let pod = format!("{job}-x7k2p");
+        insert_pod(
+            &h,
+            &job,
+            &pod,
+            json!([status_of(
+                "csi-driver-node",
+                json!({"waiting": {"reason": "ErrImagePull",
+                                   "message": "rpc error: code = NotFound desc = manifest unknown"}}),
+                0
+            )]),
+            json!([]),
+        );
+        h.fake.clear_log();
+        assert_eq!(h.reconcile_ok("hp").await, Action::requeue(PROBE_POLL));
+        let status = h.status("hp");
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], "ProbeImagePullFailed");
+        assert_eq!(
+            degraded["message"],
+            format!(
+                "probe pod storage/{pod} cannot pull image {IMAGE} of container csi-driver-node (ErrImagePull: rpc error: code = NotFound desc = manifest unknown): check spec.driver.image and spec.images.pullSecrets; nothing of the deployment was applied or changed"
+            )
+        );
+        assert_eq!(condition(&status, "Progressing")["reason"], "ProbingDriver");
+        assert!(object_applies(&h.fake.log()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_crashes_in_the_probe_pod_is_degraded_with_its_exit_code() {
+        let mut h = Harness::new();
+        h.create("hp", spec(IMAGE));
+        h.reconcile_ok("hp").await;
+        let job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
+        let pod = format!("{job}-x7k2p");
+        let mut crashed = status_of(
+            "csi-driver-node",
+            json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+            2,
+        );
+        crashed["lastState"] = json!({"terminated": {"exitCode": 1, "reason": "Error"}});
+        insert_pod(&h, &job, &pod, json!([crashed]), json!([]));
+        h.fake.clear_log();
+        assert_eq!(h.reconcile_ok("hp").await, Action::requeue(PROBE_POLL));
+        let degraded = condition(&h.status("hp"), "Degraded").clone();
+        assert_eq!(degraded["reason"], "DriverCrashed");
+        assert_eq!(
+            degraded["message"],
+            format!(
+                "the driver container csi-driver-node of probe pod storage/{pod} exited with code 1 (Error) and was restarted 2 times: it does not start with these arguments; see `kubectl -n storage logs {pod} -c csi-driver-node --previous`; nothing of the deployment was applied or changed"
+            )
+        );
+        assert!(object_applies(&h.fake.log()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_probe_error_is_degraded_with_its_sentence_and_not_retried_in_a_loop() {
+        let mut h = Harness::new();
+        h.create("hp", spec(IMAGE));
+        h.reconcile_ok("hp").await;
+        let job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
+        let error = ProbeAnswer::Error {
+            reason: "ControllerUnimplemented".to_owned(),
+            message: "the driver advertises CONTROLLER_SERVICE but answers ControllerGetCapabilities with UNIMPLEMENTED on /probe/controller/csi.sock".to_owned(),
+        };
+        finish(&h, &job, &error, false);
+        h.fake.clear_log();
+        assert_eq!(h.reconcile_ok("hp").await, Action::requeue(FAILED_RECHECK));
+        let status = h.status("hp");
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(degraded["reason"], "ControllerUnimplemented");
+        assert_eq!(
+            degraded["message"],
+            format!(
+                "probe pod storage/{job}-x7k2p: the driver advertises CONTROLLER_SERVICE but answers ControllerGetCapabilities with UNIMPLEMENTED on /probe/controller/csi.sock; nothing of the deployment was applied or changed, and the probe runs again when the image or arguments change or after 10 minutes"
+            )
+        );
+        assert!(object_applies(&h.fake.log()).is_empty());
+        assert!(h.status("hp").get("capabilities").is_none());
+
+        // Looking again changes nothing: the failed Job stays (for its pod), no new one.
+        h.fake.clear_log();
+        h.reconcile_ok("hp").await;
+        assert_eq!(writes(&h.fake.log()), Vec::<String>::new());
+
+        // Kubernetes removes the failed Job after its TTL: the next look probes again.
+        h.fake.remove(&job_path(&job));
+        h.fake.clear_log();
+        h.reconcile_ok("hp").await;
+        assert_eq!(
+            object_applies(&h.fake.log())
+                .iter()
+                .map(|r| r.path.clone())
+                .collect::<Vec<_>>(),
+            [job_path(&job)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_driver_reporting_another_name_is_refused_before_anything_is_applied() {
+        let mut h = Harness::new();
+        h.create("hp", spec(IMAGE));
+        h.reconcile_ok("hp").await;
+        let job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
+        let mut wrong = answer(advertised());
+        if let ProbeAnswer::Result(r) = &mut wrong {
+            r.driver_name = "other.example.com".to_owned();
+        }
+        finish(&h, &job, &wrong, true);
+        h.fake.clear_log();
+        h.reconcile_ok("hp").await;
+        let degraded = condition(&h.status("hp"), "Degraded").clone();
+        assert_eq!(degraded["reason"], "DriverNameMismatch");
+        assert!(
+            degraded["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("image {IMAGE} reports the driver name other.example.com (GetPluginInfo) but spec.driver.name is {HP}")),
+            "{degraded}"
+        );
+        assert!(object_applies(&h.fake.log()).is_empty());
+    }
 }

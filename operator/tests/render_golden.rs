@@ -110,3 +110,62 @@ fn minimal_with_this_release() {
     let rendered = render_ok(&fixture("minimal"), &env);
     insta::assert_snapshot!("release-minimal", yaml(&rendered));
 }
+
+/// The probe Job of a third-party driver (controller and node instances) and of the
+/// built-in driver with an overridden image (its controller instance only).
+#[test]
+fn probe_jobs() {
+    use plinth_operator::render::probe;
+    let mut builtin = fixture("minimal");
+    builtin.spec.driver.image = Some("example.com/plinth-driver:dev".into());
+    for (name, mut cr) in [
+        ("third-party", fixture("third-party")),
+        ("builtin-image", builtin),
+    ] {
+        cr.metadata.uid = Some("7d3c1f0e-0000-4000-8000-00000000abcd".into());
+        let setup = probe::setup(&cr, &full_env());
+        let job = probe::job(&cr, &setup, "ghcr.io/plinth-dev/plinth-operator:v0.1.0");
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let mut names: Vec<&str> = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&pod.containers)
+            .map(|c| c.name.as_str())
+            .collect();
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "container names repeat in {name}");
+        insta::assert_snapshot!(
+            format!("probe-job-{name}"),
+            serde_saphyr::to_string(&job).unwrap()
+        );
+    }
+}
+
+/// The fingerprint follows what changes the driver's answer, and nothing else.
+#[test]
+fn probe_fingerprint_follows_image_and_arguments_only() {
+    use plinth_operator::render::probe;
+    let base = fixture("third-party");
+    let fp = |cr: &CsiDeployment| probe::setup(cr, &full_env()).fingerprint;
+    let mut image = base.clone();
+    image.spec.driver.image = Some("registry.acme.example/csi/acme-block:v2.5.0".into());
+    let mut args = base.clone();
+    args.spec
+        .driver
+        .third_party
+        .as_mut()
+        .unwrap()
+        .node_args
+        .push("--v=5".into());
+    let mut unrelated = base.clone();
+    unrelated.spec.controller.replicas = 3;
+    unrelated.spec.features.resize = Some(false);
+    unrelated.spec.storage_classes = Some(Vec::new());
+    assert_ne!(fp(&image), fp(&base));
+    assert_ne!(fp(&args), fp(&base));
+    assert_eq!(fp(&unrelated), fp(&base));
+    assert_eq!(fp(&base).len(), 10);
+}

@@ -87,7 +87,7 @@ fn third_party_needs_an_image_and_consistent_capabilities() {
     let mut cr = fixture("third-party");
     cr.spec.driver.image = None;
     let third = cr.spec.driver.third_party.as_mut().unwrap();
-    third.capabilities.plugin.clear();
+    third.capabilities.as_mut().unwrap().plugin.clear();
     cr.spec.node.pool_reserve = Some("1Gi".into());
     assert_refused(&cr, "spec.driver.image", "image");
     assert_refused(

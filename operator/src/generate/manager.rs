@@ -199,6 +199,13 @@ fn container() -> Container {
             field_env("POD_NAMESPACE", "metadata.namespace"),
             // Leader-election holder identity.
             field_env("POD_NAME", "metadata.name"),
+            // The probe Job runs `plinth-operator probe` from this same image; change
+            // both together when mirroring.
+            EnvVar {
+                name: "PLINTH_PROBE_IMAGE".to_owned(),
+                value: Some(operator_image()),
+                ..EnvVar::default()
+            },
             EnvVar {
                 name: "RUST_LOG".to_owned(),
                 value: Some("info".to_owned()),

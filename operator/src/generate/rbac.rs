@@ -66,6 +66,14 @@ pub fn own_rules() -> Vec<PolicyRule> {
             &["customresourcedefinitions"],
             &["list", "watch"],
         ),
+        // Probe Jobs (what a driver image advertises): applied, watched, deleted once
+        // read; their pods only listed, to read the answer and explain a failure.
+        rule(
+            &["batch"],
+            &["jobs"],
+            &["create", "delete", "list", "patch", "watch"],
+        ),
+        rule(&[""], &["pods"], &["list"]),
         // Events about a cluster-scoped CsiDeployment land in `default`; about namespaced
         // objects in theirs: so cluster-wide. `patch` updates an event series.
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),

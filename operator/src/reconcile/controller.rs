@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::storage::v1::CSINode;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject};
@@ -60,6 +61,7 @@ pub async fn run(
     metrics: Metrics,
     reporter: Reporter,
     health: Health,
+    probe_image: String,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let crs: Api<CsiDeployment> = Api::all(client.clone());
@@ -128,14 +130,23 @@ pub async fn run(
         controller = controller.watches_stream_with(events, owner_of, resource);
     }
 
+    // Probe Jobs: finishing (or being removed after a failure) moves the CR on.
+    let jobs: Api<PartialObjectMeta<Job>> = Api::all(client.clone());
+    let job_config = owned.clone();
+    let job_events = relisting(health.watch("jobs"), move || {
+        watcher(jobs.clone(), job_config.clone())
+    })
+    .touched_objects()
+    .predicate_filter(predicates::resource_version, Default::default());
+    controller = controller.watches_stream(job_events, |job: PartialObjectMeta<Job>| {
+        job.labels().get(CR_LABEL).map(|name| ObjectRef::new(name))
+    });
+
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(
-        client,
-        recorder,
-        metrics,
-        deployments,
-        csinodes,
-    ));
+    let ctx = Arc::new(
+        Context::new(client, recorder, metrics, deployments, csinodes)
+            .with_probe_image(probe_image),
+    );
     let in_flight = health.clone();
     controller
         .with_config(Config::default().concurrency(CONCURRENCY))

@@ -16,6 +16,7 @@ pub mod fingerprint;
 pub mod namespace;
 pub mod objects;
 pub mod ownership;
+pub mod probe;
 pub mod prune;
 pub mod status;
 pub mod watches;
@@ -69,6 +70,8 @@ pub struct Context {
     /// What rendering may assume before asking the cluster: by default, the features the
     /// built-in driver of this release serves.
     pub base_env: RenderEnv,
+    /// The image of the probe Job's `plinth-operator probe` container: this operator's.
+    pub probe_image: String,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -88,6 +91,7 @@ impl Context {
             deployments,
             csinodes,
             base_env: RenderEnv::default(),
+            probe_image: crate::generate::manager::operator_image(),
             failures: Mutex::default(),
         }
     }
@@ -100,6 +104,13 @@ impl Context {
         features: plinth_driver::capabilities::DriverFeatures,
     ) -> Self {
         self.base_env.builtin_features = features;
+        self
+    }
+
+    /// The probe Job runs `image` (the operator's own, as deployed).
+    #[must_use]
+    pub fn with_probe_image(mut self, image: String) -> Self {
+        self.probe_image = image;
         self
     }
 
@@ -177,7 +188,15 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
         return Err(Error::PoolPathConflict { pool, holder });
     }
 
-    let env = discovery::render_env(&ctx.client, &cr.spec, &ctx.base_env).await?;
+    let mut env = discovery::render_env(&ctx.client, &cr.spec, &ctx.base_env).await?;
+    // What the driver advertises decides the rest; until a probe has answered, nothing
+    // is applied.
+    let resolved = match probe::resolve(cr, ctx, &env).await? {
+        probe::Step::Render(resolved) => resolved,
+        probe::Step::Wait(again) => return Ok(Action::requeue(again)),
+    };
+    env.driver_capabilities = resolved.driver_capabilities.clone();
+    let cr = &probe::with_capabilities(cr, &resolved);
     let rendered = match render::render(cr, &env) {
         Ok(r) => r,
         Err(RenderError::Invalid(errors)) => {
@@ -209,7 +228,14 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
 
     let csinodes = ctx.csinodes.state();
     let observed = status::observe(&ctx.client, &rendered, &csinodes).await?;
-    let new_status = status::applied_status(cr, &rendered, &observed, &now());
+    let mut new_status = status::applied_status(cr, &rendered, &observed, &now());
+    let previous = cr.status.as_ref().map(|s| s.conditions.as_slice());
+    probe::add_agreement(
+        &mut new_status,
+        previous.unwrap_or_default(),
+        &resolved,
+        cr.metadata.generation,
+    );
     let changes = status::sidecar_changes(cr.status.as_ref(), &new_status);
     status::write_status(&ctx.client, cr, &new_status).await?;
     if let Some((added, removed)) = changes {

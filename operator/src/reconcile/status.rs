@@ -266,6 +266,7 @@ pub fn applied_status(
         node: obs.node,
         sidecars: rendered.sidecar_decisions.clone(),
         driver_name: Some(rendered.driver_name.clone()),
+        capabilities: previous.capabilities,
         ..CsiDeploymentStatus::default()
     };
     status.set_registration(obs.registered, obs.node.map_or(0, |n| n.desired));

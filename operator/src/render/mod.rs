@@ -14,6 +14,7 @@ pub mod node;
 pub mod objects;
 pub mod plan;
 pub mod pod;
+pub mod probe;
 pub mod rbac;
 pub mod secrets;
 pub mod yaml;
@@ -42,6 +43,9 @@ pub struct RenderEnv {
     /// The features the built-in driver image of this release serves. The driver never
     /// advertises more, so deploying a sidecar beyond them would only crash-loop.
     pub builtin_features: DriverFeatures,
+    /// What a third-party driver advertised when probed (lifecycle modes from its
+    /// declaration): used instead of the declaration. `None`: not probed (yet).
+    pub driver_capabilities: Option<plinth_driver::capabilities::Capabilities>,
 }
 
 impl Default for RenderEnv {
@@ -50,6 +54,7 @@ impl Default for RenderEnv {
             snapshot_crds_present: false,
             group_snapshot_crds_present: false,
             builtin_features: plinth_driver::config::served_features(),
+            driver_capabilities: None,
         }
     }
 }

@@ -58,7 +58,13 @@ impl Plan {
                 let features = builtin_features(&spec.features).intersection(env.builtin_features);
                 (Some(features), features.capabilities())
             }
-            Some(third) => (None, restrict(&third.capabilities, &spec.features)),
+            Some(third) => (
+                None,
+                restrict(
+                    &third_party_capabilities(third, env).unwrap_or_default(),
+                    &spec.features,
+                ),
+            ),
         };
         let mut warnings = Vec::new();
         let mut notes = Vec::new();
@@ -406,6 +412,17 @@ impl Feature {
             }
         }
     }
+}
+
+/// What a third-party driver is rendered from: the probed capabilities when there are
+/// any, else the declared ones; `None` when neither exists yet.
+pub fn third_party_capabilities(
+    third: &crate::crd::ThirdPartyDriver,
+    env: &RenderEnv,
+) -> Option<Capabilities> {
+    env.driver_capabilities
+        .clone()
+        .or_else(|| third.capabilities.clone())
 }
 
 /// A third-party driver's declared capabilities minus the features switched off.

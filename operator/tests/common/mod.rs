@@ -42,6 +42,7 @@ pub fn full_env() -> RenderEnv {
         snapshot_crds_present: true,
         group_snapshot_crds_present: true,
         builtin_features: plinth_driver::config::served_features(),
+        driver_capabilities: None,
     }
 }
 
@@ -49,7 +50,8 @@ pub fn full_env() -> RenderEnv {
 /// built-in driver serves no group snapshots in a cluster).
 pub fn group_snapshot_driver() -> CsiDeployment {
     let mut cr = fixture("third-party");
-    let caps = &mut cr.spec.driver.third_party.as_mut().unwrap().capabilities;
+    let third = cr.spec.driver.third_party.as_mut().unwrap();
+    let caps = third.capabilities.as_mut().unwrap();
     caps.controller.extend([
         ControllerCapability::CreateDeleteSnapshot,
         ControllerCapability::ListSnapshots,

@@ -118,7 +118,9 @@ impl Operator {
             Metrics::default(),
             reporter,
             plinth_operator::health::Health::default(),
-            plinth_operator::generate::manager::operator_image(),
+            // The probe Job runs the operator's image: point it at the build under test.
+            std::env::var("PLINTH_PROBE_IMAGE")
+                .unwrap_or_else(|_| plinth_operator::generate::manager::operator_image()),
             async {
                 let _ = rx.await;
             },

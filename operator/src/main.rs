@@ -32,6 +32,11 @@ enum Command {
         /// Whether to render as if the VolumeGroupSnapshot CRDs were installed.
         #[arg(long, value_enum, default_value = "absent")]
         group_snapshot_crds: Presence,
+        /// A third-party driver's capabilities as its probe answered them (YAML or JSON,
+        /// e.g. `kubectl get csideployment NAME -o jsonpath='{.status.capabilities.advertised}'`),
+        /// to render a CR that declares none, as the operator would.
+        #[arg(long, value_name = "FILE")]
+        capabilities: Option<PathBuf>,
     },
     /// Write config/ (kustomize) and bundle/ (OLM) from the operator's code; with `--check`,
     /// fail listing every committed file that differs (the CI drift check).
@@ -57,14 +62,18 @@ fn main() -> ExitCode {
             file,
             snapshot_crds,
             group_snapshot_crds,
-        } => print_render(
-            &file,
-            &RenderEnv {
-                snapshot_crds_present: snapshot_crds == Presence::Present,
-                group_snapshot_crds_present: group_snapshot_crds == Presence::Present,
-                ..RenderEnv::default()
-            },
-        ),
+            capabilities,
+        } => read_capabilities(capabilities.as_deref()).and_then(|driver_capabilities| {
+            print_render(
+                &file,
+                &RenderEnv {
+                    snapshot_crds_present: snapshot_crds == Presence::Present,
+                    group_snapshot_crds_present: group_snapshot_crds == Presence::Present,
+                    driver_capabilities,
+                    ..RenderEnv::default()
+                },
+            )
+        }),
         Command::Generate(args) => plinth_operator::generate::run(&args).map_err(Into::into),
         Command::Run(args) => plinth_operator::run::main(args),
         Command::Probe(args) => match plinth_operator::probe::run(&args) {
@@ -86,6 +95,20 @@ fn main() -> ExitCode {
 fn print_crd() -> anyhow::Result<()> {
     let yaml = serde_saphyr::to_string(&CsiDeployment::crd()).context("serialising the CRD")?;
     write_stdout(&yaml)
+}
+
+fn read_capabilities(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<plinth_driver::capabilities::Capabilities>> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    // YAML is a superset of JSON: one parser reads both.
+    serde_saphyr::from_str(&text)
+        .map(Some)
+        .with_context(|| format!("{} is not a capability list", file.display()))
 }
 
 fn print_render(file: &std::path::Path, env: &RenderEnv) -> anyhow::Result<()> {

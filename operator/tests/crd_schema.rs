@@ -142,6 +142,48 @@ fn the_render_subcommand_prints_every_object_and_refuses_bad_input() {
     assert!(stderr.contains("spec.node.kubeletDir"), "{stderr}");
 }
 
+/// A third-party CR that declares no capabilities renders offline only with the probe's
+/// answer: without it the render says what is missing, with it the per-node provisioner
+/// lands in the DaemonSet and no StatefulSet is printed.
+#[test]
+fn render_of_an_undeclared_driver_takes_the_probe_answer() {
+    let bin = env!("CARGO_BIN_EXE_plinth-operator");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let fixture = format!("{dir}/hostpath.yaml");
+    let out = std::process::Command::new(bin)
+        .args(["render", "-f", &fixture])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.driver.thirdParty.capabilities"),
+        "{stderr}"
+    );
+
+    let out = std::process::Command::new(bin)
+        .args(["render", "-f", &fixture, "--capabilities"])
+        .arg(format!("{dir}/advertised/hostpath.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert!(!docs.iter().any(|d| d["kind"] == "StatefulSet"));
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let names: Vec<&str> = ds["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"csi-provisioner"), "{names:?}");
+}
+
 /// `node.poolPath` can neither change nor appear or vanish once the CR exists (the
 /// default follows the driver name, so unset is a value too): evaluated with a real CEL
 /// implementation, as the apiserver evaluates the transition rule on every update.

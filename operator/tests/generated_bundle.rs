@@ -3,6 +3,7 @@
 //! the operator can need listed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod generated_support;
 
 use std::collections::BTreeSet;
@@ -372,7 +373,7 @@ fn alm_examples_are_the_samples_and_pass_the_operators_validation() {
         assert_eq!(example["apiVersion"], "plinth.dev/v1alpha1");
         assert_eq!(example["kind"], "CsiDeployment");
         let cr = sample.parse().unwrap();
-        plinth_operator::validate::validate(&cr)
+        plinth_operator::validate::validate_in(&cr, &sample_env(sample, RenderEnv::default()))
             .unwrap_or_else(|e| panic!("{} fails the operator's validation: {e}", sample.file));
     }
 }
@@ -389,13 +390,23 @@ fn env_with_everything() -> RenderEnv {
     }
 }
 
+/// `env` with the sample's probe answer, for a sample that declares no capabilities
+/// (the operator renders it once the probe answered).
+fn sample_env(sample: &generate::samples::Sample, env: RenderEnv) -> RenderEnv {
+    let stem = sample.fixture.trim_end_matches(".yaml");
+    RenderEnv {
+        driver_capabilities: common::advertised(stem),
+        ..env
+    }
+}
+
 /// Every sample rendered with [`env_with_everything`].
 fn rendered_samples() -> Vec<(&'static str, Vec<Value>)> {
     SAMPLES
         .iter()
         .map(|sample| {
             let cr = sample.parse().unwrap();
-            let rendered = render::render(&cr, &env_with_everything())
+            let rendered = render::render(&cr, &sample_env(sample, env_with_everything()))
                 .unwrap_or_else(|e| panic!("{}: {e}", sample.file));
             (
                 sample.file,

@@ -56,6 +56,10 @@ fn rendered_objects_and_fixtures_pass_the_schemas() {
         let text = std::fs::read_to_string(fixtures_dir().join(format!("{name}.yaml"))).unwrap();
         write(base, "crs", &format!("{name}.yaml"), &text);
         for (env_name, env) in &envs {
+            let env = &RenderEnv {
+                driver_capabilities: advertised(&name),
+                ..env.clone()
+            };
             // A fixture may ask for features the release does not serve yet: that refusal
             // is validate()'s business, tested elsewhere.
             let Ok(rendered) = plinth_operator::render::render(&cr, env) else {

@@ -95,7 +95,7 @@ fn feature_matrix() {
 #[test]
 fn fixtures() {
     for name in fixture_names() {
-        let rendered = render_ok(&fixture(&name), &full_env());
+        let rendered = render_ok(&fixture(&name), &env_for(&name));
         insta::assert_snapshot!(format!("fixture-{name}"), yaml(&rendered));
     }
 }

@@ -305,7 +305,7 @@ fn third_party_with_publish_gets_the_attacher_and_attach_required() {
 #[test]
 fn controller_sidecars_are_exactly_what_the_capabilities_need() {
     for name in fixture_names() {
-        let r = render_ok(&fixture(&name), &full_env());
+        let r = render_ok(&fixture(&name), &env_for(&name));
         let expected: Vec<&str> = r
             .sidecars
             .iter()
@@ -356,7 +356,7 @@ fn every_image_is_rewritten_when_a_registry_is_set() {
 #[test]
 fn only_the_node_driver_is_privileged_and_only_it_propagates_mounts() {
     for name in fixture_names() {
-        let r = render_ok(&fixture(&name), &full_env());
+        let r = render_ok(&fixture(&name), &env_for(&name));
         for c in controller_containers(&r) {
             let sc = c.security_context.as_ref().unwrap();
             assert_ne!(sc.privileged, Some(true), "{name}: controller {}", c.name);
@@ -713,8 +713,8 @@ fn volume_snapshot_classes_carry_driver_and_deletion_policy() {
 fn sidecar_rbac_is_within_what_the_operator_may_grant() {
     use plinth_operator::render::rbac::sidecar_rules;
     for name in fixture_names() {
-        let r = render_ok(&fixture(&name), &full_env());
-        let placed = plinth_operator::render::Plan::new(&fixture(&name), &full_env());
+        let r = render_ok(&fixture(&name), &env_for(&name));
+        let placed = plinth_operator::render::Plan::new(&fixture(&name), &env_for(&name));
         for need in placed
             .controller_sidecars
             .iter()
@@ -1171,7 +1171,7 @@ fn mount_paths(c: &k8s_openapi::api::core::v1::Container) -> Vec<&str> {
 
 #[test]
 fn per_node_provisioning_has_no_controller_and_provisions_from_every_node_pod() {
-    let r = render_ok(&fixture("hostpath"), &full_env());
+    let r = render_ok(&fixture("hostpath"), &env_for("hostpath"));
     assert!(
         !r.objects.iter().any(|o| matches!(
             o.kind(),
@@ -1270,7 +1270,7 @@ fn per_node_provisioning_has_no_controller_and_provisions_from_every_node_pod() 
 
 #[test]
 fn sidecar_decisions_name_the_pod_each_sidecar_runs_in() {
-    let r = render_ok(&fixture("hostpath"), &full_env());
+    let r = render_ok(&fixture("hostpath"), &env_for("hostpath"));
     let decision = |name: &str, pod: &str| {
         r.sidecar_decisions
             .iter()
@@ -1546,7 +1546,7 @@ fn operation_secrets_are_readable_as_narrowly_as_the_parameters_allow() {
         }))
         .unwrap(),
     ]);
-    let r = render_ok(&per_node, &full_env());
+    let r = render_ok(&per_node, &env_for("hostpath"));
     let subjects: Vec<(Option<String>, String)> = binding_subjects(&r)
         .into_iter()
         .map(|(_, ns, _, subject)| (ns, subject))

@@ -12,11 +12,19 @@ use plinth_operator::render::{RenderEnv, RenderError, render};
 use plinth_operator::validate::{ValidationErrors, validate_in};
 
 fn errors(cr: &CsiDeployment) -> ValidationErrors {
-    validate_in(cr, &full_env()).expect_err("the spec must be refused")
+    errors_in(cr, &full_env())
+}
+
+fn errors_in(cr: &CsiDeployment, env: &RenderEnv) -> ValidationErrors {
+    validate_in(cr, env).expect_err("the spec must be refused")
 }
 
 fn assert_refused(cr: &CsiDeployment, field: &str, words: &str) {
-    let errors = errors(cr);
+    assert_refused_in(cr, &full_env(), field, words);
+}
+
+fn assert_refused_in(cr: &CsiDeployment, env: &RenderEnv, field: &str, words: &str) {
+    let errors = errors_in(cr, env);
     let on_field: Vec<&str> = errors
         .0
         .iter()
@@ -40,7 +48,7 @@ fn class(name: &str, default: bool) -> StorageClassSpec {
 #[test]
 fn every_fixture_is_valid() {
     for name in fixture_names() {
-        validate_in(&fixture(&name), &full_env()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        validate_in(&fixture(&name), &env_for(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
 
@@ -380,8 +388,9 @@ fn per_node_provisioning_needs_topology_and_refuses_attach_and_resize() {
     );
     let mut expansion = fixture("hostpath");
     expansion.spec.storage_classes.as_mut().unwrap()[0].allow_volume_expansion = Some(true);
-    assert_refused(
+    assert_refused_in(
         &expansion,
+        &env_for("hostpath"),
         "spec.storageClasses[0].allowVolumeExpansion",
         "external-resizer has no per-node mode",
     );

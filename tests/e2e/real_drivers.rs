@@ -2,9 +2,9 @@
 //! topology, capabilities not declared), and an encrypted volume of the built-in driver.
 //!
 //! The host-path test deploys the driver named `hostpath.csi.k8s.io` (its `--drivername`):
-//! run it on a cluster without another csi-driver-host-path install. It needs the
-//! capability probe (`thirdParty.capabilities` optional): until that is in, the apiserver
-//! refuses the CR and the test fails saying so. The encryption test needs a driver image
+//! run it on a cluster without another csi-driver-host-path install. The operator learns
+//! what it advertises from a probe Job running the operator's image (`PLINTH_PROBE_IMAGE`,
+//! default this release's published one). The encryption test needs a driver image
 //! with fscrypt support (`PLINTH_E2E_DRIVER_IMAGE`) and nodes whose ext4 has encryption.
 
 use std::collections::BTreeSet;
@@ -26,8 +26,8 @@ use crate::{
 };
 use plinth_operator::render::ManagedKind;
 
-/// The published host-path sample, as a user would apply it, minus the capabilities it
-/// declares only until the probe lands: the operator must learn them from the driver.
+/// The published host-path sample, as a user would apply it: no declared capabilities,
+/// the operator must learn them from the driver.
 fn hostpath_spec(class: &str) -> anyhow::Result<Value> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -38,9 +38,6 @@ fn hostpath_spec(class: &str) -> anyhow::Result<Value> {
         plinth_operator::render::yaml::parse(&text).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
     let mut spec = serde_json::to_value(&cr.spec)?;
     spec["namespace"] = json!(namespace());
-    if let Some(third) = spec["driver"]["thirdParty"].as_object_mut() {
-        third.remove("capabilities");
-    }
     spec["storageClasses"] = json!([{ "name": class }]);
     Ok(spec)
 }
@@ -99,6 +96,18 @@ async fn hostpath_deploys_per_node_from_what_it_advertises_and_provisions() -> a
         ensure!(
             applied.spec.driver.third_party.is_some(),
             "the CR lost its thirdParty block"
+        );
+        let caps = status
+            .capabilities
+            .as_ref()
+            .context("status.capabilities is unset on a Ready deployment")?;
+        ensure!(
+            caps.source == plinth_operator::crd::CapabilitySource::Probe
+                && caps.driver_name.as_deref() == Some("hostpath.csi.k8s.io")
+                && caps.advertised.controller.contains(
+                    &plinth_driver::capabilities::ControllerCapability::CreateDeleteVolume
+                ),
+            "status.capabilities is not host-path's probed answer: {caps:#?}"
         );
         read_back_through_a_claim(&client, &id, &class, None).await
     };

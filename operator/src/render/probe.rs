@@ -82,7 +82,12 @@ pub fn setup(cr: &CsiDeployment, env: &RenderEnv) -> ProbeSetup {
         .spec
         .and_then(|s| s.template.spec)
         .unwrap_or_default();
-    let controller = instance(&controller_pod, name, "controller");
+    // Per node there is no controller instance: the node one answers everything.
+    let controller = if cr.spec.is_per_node() {
+        None
+    } else {
+        instance(&controller_pod, name, "controller")
+    };
     // See the module comment: the built-in node instance is never started by a probe.
     let (node, pod) = if cr.spec.is_builtin() {
         (None, controller_pod)

@@ -46,6 +46,25 @@ pub fn full_env() -> RenderEnv {
     }
 }
 
+/// What the fixture's driver advertises when probed (`fixtures/advertised/<name>.yaml`):
+/// fixtures without a declaration (csi-driver-host-path) render from it, as the operator
+/// does once its probe answered.
+pub fn advertised(name: &str) -> Option<plinth_driver::capabilities::Capabilities> {
+    let path = fixtures_dir()
+        .join("advertised")
+        .join(format!("{name}.yaml"));
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("advertised/{name}: {e}")))
+}
+
+/// [`full_env`] with the fixture's probe answer, if it has one.
+pub fn env_for(name: &str) -> RenderEnv {
+    RenderEnv {
+        driver_capabilities: advertised(name),
+        ..full_env()
+    }
+}
+
 /// `third-party.yaml` with a driver that declares snapshots and group snapshots (the
 /// built-in driver serves no group snapshots in a cluster).
 pub fn group_snapshot_driver() -> CsiDeployment {

@@ -30,6 +30,9 @@ const FSCRYPT_POLICY_FLAGS_PAD_32: u8 = 0x03;
 pub const KEY_PRESENT: u32 = 2;
 /// `FSCRYPT_KEY_STATUS_ABSENT`.
 pub const KEY_ABSENT: u32 = 1;
+/// `FSCRYPT_KEY_STATUS_INCOMPLETELY_REMOVED`: removed, but inodes still in use (a mount
+/// of the directory itself, an open file) keep their per-file keys until released.
+pub const KEY_INCOMPLETELY_REMOVED: u32 = 3;
 
 fn open_dir(path: &Path) -> Result<OwnedFd, CryptError> {
     open(
@@ -175,20 +178,17 @@ pub fn lock(mount: &Path, root_of_mount: &Path) -> Result<bool, CryptError> {
     }
 }
 
-/// `FSCRYPT_KEY_STATUS_*` of the key that the `data/` directory of the filesystem
-/// mounted at `root` names; `None` when it has no policy (yet).
-pub fn key_status(root: &Path) -> Result<Option<u32>, CryptError> {
-    let root_fd = open_dir(root)?;
-    let Some(data) = data_dir(&root_fd, root, false)? else {
+/// `FSCRYPT_KEY_STATUS_*` ([`KEY_PRESENT`], [`KEY_ABSENT`], ...) in its filesystem of
+/// the key that the encrypted directory `data` (a staging's `data/`, or a publish)
+/// names; `None` when it has no policy.
+pub fn key_status(data: &Path) -> Result<Option<u32>, CryptError> {
+    let fd = open_dir(data)?;
+    let Some(identifier) = policy_of(&fd, data)? else {
         return Ok(None);
     };
-    let data_path = root.join(DATA_DIR);
-    let Some(identifier) = policy_of(&data, &data_path)? else {
-        return Ok(None);
-    };
-    ioctl::fscrypt_key_status(data.as_fd(), &identifier)
+    ioctl::fscrypt_key_status(fd.as_fd(), &identifier)
         .map(Some)
-        .map_err(CryptError::kernel("get key status on", root))
+        .map_err(CryptError::kernel("get key status on", data))
 }
 
 /// At start: an encrypted volume's filesystem that is still mounted but not staged (only

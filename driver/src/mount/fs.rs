@@ -188,8 +188,12 @@ pub fn classify(head: &[u8]) -> Detected {
 }
 
 /// Run mkfs for `format` on `path` (a block device or an image file).
+pub fn mkfs(format: impl Into<Format>, path: &Path) -> Result<(), MountError> {
+    mkfs_as(format.into(), path)
+}
+
 #[tracing::instrument(level = "debug", fields(fs = %format.fs, encrypt = format.encrypt, path = %path.display()))]
-pub fn mkfs(format: Format, path: &Path) -> Result<(), MountError> {
+fn mkfs_as(format: Format, path: &Path) -> Result<(), MountError> {
     let (tool, _) = format.fs.mkfs_command();
     let mut argv: Vec<&OsStr> = format.args().into_iter().map(OsStr::new).collect();
     argv.push(path.as_os_str());

@@ -47,17 +47,7 @@ fn key(material: &str) -> HashMap<String, String> {
 }
 
 async fn create_encrypted(driver: &TestDriver, name: &str, size: i64) -> v1::Volume {
-    let mut req = create_request(name, mount_cap("ext4"), size, 0);
-    req.parameters = encrypted_params();
-    driver
-        .controller()
-        .await
-        .create_volume(req)
-        .await
-        .unwrap_or_else(|e| panic!("CreateVolume {name}: {e}"))
-        .into_inner()
-        .volume
-        .unwrap()
+    encrypted_volume(driver, create_request(name, mount_cap("ext4"), size, 0)).await
 }
 
 async fn restore_encrypted(
@@ -65,7 +55,12 @@ async fn restore_encrypted(
     name: &str,
     source: v1::VolumeContentSource,
 ) -> v1::Volume {
-    let mut req = create_from_request(name, mount_cap("ext4"), 64 * MIB, source);
+    let req = create_from_request(name, mount_cap("ext4"), 64 * MIB, source);
+    encrypted_volume(driver, req).await
+}
+
+async fn encrypted_volume(driver: &TestDriver, mut req: v1::CreateVolumeRequest) -> v1::Volume {
+    let name = req.name.clone();
     req.parameters = encrypted_params();
     driver
         .controller()
@@ -96,28 +91,7 @@ async fn open(
     label: &str,
     secrets: HashMap<String, String>,
 ) -> Published {
-    let staging = driver.staging(label);
-    let target = driver.target(label);
-    try_stage(driver, id, &staging, secrets)
-        .await
-        .unwrap_or_else(|e| panic!("NodeStageVolume {label}: {e}"));
-    driver
-        .node()
-        .await
-        .node_publish_volume(publish_request(
-            id,
-            &staging,
-            &target,
-            mount_cap("ext4"),
-            false,
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("NodePublishVolume {label}: {e}"));
-    Published {
-        id: id.to_owned(),
-        staging,
-        target,
-    }
+    publish_with(driver, id, label, &mount_cap("ext4"), secrets).await
 }
 
 fn image(driver: &TestDriver, id: &str) -> PathBuf {

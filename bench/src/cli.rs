@@ -53,6 +53,14 @@ pub struct Args {
     #[arg(long = "param", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
 
+    /// Secret sent in every call that carries secrets (CreateVolume, NodeStageVolume,
+    /// NodePublishVolume, expansion, snapshots, deletion), repeatable: `--secret k=v`.
+    /// E.g. an encrypted class: `--param encryption=fscrypt --secret
+    /// encryptionKey="$(head -c 32 /dev/urandom | base64)"`. For benchmarks only: a value
+    /// on a command line is visible to the node's other users.
+    #[arg(long = "secret", value_parser = parse_param)]
+    pub secrets: Vec<(String, String)>,
+
     /// Driver process whose VmRSS/VmHWM are sampled before and after the run.
     #[arg(long)]
     pub pid: Option<u32>,

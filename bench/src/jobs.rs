@@ -83,7 +83,7 @@ async fn snapshot(work: &Workload, rec: &mut Recorder) -> Result<(), Error> {
         let request = CreateSnapshotRequest {
             source_volume_id: source.id.clone().unwrap_or_default(),
             name: snapshot_name,
-            secrets: HashMap::new(),
+            secrets: work.secrets.clone(),
             parameters: HashMap::new(),
         };
         let first = work
@@ -139,7 +139,7 @@ async fn snapshot(work: &Workload, rec: &mut Recorder) -> Result<(), Error> {
 
         let request = DeleteSnapshotRequest {
             snapshot_id: snap.snapshot_id,
-            secrets: HashMap::new(),
+            secrets: work.secrets.clone(),
         };
         work.csi
             .timed(
@@ -158,7 +158,7 @@ async fn snapshot(work: &Workload, rec: &mut Recorder) -> Result<(), Error> {
         if let Some(id) = snapshot_id {
             let request = DeleteSnapshotRequest {
                 snapshot_id: id.clone(),
-                secrets: HashMap::new(),
+                secrets: work.secrets.clone(),
             };
             if let Err(err) = work
                 .csi
@@ -223,7 +223,7 @@ async fn expand(work: &Workload, rec: &mut Recorder, online: bool) -> Result<(),
             let request = ControllerExpandVolumeRequest {
                 volume_id: volume.id.clone().unwrap_or_default(),
                 capacity_range: Some(work.capacity(new_size)),
-                secrets: HashMap::new(),
+                secrets: work.secrets.clone(),
                 volume_capability: Some(work.capability()),
             };
             let response = work
@@ -269,7 +269,7 @@ async fn expand(work: &Workload, rec: &mut Recorder, online: bool) -> Result<(),
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 volume_capability: Some(work.capability()),
-                secrets: HashMap::new(),
+                secrets: work.secrets.clone(),
             };
             work.csi
                 .timed(

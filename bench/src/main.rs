@@ -129,16 +129,19 @@ async fn run(args: &Args) -> Result<Report, Error> {
 
     let mut suites = Vec::new();
     for &access in args.access.kinds() {
-        let work = Arc::new(Workload::new(
-            csi.clone(),
-            discovery.clone(),
-            access,
-            args.fs_type.clone(),
-            args.size,
-            args.params.iter().cloned().collect(),
-            run_dir.clone(),
-            run_id.clone(),
-        ));
+        let work = Arc::new(
+            Workload::new(
+                csi.clone(),
+                discovery.clone(),
+                access,
+                args.fs_type.clone(),
+                args.size,
+                args.params.iter().cloned().collect(),
+                run_dir.clone(),
+                run_id.clone(),
+            )
+            .with_secrets(args.secrets.iter().cloned().collect()),
+        );
         let suite = run_suite(args, work, &stop).await;
         let lifecycle_failed = suite.lifecycle.failed();
         suites.push(suite);

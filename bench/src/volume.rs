@@ -147,7 +147,7 @@ impl Volume {
             node_id: work.discovery.node_id.clone(),
             volume_capability: Some(work.capability()),
             readonly: false,
-            secrets: HashMap::new(),
+            secrets: work.secrets.clone(),
             volume_context: self.context.clone(),
         };
         self.controller_published = true;
@@ -178,7 +178,7 @@ impl Volume {
             publish_context: self.publish_context.clone(),
             staging_target_path: path_string(&staging)?,
             volume_capability: Some(work.capability()),
-            secrets: HashMap::new(),
+            secrets: work.secrets.clone(),
             volume_context: self.context.clone(),
         };
         work.csi
@@ -207,7 +207,7 @@ impl Volume {
             target_path: path_string(&target)?,
             volume_capability: Some(work.capability()),
             readonly: false,
-            secrets: HashMap::new(),
+            secrets: work.secrets.clone(),
             volume_context: self.context.clone(),
         };
         self.published = Some(target.clone());
@@ -264,7 +264,7 @@ impl Volume {
             let request = ControllerUnpublishVolumeRequest {
                 volume_id: self.id()?.to_owned(),
                 node_id: work.discovery.node_id.clone(),
-                secrets: HashMap::new(),
+                secrets: work.secrets.clone(),
             };
             work.csi
                 .timed(
@@ -287,7 +287,7 @@ impl Volume {
         if let Some(id) = self.id.clone() {
             let request = DeleteVolumeRequest {
                 volume_id: id,
-                secrets: HashMap::new(),
+                secrets: work.secrets.clone(),
             };
             work.csi
                 .timed(

@@ -35,6 +35,9 @@ pub struct Workload {
     pub fs_type: String,
     pub size: u64,
     pub parameters: HashMap<String, String>,
+    /// Sent in every call that carries secrets (`--secret`), as the sidecars and
+    /// kubelet send a StorageClass's operation secrets.
+    pub secrets: HashMap<String, String>,
     /// Directory for this run's staging and target paths (the stand-in for kubelet's
     /// `/var/lib/kubelet`).
     pub run_dir: PathBuf,
@@ -62,10 +65,17 @@ impl Workload {
             fs_type,
             size,
             parameters,
+            secrets: HashMap::new(),
             run_dir,
             run_id,
             next: AtomicU64::new(0),
         }
+    }
+
+    /// The same workload with `secrets` in every call that carries secrets.
+    pub fn with_secrets(mut self, secrets: HashMap<String, String>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// A fresh volume name and a seed for its data pattern.

@@ -12,7 +12,7 @@ use crate::mount::FsType;
 use crate::pool::{self, GRANULARITY, VolumeAccess, VolumeId};
 use crate::state::{Driver, blocking};
 use crate::validate::{self, Access, existing_id};
-use crate::{advertise, expand_rpc, local, page, restore, snapshot_rpc};
+use crate::{advertise, crypt, expand_rpc, local, page, restore, snapshot_rpc};
 
 #[derive(Debug, Clone)]
 pub struct ControllerService {
@@ -54,6 +54,7 @@ impl ControllerService {
         let name = validate::name("name", &req.name)?.to_owned();
         let caps = validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
         let capacity = validate::capacity(req.capacity_range.as_ref())?;
+        check_encryption(&req.parameters, &caps)?;
         if let Some(cluster) = self.driver.handoff() {
             let source = req
                 .volume_content_source
@@ -235,6 +236,30 @@ impl ControllerService {
             status: Some(Default::default()),
         })
     }
+}
+
+/// An encrypted class's volumes must be ext4 filesystems: refused before anything is
+/// allocated (the node's kernel is asked where the volume is made, see
+/// [`local::create_volume`]).
+fn check_encryption(
+    parameters: &std::collections::HashMap<String, String>,
+    caps: &[validate::Capability],
+) -> Result<(), Error> {
+    let Some(mode) = parameters.get(crypt::PARAMETER) else {
+        return Ok(());
+    };
+    crypt::requested(&BTreeMap::from([(
+        crypt::PARAMETER.to_owned(),
+        mode.clone(),
+    )]))?;
+    for cap in caps {
+        let fs = match &cap.access {
+            Access::Block => None,
+            Access::Mount { fs, .. } => Some(fs.unwrap_or(FsType::DEFAULT).as_str()),
+        };
+        crypt::check_encryptable(fs)?;
+    }
+    Ok(())
 }
 
 /// ValidateVolumeCapabilities' answer for a volume of `access` created with

@@ -145,6 +145,9 @@ pub fn spec(context: &HashMap<String, String>, limits: Limits) -> Result<InlineS
         field: "volume_context",
         reason,
     };
+    if context.contains_key(crate::crypt::PARAMETER) {
+        return Err(crate::crypt::CryptError::Inline.into());
+    }
     if let Some(key) = context
         .keys()
         .filter(|k| !k.starts_with(KUBELET_PREFIX))

@@ -7,6 +7,7 @@
 use tonic::{Code, Status};
 
 use crate::cluster::ClusterError;
+use crate::crypt::CryptError;
 use crate::grow::GrowError;
 use crate::mount::MountError;
 use crate::pool::PoolError;
@@ -57,6 +58,8 @@ pub enum Error {
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
 }
 
 impl Error {
@@ -80,6 +83,7 @@ impl Error {
             Self::InvalidToken(_) => Code::Aborted,
             Self::Task(_) => Code::Internal,
             Self::Cluster(e) => e.code(),
+            Self::Crypt(e) => e.code(),
         }
     }
 }
@@ -175,6 +179,7 @@ fn volume_code(e: &VolumeError) -> Code {
         VolumeError::AlreadyExists { .. } => Code::AlreadyExists,
         VolumeError::Pool(e) => pool_code(e),
         VolumeError::Host(e) => mount_code(e),
+        VolumeError::Crypt(e) => e.code(),
     }
 }
 

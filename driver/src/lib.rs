@@ -10,6 +10,7 @@ pub mod volume;
 pub mod advertise;
 pub mod config;
 pub mod controller;
+pub mod crypt;
 pub mod error;
 pub mod identity;
 pub mod inflight;

@@ -4,9 +4,9 @@
 
 use crate::error::Error;
 use crate::pool::{self, VolumeId};
-use crate::restore;
 use crate::snapshot::{self, Snapshot, SnapshotId};
 use crate::state::Driver;
+use crate::{crypt, restore};
 
 /// Create the volume `request` describes, filled from `source` when given. The source is
 /// claimed too: it must not be deleted while it is copied.
@@ -15,6 +15,24 @@ pub async fn create_volume(
     request: pool::CreateVolumeRequest,
     source: Option<restore::Source>,
 ) -> Result<(pool::Volume, pool::Created), Error> {
+    let encrypted = crypt::requested(&request.parameters)?;
+    if encrypted {
+        crypt::check_kernel()?;
+    }
+    if let Some(source) = &source
+        && source.encrypted != encrypted
+    {
+        return Err(crypt::CryptError::NotEncryptable(if source.encrypted {
+            "the source is encrypted: a restore or clone of it is ciphertext under the \
+             source's data key, so it must be made in an encrypted StorageClass"
+                .to_owned()
+        } else {
+            "the source is not encrypted: a restore or clone of it cannot be encrypted \
+             (its data would stay in plaintext); copy the data into a new encrypted volume"
+                .to_owned()
+        })
+        .into());
+    }
     let pool = driver.pool()?;
     let mut keys = vec![format!("name:{}", request.name)];
     keys.extend(source.as_ref().map(restore::Source::key));

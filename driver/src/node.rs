@@ -7,6 +7,7 @@ use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 use v1::volume_usage::Unit;
 
+use crate::crypt::Secrets;
 use crate::error::Error;
 use crate::mount::mountinfo;
 use crate::pool::{Pool, VolumeId};
@@ -35,7 +36,9 @@ impl NodeService {
     // form) -> lookup -> work. A request missing an argument is INVALID_ARGUMENT even
     // for a volume that does not exist; NOT_FOUND comes only from the lookup.
 
-    async fn stage(&self, req: v1::NodeStageVolumeRequest) -> Result<(), Error> {
+    async fn stage(&self, mut req: v1::NodeStageVolumeRequest) -> Result<(), Error> {
+        // Out of the request at once: from here on they are redacted and wiped on drop.
+        let secrets = Secrets::take(&mut req.secrets);
         let id = validate::volume_ref(&req.volume_id)?;
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let cap =
@@ -46,11 +49,12 @@ impl NodeService {
         self.driver
             .exclusive(&key, move || {
                 check_fits(volumes.pool(), &id, &cap)?;
-                let outcome = volumes.stage(
+                let outcome = volumes.stage_with(
                     &id,
                     &staging,
                     &cap.access.node_access(),
                     cap.mode.read_only(),
+                    &secrets,
                 )?;
                 if matches!(cap.access, Access::Mount { .. }) && !cap.mode.read_only() {
                     let mounted = volumes.resolve(&staging)?;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use plinth_csi_proto::v1;
 use v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 
+use crate::crypt;
 use crate::error::Error;
 use crate::freeze;
 use crate::pool::{self, CapacityRange, ContentSource, Pool, PoolError, VolumeAccess, VolumeId};
@@ -28,6 +29,9 @@ pub struct Source {
     pub access: VolumeAccess,
     /// Set for clones: the live volume to quiesce while copying.
     pub live_volume: Option<VolumeId>,
+    /// The source is encrypted; its wrapped data key (if it has one yet) is at `key`.
+    pub encrypted: bool,
+    pub key: PathBuf,
 }
 
 /// Resolve a request's `volume_content_source`. Sources of a switched-off feature are
@@ -78,6 +82,8 @@ pub fn resolve_content(driver: &Driver, content: &ContentSource) -> Result<Sourc
                 size_bytes: snapshot.size_bytes,
                 access: snapshot.source_access,
                 live_volume: None,
+                encrypted: snapshot.encrypted,
+                key: store.key_path(&id),
             })
         }
         ContentSource::Volume { volume_id } => {
@@ -91,6 +97,8 @@ pub fn resolve_content(driver: &Driver, content: &ContentSource) -> Result<Sourc
                 image: pool.image_path(&id),
                 size_bytes: volume.size_bytes,
                 access: volume.access,
+                encrypted: crypt::is_encrypted(&volume.parameters),
+                key: pool.key_path(&id),
                 live_volume: Some(id),
             })
         }
@@ -154,6 +162,20 @@ pub fn populate(pool: &Pool, source: &Source, dest: &Path) -> Result<u64, PoolEr
     };
     let quiesced = freeze::quiesce(device.as_ref())?;
     let method = pool::copy_image(&source.image, dest)?;
+    if source.encrypted {
+        // The copy is ciphertext under the source's data key: its wrapped key comes
+        // along (the new volume's key file: `<id>.key` beside `<id>.img`), still bound
+        // to the source until the new claim's first stage re-wraps it.
+        let key = dest.with_extension("key");
+        crypt::wrap::copy(&source.key, &key).map_err(|e| {
+            let _ = std::fs::remove_file(&key);
+            PoolError::Io {
+                op: "copy the wrapped key of",
+                path: source.key.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+    }
     if !quiesced.is_intact() {
         return Err(PoolError::Io {
             op: "copy",

@@ -160,6 +160,13 @@ fn open_storage(dir: &Path, reserve: u64) -> Result<(Pool, SnapshotStore), Error
         .map(|(_, dev)| dev.clone())
         .collect();
     freeze::thaw_after_crash(&staged)?;
+    let locked = crate::crypt::fscrypt::recover(&pool, &crate::mount::mountinfo::read_self()?)?;
+    if !locked.is_empty() {
+        tracing::info!(
+            count = locked.len(),
+            "keys of encrypted volumes that are not staged removed"
+        );
+    }
     let orphans = ephemeral::collect_orphans(&pool)?;
     if !orphans.is_empty() {
         tracing::info!(count = orphans.len(), "inline volumes of gone pods deleted");

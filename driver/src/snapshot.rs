@@ -6,6 +6,7 @@
 //! ```text
 //! <pool>/snapshots/snap-<hex>.img     the copy (reflink or sparse), mode 0400
 //! <pool>/snapshots/snap-<hex>.json    its record: the commit point of CreateSnapshot
+//! <pool>/snapshots/snap-<hex>.key     an encrypted source's wrapped data key, mode 0600
 //! <pool>/snapshots/group-<hex>.json   a group snapshot: the commit point of its members
 //! ```
 //!
@@ -135,6 +136,10 @@ pub struct Snapshot {
     pub group_id: Option<GroupId>,
     /// `"reflink"` or `"sparse"`.
     pub copy_method: String,
+    /// The source was encrypted: the copy is ciphertext, and its wrapped data key
+    /// travels with it (a restore shares the source's data key).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 /// A group snapshot: one point in time across several volumes.
@@ -340,6 +345,12 @@ impl SnapshotStore {
         self.dir.join(format!("{id}.img"))
     }
 
+    /// The wrapped data key an encrypted source had when the snapshot was cut (absent
+    /// when it was never staged).
+    pub fn key_path(&self, id: &SnapshotId) -> PathBuf {
+        self.dir.join(format!("{id}.key"))
+    }
+
     fn record_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }
@@ -474,7 +485,23 @@ impl SnapshotStore {
         let mut out = Vec::with_capacity(planned.len());
         let mut result = Ok(());
         for p in planned {
-            match copy_snapshot_image(&pool.image_path(&p.volume.id), &p.image) {
+            let encrypted = crate::crypt::is_encrypted(&p.volume.parameters);
+            let copied =
+                copy_snapshot_image(&pool.image_path(&p.volume.id), &p.image).and_then(|method| {
+                    if encrypted {
+                        crate::crypt::wrap::copy(
+                            &pool.key_path(&p.volume.id),
+                            &self.key_path(&p.id),
+                        )
+                        .map_err(|e| SnapshotError::Io {
+                            op: "copy the wrapped key of",
+                            path: pool.key_path(&p.volume.id),
+                            source: io::Error::other(e.to_string()),
+                        })?;
+                    }
+                    Ok(method)
+                });
+            match copied {
                 Ok(method) => {
                     let snapshot = Snapshot {
                         id: p.id.clone(),
@@ -485,11 +512,13 @@ impl SnapshotStore {
                         created_unix_nanos,
                         group_id: None,
                         copy_method: method_name(method).to_owned(),
+                        encrypted,
                     };
                     out.push((p, snapshot));
                 }
                 Err(e) => {
                     remove_quietly(&p.image);
+                    remove_quietly(&self.key_path(&p.id));
                     result = Err(e);
                     break;
                 }
@@ -503,6 +532,7 @@ impl SnapshotStore {
         if let Err(e) = result {
             for (p, _) in &out {
                 remove_quietly(&p.image);
+                remove_quietly(&self.key_path(&p.id));
             }
             return Err(e);
         }
@@ -557,13 +587,16 @@ impl SnapshotStore {
         }
     }
 
+    /// Remove a snapshot's image and its wrapped key, if any.
     fn remove_image(&self, id: &SnapshotId) -> Result<(), SnapshotError> {
-        let image = self.image_path(id);
-        match fs::remove_file(&image) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &image)(e)),
+        for file in [self.image_path(id), self.key_path(id)] {
+            match fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &file)(e)),
+            }
         }
+        Ok(())
     }
 
     /// Delete a snapshot. Unknown IDs succeed; members of a group snapshot are refused
@@ -837,7 +870,7 @@ fn recover(dir: &Path, recovery: &mut SnapshotRecovery) -> Result<Index, Snapsho
                     }
                 }
             }
-            Some((stem, "img")) => match SnapshotId::parse(stem) {
+            Some((stem, "img" | "key")) => match SnapshotId::parse(stem) {
                 Ok(id) => images.push((id, path)),
                 Err(_) => {
                     tracing::warn!(path = %path.display(), "ignoring unknown file among snapshots")

@@ -107,7 +107,7 @@ fn mount_bind_readonly_and_mountinfo() {
     let host = RealHost;
     let image = sparse_image(&sb, "m.img", 64 * MIB);
     let dev = host.attach_loop(&image).unwrap();
-    host.mkfs(FsType::Ext4, &dev.path).unwrap();
+    host.mkfs(FsType::Ext4.into(), &dev.path).unwrap();
     // A mount point whose name needs mountinfo escaping.
     let stage = sb.join("stage dir\twith\\odd");
     let rw = sb.join("rw");

@@ -54,18 +54,6 @@ impl FsType {
         }
     }
 
-    /// A fingerprint of the exact mkfs invocation (FNV-1a of tool and arguments), so a
-    /// cached pre-formatted image is reused only for the options it was made with.
-    pub fn mkfs_fingerprint(self) -> u32 {
-        let (tool, args) = self.mkfs_command();
-        std::iter::once(tool)
-            .chain(args.iter().copied())
-            .flat_map(|s| s.bytes().chain(std::iter::once(0)))
-            .fold(0x811c_9dc5u32, |h, b| {
-                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-            })
-    }
-
     /// The mkfs tool and its fixed arguments (an allowlist: nothing from requests).
     fn mkfs_command(self) -> (&'static str, &'static [&'static str]) {
         match self {
@@ -88,6 +76,45 @@ impl FsType {
             ),
             Self::Xfs => ("mkfs.xfs", &["-q", "-K", "-s", "size=4096"]),
         }
+    }
+}
+
+/// What mkfs makes: a filesystem, and for an encrypted volume ext4 with the `encrypt`
+/// feature (fscrypt). Plain volumes are formatted exactly as before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Format {
+    pub fs: FsType,
+    pub encrypt: bool,
+}
+
+impl From<FsType> for Format {
+    fn from(fs: FsType) -> Self {
+        Self { fs, encrypt: false }
+    }
+}
+
+impl Format {
+    /// The full argument list (an allowlist: nothing from requests).
+    fn args(self) -> Vec<&'static str> {
+        let (_, args) = self.fs.mkfs_command();
+        let mut all = args.to_vec();
+        if self.encrypt && self.fs == FsType::Ext4 {
+            all.extend(["-O", "encrypt"]);
+        }
+        all
+    }
+
+    /// A fingerprint of the exact mkfs invocation (FNV-1a of tool and arguments), so a
+    /// cached pre-formatted image is reused only for the options it was made with (an
+    /// encrypted volume never gets a plain template, nor the reverse).
+    pub fn fingerprint(self) -> u32 {
+        let (tool, _) = self.fs.mkfs_command();
+        std::iter::once(tool)
+            .chain(self.args())
+            .flat_map(|s| s.bytes().chain(std::iter::once(0)))
+            .fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            })
     }
 }
 
@@ -160,11 +187,15 @@ pub fn classify(head: &[u8]) -> Detected {
     }
 }
 
-/// Run mkfs for `fs` on `path` (a block device or an image file).
-#[tracing::instrument(level = "debug", fields(fs = %fs, path = %path.display()))]
-pub fn mkfs(fs: FsType, path: &Path) -> Result<(), MountError> {
-    let (tool, args) = fs.mkfs_command();
-    let mut argv: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+/// Run mkfs for `format` on `path` (a block device or an image file).
+pub fn mkfs(format: impl Into<Format>, path: &Path) -> Result<(), MountError> {
+    mkfs_as(format.into(), path)
+}
+
+#[tracing::instrument(level = "debug", fields(fs = %format.fs, encrypt = format.encrypt, path = %path.display()))]
+fn mkfs_as(format: Format, path: &Path) -> Result<(), MountError> {
+    let (tool, _) = format.fs.mkfs_command();
+    let mut argv: Vec<&OsStr> = format.args().into_iter().map(OsStr::new).collect();
     argv.push(path.as_os_str());
     run_tool(tool, &argv)?.map_err(|failed| MountError::Mkfs {
         tool,
@@ -222,6 +253,18 @@ mod tests {
         assert_eq!(classify(&head), Detected::Unknown);
         // Short input (tiny image) is classified on what exists.
         assert_eq!(classify(&[0u8; 10]), Detected::Blank);
+    }
+
+    #[test]
+    fn encrypted_formats_are_their_own_template_key() {
+        let plain = Format::from(FsType::Ext4);
+        let encrypted = Format {
+            fs: FsType::Ext4,
+            encrypt: true,
+        };
+        assert!(!plain.args().contains(&"encrypt"));
+        assert_eq!(encrypted.args().last(), Some(&"encrypt"));
+        assert_ne!(plain.fingerprint(), encrypted.fingerprint());
     }
 
     #[test]

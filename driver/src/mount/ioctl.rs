@@ -139,3 +139,209 @@ pub fn ficlone(dest: BorrowedFd<'_>, src: BorrowedFd<'_>) -> Result<(), Errno> {
     // SAFETY: the argument is the source descriptor number; both are open for the call.
     unsafe { raw::ficlone(dest.as_raw_fd(), src.as_raw_fd() as _) }.map(drop)
 }
+
+// fscrypt (`linux/fscrypt.h`): per-filesystem master keys and directory policies.
+
+/// `FSCRYPT_KEY_IDENTIFIER_SIZE`.
+pub const FSCRYPT_KEY_IDENTIFIER_SIZE: usize = 16;
+/// The largest raw master key (`FSCRYPT_MAX_KEY_SIZE`); v2 AES-256-XTS uses all 64 bytes.
+pub const FSCRYPT_MAX_KEY_SIZE: usize = 64;
+const FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER: u32 = 2;
+
+/// `struct fscrypt_key_specifier`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FscryptKeySpecifier {
+    pub kind: u32,
+    pub reserved: u32,
+    /// The identifier in the first 16 bytes (a union of 32 in the UAPI).
+    pub u: [u8; 32],
+}
+
+impl FscryptKeySpecifier {
+    fn identifier(id: &[u8; FSCRYPT_KEY_IDENTIFIER_SIZE]) -> Self {
+        let mut u = [0u8; 32];
+        u[..FSCRYPT_KEY_IDENTIFIER_SIZE].copy_from_slice(id);
+        Self {
+            kind: FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER,
+            reserved: 0,
+            u,
+        }
+    }
+}
+
+/// `struct fscrypt_add_key_arg` followed by its `raw[]` (64 bytes: the largest key).
+/// Holds key material: wiped on drop.
+#[repr(C)]
+pub struct FscryptAddKeyArg {
+    pub key_spec: FscryptKeySpecifier,
+    pub raw_size: u32,
+    pub key_id: u32,
+    pub reserved: [u32; 8],
+    pub raw: [u8; FSCRYPT_MAX_KEY_SIZE],
+}
+
+impl Drop for FscryptAddKeyArg {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.raw);
+    }
+}
+
+/// `struct fscrypt_remove_key_arg`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FscryptRemoveKeyArg {
+    pub key_spec: FscryptKeySpecifier,
+    pub removal_status_flags: u32,
+    pub reserved: [u32; 5],
+}
+
+/// `struct fscrypt_get_key_status_arg`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FscryptGetKeyStatusArg {
+    pub key_spec: FscryptKeySpecifier,
+    pub reserved: [u32; 6],
+    pub status: u32,
+    pub status_flags: u32,
+    pub user_count: u32,
+    pub out_reserved: [u32; 13],
+}
+
+/// `struct fscrypt_policy_v2`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FscryptPolicyV2 {
+    pub version: u8,
+    pub contents_encryption_mode: u8,
+    pub filenames_encryption_mode: u8,
+    pub flags: u8,
+    pub reserved: [u8; 4],
+    pub master_key_identifier: [u8; FSCRYPT_KEY_IDENTIFIER_SIZE],
+}
+
+/// `struct fscrypt_get_policy_ex_arg` (the policy union is at most a v2 policy).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FscryptGetPolicyExArg {
+    pub policy_size: u64,
+    pub policy: FscryptPolicyV2,
+}
+
+mod fscrypt_raw {
+    use super::{
+        FscryptAddKeyArg, FscryptGetKeyStatusArg, FscryptGetPolicyExArg, FscryptPolicyV2,
+        FscryptRemoveKeyArg,
+    };
+    // The request numbers encode the UAPI's own sizes, which are not always the size of
+    // what is passed: SET_ENCRYPTION_POLICY is `_IOR('f', 19, struct fscrypt_policy_v1)`
+    // (12 bytes; the kernel reads the version byte and then the right policy), and
+    // GET_ENCRYPTION_POLICY_EX is `_IOWR('f', 22, __u8[9])`; ADD_ENCRYPTION_KEY counts the
+    // 80-byte header without `raw[]`. Hence the `_bad` variants with computed numbers.
+    nix::ioctl_write_ptr_bad!(
+        set_policy,
+        nix::request_code_read!(b'f', 19, 12),
+        FscryptPolicyV2
+    );
+    nix::ioctl_readwrite_bad!(
+        get_policy_ex,
+        nix::request_code_readwrite!(b'f', 22, 9),
+        FscryptGetPolicyExArg
+    );
+    nix::ioctl_readwrite_bad!(
+        add_key,
+        nix::request_code_readwrite!(b'f', 23, 80),
+        FscryptAddKeyArg
+    );
+    nix::ioctl_readwrite_bad!(
+        remove_key_all_users,
+        nix::request_code_readwrite!(b'f', 25, 64),
+        FscryptRemoveKeyArg
+    );
+    nix::ioctl_readwrite_bad!(
+        get_key_status,
+        nix::request_code_readwrite!(b'f', 26, 128),
+        FscryptGetKeyStatusArg
+    );
+}
+
+/// `FS_IOC_ADD_ENCRYPTION_KEY` of a v2 `key` to the filesystem holding `fs`; returns the
+/// key's identifier (which the kernel derives from the key).
+pub fn fscrypt_add_key(
+    fs: BorrowedFd<'_>,
+    key: &[u8; FSCRYPT_MAX_KEY_SIZE],
+) -> Result<[u8; FSCRYPT_KEY_IDENTIFIER_SIZE], Errno> {
+    let mut arg = FscryptAddKeyArg {
+        key_spec: FscryptKeySpecifier::identifier(&[0; FSCRYPT_KEY_IDENTIFIER_SIZE]),
+        raw_size: FSCRYPT_MAX_KEY_SIZE as u32,
+        key_id: 0,
+        reserved: [0; 8],
+        raw: *key,
+    };
+    // SAFETY: `arg` is a valid header followed by `raw_size` bytes of key, writable, and
+    // outlives the call; the kernel writes the identifier into `key_spec`.
+    unsafe { fscrypt_raw::add_key(fs.as_raw_fd(), &mut arg) }?;
+    let mut id = [0u8; FSCRYPT_KEY_IDENTIFIER_SIZE];
+    id.copy_from_slice(&arg.key_spec.u[..FSCRYPT_KEY_IDENTIFIER_SIZE]);
+    Ok(id)
+}
+
+/// `FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS`: returns the removal status flags
+/// (`FSCRYPT_KEY_REMOVAL_STATUS_FLAG_FILES_BUSY` = 1: files still open keep their
+/// inodes' keys until closed).
+pub fn fscrypt_remove_key_all_users(
+    fs: BorrowedFd<'_>,
+    identifier: &[u8; FSCRYPT_KEY_IDENTIFIER_SIZE],
+) -> Result<u32, Errno> {
+    let mut arg = FscryptRemoveKeyArg {
+        key_spec: FscryptKeySpecifier::identifier(identifier),
+        removal_status_flags: 0,
+        reserved: [0; 5],
+    };
+    // SAFETY: `arg` is a valid, writable `struct fscrypt_remove_key_arg` for the call.
+    unsafe { fscrypt_raw::remove_key_all_users(fs.as_raw_fd(), &mut arg) }?;
+    Ok(arg.removal_status_flags)
+}
+
+/// `FS_IOC_GET_ENCRYPTION_KEY_STATUS`: `FSCRYPT_KEY_STATUS_*` (1 absent, 2 present,
+/// 3 incompletely removed).
+pub fn fscrypt_key_status(
+    fs: BorrowedFd<'_>,
+    identifier: &[u8; FSCRYPT_KEY_IDENTIFIER_SIZE],
+) -> Result<u32, Errno> {
+    let mut arg = FscryptGetKeyStatusArg {
+        key_spec: FscryptKeySpecifier::identifier(identifier),
+        reserved: [0; 6],
+        status: 0,
+        status_flags: 0,
+        user_count: 0,
+        out_reserved: [0; 13],
+    };
+    // SAFETY: `arg` is a valid, writable `struct fscrypt_get_key_status_arg`.
+    unsafe { fscrypt_raw::get_key_status(fs.as_raw_fd(), &mut arg) }?;
+    Ok(arg.status)
+}
+
+/// `FS_IOC_SET_ENCRYPTION_POLICY` on the (empty) directory `dir`.
+pub fn fscrypt_set_policy(dir: BorrowedFd<'_>, policy: &FscryptPolicyV2) -> Result<(), Errno> {
+    // SAFETY: `policy` is a valid v2 policy the kernel only reads.
+    unsafe { fscrypt_raw::set_policy(dir.as_raw_fd(), policy) }.map(drop)
+}
+
+/// `FS_IOC_GET_ENCRYPTION_POLICY_EX`: the policy of `dir`; `ENODATA` when it has none.
+pub fn fscrypt_get_policy(dir: BorrowedFd<'_>) -> Result<FscryptGetPolicyExArg, Errno> {
+    let mut arg = FscryptGetPolicyExArg {
+        policy_size: std::mem::size_of::<FscryptPolicyV2>() as u64,
+        policy: FscryptPolicyV2 {
+            version: 0,
+            contents_encryption_mode: 0,
+            filenames_encryption_mode: 0,
+            flags: 0,
+            reserved: [0; 4],
+            master_key_identifier: [0; FSCRYPT_KEY_IDENTIFIER_SIZE],
+        },
+    };
+    // SAFETY: `arg` is writable and `policy_size` says how much of it the kernel may fill.
+    unsafe { fscrypt_raw::get_policy_ex(dir.as_raw_fd(), &mut arg) }?;
+    Ok(arg)
+}

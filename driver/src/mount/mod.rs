@@ -7,7 +7,7 @@
 //! tests run it for real.
 
 pub mod fs;
-mod ioctl;
+pub(crate) mod ioctl;
 pub mod loopdev;
 pub mod mountinfo;
 pub mod options;
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
-pub use fs::{Detected, FsType};
+pub use fs::{Detected, Format, FsType};
 pub(crate) use ioctl::ficlone;
 pub use loopdev::LoopDevice;
 pub use mountinfo::MountEntry;
@@ -136,8 +136,8 @@ pub trait Host: Send + Sync {
     fn refresh_loop_capacity(&self, dev: &LoopDevice) -> Result<(), MountError>;
     /// What filesystem, if any, is on `path` (device or image).
     fn detect(&self, path: &Path) -> Result<Detected, MountError>;
-    /// Format `path` with `fs`. Callers guarantee it is blank.
-    fn mkfs(&self, fs: FsType, path: &Path) -> Result<(), MountError>;
+    /// Format `path` as `format` says. Callers guarantee it is blank.
+    fn mkfs(&self, format: Format, path: &Path) -> Result<(), MountError>;
     /// mount(2).
     fn mount(
         &self,
@@ -179,8 +179,8 @@ impl Host for RealHost {
     fn detect(&self, path: &Path) -> Result<Detected, MountError> {
         fs::detect(path)
     }
-    fn mkfs(&self, fs: FsType, path: &Path) -> Result<(), MountError> {
-        fs::mkfs(fs, path)
+    fn mkfs(&self, format: Format, path: &Path) -> Result<(), MountError> {
+        fs::mkfs(format, path)
     }
     fn mount(
         &self,

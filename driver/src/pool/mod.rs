@@ -79,6 +79,8 @@ const TEMPLATES: &str = "templates";
 const POOL_FILE: &str = "pool.json";
 const IMAGE_EXT: &str = "img";
 const META_EXT: &str = "json";
+/// An encrypted volume's wrapped data key (see [`crate::crypt`]), mode 0600.
+const KEY_EXT: &str = "key";
 
 /// How a volume is consumed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -185,6 +187,8 @@ pub struct Recovery {
     pub removed_temp_files: Vec<PathBuf>,
     /// Images without committed metadata (interrupted create/delete), removed.
     pub removed_orphan_images: Vec<PathBuf>,
+    /// Wrapped keys without committed metadata, removed.
+    pub removed_orphan_keys: Vec<PathBuf>,
     /// Metadata whose image is missing: kept (delete still works), logged.
     pub missing_images: Vec<VolumeId>,
     /// Images shorter than their recorded size (size lost in a crash): grown back.
@@ -380,6 +384,12 @@ impl Pool {
     /// The image file of a volume (whether or not it exists).
     pub fn image_path(&self, id: &VolumeId) -> PathBuf {
         self.file(id, IMAGE_EXT)
+    }
+
+    /// The wrapped data key of an encrypted volume (whether or not it exists: it is
+    /// written at the volume's first stage).
+    pub fn key_path(&self, id: &VolumeId) -> PathBuf {
+        self.file(id, KEY_EXT)
     }
 
     fn file(&self, id: &VolumeId, ext: &str) -> PathBuf {
@@ -583,6 +593,14 @@ impl Pool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("remove", &meta)(e)),
         }
+        // The wrapped key goes with the record (a crash in between leaves a key file
+        // without record, which the next open removes).
+        let key = self.key_path(id);
+        match fs::remove_file(&key) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &key)(e)),
+        }
         // The volume is gone now; freeing the image's blocks is left to the reaper (see
         // `reaper`). The rename keeps the image name free and the file an orphan.
         let trash = reaper::trash_path(&image).ok_or_else(|| PoolError::Io {
@@ -744,6 +762,7 @@ impl Pool {
         let mut recovery = Recovery::default();
         let mut records = BTreeMap::new();
         let mut images = Vec::new();
+        let mut keys = Vec::new();
         let entries = fs::read_dir(&volumes_dir).map_err(io_err("read_dir", &volumes_dir))?;
         for entry in entries {
             let entry = entry.map_err(io_err("read_dir", &volumes_dir))?;
@@ -779,6 +798,7 @@ impl Pool {
                     records.insert(id, volume);
                 }
                 IMAGE_EXT => images.push((id, path)),
+                KEY_EXT => keys.push((id, path)),
                 _ => tracing::warn!(path = %path.display(), "ignoring unknown file in pool"),
             }
         }
@@ -794,6 +814,14 @@ impl Pool {
             }
             fs::remove_file(&path).map_err(io_err("remove", &path))?;
             recovery.removed_orphan_images.push(path);
+        }
+        for (id, path) in keys {
+            // The wrapped key of a volume whose record is gone (deleted, or a restore
+            // that never committed): nothing can use it.
+            if !records.contains_key(&id) {
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                recovery.removed_orphan_keys.push(path);
+            }
         }
         for (id, volume) in &records {
             let image = self.image_path(id);

@@ -27,10 +27,11 @@ use std::sync::Arc;
 
 use nix::mount::MsFlags;
 
+use crate::crypt::{self, CryptError, Secrets};
 use crate::mount::mountinfo::find_mount_point;
 use crate::mount::options::{ALWAYS, REPORTED_FLAGS};
 use crate::mount::{
-    Detected, FsType, Host, LoopDevice, MountEntry, MountError, MountOptions, RealHost,
+    Detected, Format, FsType, Host, LoopDevice, MountEntry, MountError, MountOptions, RealHost,
 };
 use crate::pool::{Pool, PoolError, VolumeAccess, VolumeId};
 
@@ -130,6 +131,9 @@ pub enum VolumeError {
     /// A host operation failed. [Internal]
     #[error(transparent)]
     Host(#[from] MountError),
+    /// [by variant: see `CryptError::code`]
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
 }
 
 impl From<PoolError> for VolumeError {
@@ -261,9 +265,7 @@ impl NodeVolumes {
         Ok(self.host.find_loop(&self.pool.image_path(id))?)
     }
 
-    /// Stage a volume at `staging`. Idempotent; staged with other options ->
-    /// [`VolumeError::AlreadyExists`].
-    #[tracing::instrument(skip(self, access), fields(volume_id = %id))]
+    /// Stage a volume that needs no secrets (not encrypted) at `staging`.
     pub fn stage(
         &self,
         id: &VolumeId,
@@ -271,8 +273,29 @@ impl NodeVolumes {
         access: &NodeAccess,
         readonly: bool,
     ) -> Result<Outcome, VolumeError> {
+        self.stage_with(id, staging, access, readonly, &Secrets::default())
+    }
+
+    /// Stage a volume at `staging`. Idempotent; staged with other options ->
+    /// [`VolumeError::AlreadyExists`]. An encrypted volume's key is opened with
+    /// `secrets` first, before anything is attached (see [`crate::crypt`]); staged, its
+    /// filesystem holds the key and its `data/` directory is encrypted under it.
+    #[tracing::instrument(skip(self, access, secrets), fields(volume_id = %id))]
+    pub fn stage_with(
+        &self,
+        id: &VolumeId,
+        staging: &Path,
+        access: &NodeAccess,
+        readonly: bool,
+        secrets: &Secrets,
+    ) -> Result<Outcome, VolumeError> {
         let staging = self.path(staging)?;
         let volume = self.pool.get(id)?;
+        let opened = if crypt::is_encrypted(&volume.parameters) {
+            Some(crypt::open(&self.pool.key_path(id), id.as_str(), secrets)?)
+        } else {
+            None
+        };
         let mounts = self.host.mountinfo()?;
         let existing = self.attached(id)?;
         let device_file = staging.join(id.as_str());
@@ -298,6 +321,11 @@ impl NodeVolumes {
                         && entry.fs_type == fs.as_str()
                         && flags_match(entry, flags);
                     return if same {
+                        // A crash or a failed call may have stopped before the key was
+                        // added: make sure, cheaply (both steps are idempotent).
+                        if let Some(opened) = &opened {
+                            self.unlock(id, &staging, opened)?;
+                        }
                         Ok(Outcome::AlreadyDone)
                     } else {
                         Err(already(
@@ -310,9 +338,21 @@ impl NodeVolumes {
                     return Err(already(&staging, "staged as a block volume"));
                 }
                 let dir = self.paths.create_dir_all(&staging)?;
-                let attached = self.attach(id, existing, Some((fs, volume.size_bytes)))?;
-                let result =
-                    self.format_and_mount(id, &attached, (&dir, &staging), fs, flags, &options);
+                let format = Format {
+                    fs,
+                    encrypt: opened.is_some(),
+                };
+                let attached = self.attach(id, existing, Some((format, volume.size_bytes)))?;
+                let result = self
+                    .format_and_mount(id, &attached, (&dir, &staging), format, flags, &options)
+                    .and_then(|()| match &opened {
+                        Some(opened) => self.unlock(id, &staging, opened).inspect_err(|_| {
+                            if let Err(e) = self.host.unmount(&staging) {
+                                tracing::warn!(error = %e, "unmounting after a failed unlock");
+                            }
+                        }),
+                        None => Ok(()),
+                    });
                 let Attached { dev, now, .. } = attached;
                 self.undo_attach_on_error(result, &dev, now)?;
                 tracing::info!(dev = %dev.path.display(), staging = %staging.display(), %fs, "staged");
@@ -343,6 +383,21 @@ impl NodeVolumes {
         Ok(Outcome::Done)
     }
 
+    /// Store the key file `opened` asks for (before the key protects anything), then add
+    /// the key to the filesystem mounted at `staging` and see that `data/` is encrypted.
+    fn unlock(
+        &self,
+        id: &VolumeId,
+        staging: &Path,
+        opened: &crypt::Opened,
+    ) -> Result<(), VolumeError> {
+        if let Some(store) = &opened.store {
+            crypt::wrap::write(&self.pool.key_path(id), store)?;
+        }
+        crypt::fscrypt::unlock(staging, &opened.key, id)?;
+        Ok(())
+    }
+
     /// Attach the image unless already attached. A blank image about to be formatted
     /// is first filled from a template (before attaching, so no loop device caches the
     /// old contents).
@@ -350,7 +405,7 @@ impl NodeVolumes {
         &self,
         id: &VolumeId,
         existing: Option<LoopDevice>,
-        format: Option<(FsType, u64)>,
+        format: Option<(Format, u64)>,
     ) -> Result<Attached, VolumeError> {
         if let Some(dev) = existing {
             return Ok(Attached {
@@ -361,12 +416,12 @@ impl NodeVolumes {
         }
         let image = self.pool.image_path(id);
         let mut content = None;
-        if let (Some(templates), Some((fs, size))) = (&self.templates, format)
+        if let (Some(templates), Some((format, size))) = (&self.templates, format)
             && self.host.detect(&image)? == Detected::Blank
-            && let Some(method) = templates.fill(self.host.as_ref(), fs, size, &image)?
+            && let Some(method) = templates.fill(self.host.as_ref(), format, size, &image)?
         {
             tracing::debug!(?method, "formatted from template");
-            content = Some(Detected::Fs(fs));
+            content = Some(Detected::Fs(format.fs));
         }
         Ok(Attached {
             dev: self.host.attach_loop(&image)?,
@@ -397,17 +452,18 @@ impl NodeVolumes {
         id: &VolumeId,
         attached: &Attached,
         (dir, staging): (&OwnedFd, &Path),
-        fs: FsType,
+        format: Format,
         flags: MsFlags,
         options: &MountOptions,
     ) -> Result<(), VolumeError> {
+        let fs = format.fs;
         let dev = &attached.dev;
         let content = match attached.content {
             Some(known) => known,
             None => self.host.detect(&dev.path)?,
         };
         match content {
-            Detected::Blank => self.host.mkfs(fs, &dev.path)?,
+            Detected::Blank => self.host.mkfs(format, &dev.path)?,
             Detected::Fs(found) if found == fs => {}
             Detected::Fs(found) => {
                 return Err(VolumeError::FsMismatch {
@@ -474,6 +530,14 @@ impl NodeVolumes {
             }
             self.host.detach_loop(&ro)?;
         }
+        let staged = find_mount_point(&mounts, &staging).filter(ours);
+        if let Some(entry) = staged
+            && crypt::is_encrypted(&self.pool.get(id)?.parameters)
+        {
+            // The kernel holds the key only while staged: out before the unmount, so a
+            // failed unmount never leaves it behind.
+            crypt::fscrypt::lock(&staging, &entry.root)?;
+        }
         for point in [&staging, &device_file] {
             if find_mount_point(&mounts, point).filter(ours).is_some() {
                 self.host.unmount(point)?;
@@ -498,7 +562,7 @@ impl NodeVolumes {
     ) -> Result<Outcome, VolumeError> {
         let staging = self.path(staging)?;
         let target = self.path(target)?;
-        self.pool.get(id)?;
+        let encrypted = crypt::is_encrypted(&self.pool.get(id)?.parameters);
         let not_staged = || VolumeError::NotStaged {
             id: id.clone(),
             staging: staging.clone(),
@@ -517,9 +581,16 @@ impl NodeVolumes {
                 find_mount_point(&mounts, &staging)
                     .filter(|m| m.dev == dev.dev)
                     .ok_or_else(not_staged)?;
+                // An encrypted volume's data is its `data/` directory: that is what a
+                // pod gets, never the filesystem root.
+                let root = if encrypted {
+                    Path::new("/").join(crypt::DATA_DIR)
+                } else {
+                    PathBuf::from("/")
+                };
                 if let Some(entry) = find_mount_point(&mounts, &target) {
                     return if entry.dev == dev.dev
-                        && entry.root == Path::new("/")
+                        && entry.root == root
                         && bind_flags_match(entry, flags)
                     {
                         Ok(Outcome::AlreadyDone)
@@ -530,7 +601,11 @@ impl NodeVolumes {
                         ))
                     };
                 }
-                let source = self.paths.open_dir(&staging)?;
+                let source = if encrypted {
+                    self.paths.open_dir(&staging.join(crypt::DATA_DIR))?
+                } else {
+                    self.paths.open_dir(&staging)?
+                };
                 let dir = self.paths.create_dir_all(&target)?;
                 self.bind_at(&paths::fd_path(&source), dir, &target, flags)?;
             }

@@ -1,4 +1,5 @@
-//! Pre-formatted template images: format once per (filesystem, size), then copy.
+//! Pre-formatted template images: format once per (filesystem, size, mkfs options — an
+//! encrypted volume's `-O encrypt` among them), then copy.
 //!
 //! Spawning mkfs dominates a stage of a blank volume. The first blank stage of a given
 //! filesystem, size and mkfs options formats a template image in `<pool>/templates/`;
@@ -14,7 +15,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::mount::{FsType, Host, MountError};
+use crate::mount::{Format, FsType, Host, MountError};
 use crate::pool::{CopyMethod, copy_image, reflink_supported};
 
 /// Template images kept at most.
@@ -47,9 +48,12 @@ impl Templates {
         }
     }
 
-    fn path(&self, fs: FsType, size: u64) -> PathBuf {
-        self.dir
-            .join(format!("{fs}-{size}-{:08x}.img", fs.mkfs_fingerprint()))
+    fn path(&self, format: Format, size: u64) -> PathBuf {
+        self.dir.join(format!(
+            "{}-{size}-{:08x}.img",
+            format.fs,
+            format.fingerprint()
+        ))
     }
 
     /// Whether copying a template beats running mkfs. mkfs.ext4 with lazy init writes
@@ -64,17 +68,17 @@ impl Templates {
     pub(super) fn fill(
         &self,
         host: &dyn Host,
-        fs: FsType,
+        format: Format,
         size: u64,
         image: &Path,
     ) -> Result<Option<CopyMethod>, MountError> {
-        if !self.pays_off(fs) {
+        if !self.pays_off(format.fs) {
             return Ok(None);
         }
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let template = self.path(fs, size);
+        let template = self.path(format, size);
         if !template.exists() {
-            self.build(host, fs, size, &template)?;
+            self.build(host, format, size, &template)?;
         }
         let method = match copy_image(&template, image) {
             Ok(m) => m,
@@ -101,7 +105,7 @@ impl Templates {
     fn build(
         &self,
         host: &dyn Host,
-        fs: FsType,
+        format: Format,
         size: u64,
         template: &Path,
     ) -> Result<(), MountError> {
@@ -119,7 +123,7 @@ impl Templates {
                 .map_err(MountError::io("create", &temp))?;
             file.set_len(size)
                 .map_err(MountError::io("truncate", &temp))?;
-            host.mkfs(fs, &temp)?;
+            host.mkfs(format, &temp)?;
             file.sync_all().map_err(MountError::io("sync", &temp))?;
             fs::rename(&temp, template).map_err(MountError::io("rename", template))
         })();

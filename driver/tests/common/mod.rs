@@ -243,7 +243,9 @@ impl TestDriver {
             .env_remove("PLINTH_KUBELET_DIR")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // Both streams into the log: tests that check what the driver prints (never a
+            // secret) read everything it printed.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("spawn plinth-driver");

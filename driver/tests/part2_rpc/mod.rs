@@ -25,10 +25,23 @@ pub async fn publish(
     label: &str,
     cap: &v1::VolumeCapability,
 ) -> Published {
+    publish_with(driver, id, label, cap, Default::default()).await
+}
+
+/// [`publish`], staging with the node-stage `secrets` (an encrypted volume's).
+pub async fn publish_with(
+    driver: &TestDriver,
+    id: &str,
+    label: &str,
+    cap: &v1::VolumeCapability,
+    secrets: std::collections::HashMap<String, String>,
+) -> Published {
     let staging = driver.staging(label);
     let target = driver.target(label);
     let mut node = driver.node().await;
-    node.node_stage_volume(stage_request(id, &staging, cap.clone()))
+    let mut stage = stage_request(id, &staging, cap.clone());
+    stage.secrets = secrets;
+    node.node_stage_volume(stage)
         .await
         .unwrap_or_else(|e| panic!("NodeStageVolume {label}: {e}"));
     node.node_publish_volume(publish_request(id, &staging, &target, cap.clone(), false))

@@ -17,6 +17,7 @@ pub struct Fault {
     method: Option<Method>,
     path_prefix: String,
     status: StatusCode,
+    message: Option<String>,
     remaining: u32,
 }
 
@@ -27,6 +28,7 @@ impl Fault {
             method: Some(method),
             path_prefix: path_prefix.into(),
             status,
+            message: None,
             remaining: 1,
         }
     }
@@ -37,8 +39,15 @@ impl Fault {
             method: None,
             path_prefix: path_prefix.into(),
             status,
+            message: None,
             remaining: 1,
         }
+    }
+
+    /// The message of the answered `Status` (what the real server would have said).
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
     }
 
     /// Applies to the next `times` matching requests instead of one.
@@ -66,14 +75,15 @@ impl Faults {
             .push(fault);
     }
 
-    /// The status to answer this request with, consuming one use of the matching fault.
-    pub fn take(&self, method: &Method, path: &str) -> Option<StatusCode> {
+    /// The status (and message, if the fault has one) to answer this request with,
+    /// consuming one use of the matching fault.
+    pub fn take(&self, method: &Method, path: &str) -> Option<(StatusCode, Option<String>)> {
         let mut faults = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let fault = faults.iter_mut().find(|f| f.matches(method, path))?;
         fault.remaining -= 1;
-        let status = fault.status;
+        let answer = (fault.status, fault.message.clone());
         faults.retain(|f| f.remaining > 0);
-        Some(status)
+        Some(answer)
     }
 
     /// Uses left across all armed faults.
@@ -177,12 +187,12 @@ mod tests {
                 &Method::PATCH,
                 "/apis/plinth.dev/v1alpha1/poolvolumes/a/status"
             ),
-            Some(StatusCode::CONFLICT)
+            Some((StatusCode::CONFLICT, None))
         );
         assert_eq!(faults.pending(), 1);
         assert_eq!(
             faults.take(&Method::PATCH, "/apis/plinth.dev/v1alpha1/poolvolumes/b"),
-            Some(StatusCode::CONFLICT)
+            Some((StatusCode::CONFLICT, None))
         );
         assert_eq!(
             faults.take(&Method::PATCH, "/apis/plinth.dev/v1alpha1/poolvolumes/b"),

@@ -27,7 +27,13 @@
 //!
 //! For tests, [`Running`] adds fault injection ([`Running::inject`]), paused watch
 //! delivery ([`Running::pause_watches`]), direct read access to the stored objects and
-//! counts of write requests ([`Running::writes`]).
+//! counts of write requests ([`Running::writes`]), a log of every request with its exact
+//! method, path, query and body ([`Running::requests`], [`Running::wait_for_request`]),
+//! direct writes as another party would make them ([`Running::insert`],
+//! [`Running::modify`], [`Running::remove`]), immutable fields per resource that answer
+//! 422 like the real server's validation ([`Running::immutable_fields`],
+//! [`BUILT_IN_IMMUTABLE_FIELDS`]), and groups served only where a stored CRD defines the
+//! resource ([`Running::require_crds`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -66,9 +72,11 @@ mod error;
 mod fault;
 mod kubeconfig;
 mod listener;
+mod log;
 mod routes;
 mod selector;
 mod store;
+mod testing;
 mod watch;
 mod writes;
 
@@ -86,6 +94,8 @@ use tracing::{debug, info};
 pub use crate::{
     error::StartError,
     fault::{Fault, WatchInfo},
+    log::Recorded,
+    testing::{BUILT_IN_IMMUTABLE_FIELDS, WAIT, path_of},
     writes::{Verb, WriteCounts},
 };
 use crate::{
@@ -164,6 +174,8 @@ impl ApiStub {
             power: power_rx.clone(),
             watches: Arc::new(WatchCounters::default()),
             bookmark_interval: self.bookmark_interval,
+            log: log::RequestLog::default(),
+            crd_groups: std::sync::Mutex::default(),
         });
         let router = routes::router(app.clone());
         let mut stop = shutdown_rx;

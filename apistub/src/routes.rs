@@ -1,6 +1,10 @@
 //! HTTP: maps Kubernetes API paths, verbs and content types onto the store.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -18,6 +22,7 @@ use crate::{
     error::{ApiError, Reason},
     fault::{Faults, Pauses, WatchInfo},
     listener::Power,
+    log::{Recorded, RequestLog, query_pairs},
     selector::Selector,
     store::{Preconditions, ResourceKey, Scope, Store, object_id, presented},
     watch::{self as watching, WatchContext, WatchCounters, WatchSpec},
@@ -52,6 +57,59 @@ pub(crate) struct App {
     pub power: watch::Receiver<Power>,
     pub watches: Arc<WatchCounters>,
     pub bookmark_interval: Duration,
+    pub log: RequestLog,
+    /// Groups served only for the resources a stored CustomResourceDefinition defines.
+    pub crd_groups: Mutex<BTreeSet<String>>,
+}
+
+impl App {
+    /// Whether `key` is served: always, unless its group is one of `crd_groups` and no
+    /// stored CRD defines it (the real server answers 404 for a resource it does not know).
+    fn serves(&self, key: &ResourceKey) -> bool {
+        let gated = self
+            .crd_groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&key.group);
+        !gated
+            || self
+                .store
+                .list(&crd_key(), &Selector::default())
+                .items
+                .iter()
+                .any(|crd| {
+                    crd.pointer("/spec/group").and_then(Value::as_str) == Some(&key.group)
+                        && crd.pointer("/spec/names/plural").and_then(Value::as_str)
+                            == Some(&key.plural)
+                })
+    }
+}
+
+/// The resource and store id of the object an object path names
+/// (`/apis/apps/v1/namespaces/ns/statefulsets/x` → apps statefulsets, `ns/x`).
+pub(crate) fn object_at(path: &str) -> Option<(ResourceKey, Option<String>, String)> {
+    match Target::parse(path)? {
+        Target::Object(r, name) => {
+            let id = r.id(&name);
+            Some((r.key, r.namespace, id))
+        }
+        _ => None,
+    }
+}
+
+/// The resource a collection path names (`/api/v1/namespaces/ns/pods` → core pods).
+pub(crate) fn collection_at(path: &str) -> Option<ResourceKey> {
+    match Target::parse(path)? {
+        Target::Collection(r) => Some(r.key),
+        _ => None,
+    }
+}
+
+pub(crate) fn crd_key() -> ResourceKey {
+    ResourceKey {
+        group: "apiextensions.k8s.io".into(),
+        plural: "customresourcedefinitions".into(),
+    }
 }
 
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -101,6 +159,13 @@ impl Resource {
 }
 
 impl Target {
+    fn resource(&self) -> Option<&Resource> {
+        match self {
+            Target::Collection(r) | Target::Object(r, _) | Target::Status(r, _) => Some(r),
+            Target::Version | Target::Discovery { .. } => None,
+        }
+    }
+
     fn parse(path: &str) -> Option<Target> {
         if path == "/version" || path == "/version/" {
             return Some(Target::Version);
@@ -191,22 +256,41 @@ async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let span = info_span!("request", method = %parts.method, path = %parts.uri.path());
     async move {
-        if let Some(status) = app.faults.take(&parts.method, parts.uri.path()) {
-            debug!(%status, "answering with an injected fault");
-            return ApiError::new(
-                status,
-                Reason::for_code(status),
-                format!("injected fault: {status}"),
-            )
-            .into_response();
-        }
-        match serve(&app, &parts, body).await {
-            Ok(response) => response,
-            Err(error) => {
-                debug!(%error, "request refused");
-                error.into_response()
-            }
-        }
+        let bytes = match body_bytes(body).await {
+            Ok(bytes) => bytes,
+            Err(error) => return error.into_response(),
+        };
+        let response =
+            if let Some((status, message)) = app.faults.take(&parts.method, parts.uri.path()) {
+                debug!(%status, "answering with an injected fault");
+                ApiError::new(
+                    status,
+                    Reason::for_code(status),
+                    message.unwrap_or_else(|| format!("injected fault: {status}")),
+                )
+                .into_response()
+            } else {
+                match serve(&app, &parts, Body::from(bytes.clone())).await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        debug!(%error, "request refused");
+                        error.into_response()
+                    }
+                }
+            };
+        // Logged once answered, so a test that saw the request also sees its effect.
+        app.log.push(Recorded {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            query: query_pairs(parts.uri.query()),
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: serde_json::from_slice(&bytes).ok(),
+        });
+        response
     }
     .instrument(span)
     .await
@@ -216,6 +300,9 @@ async fn serve(app: &App, parts: &Parts, body: Body) -> Result<Response, ApiErro
     let path = parts.uri.path();
     let query = Query::parse(parts.uri.query());
     let target = Target::parse(path).ok_or_else(|| ApiError::no_route(path))?;
+    if target.resource().is_some_and(|r| !app.serves(&r.key)) {
+        return Err(ApiError::no_route(path));
+    }
     query.refuse_unsupported()?;
     let store = &app.store;
     match (&parts.method, target) {
@@ -235,15 +322,28 @@ async fn serve(app: &App, parts: &Parts, body: Body) -> Result<Response, ApiErro
             } else {
                 store.list(&r.key, &selector)
             };
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({
+            let rv = listing.resource_version.to_string();
+            // `kube::Api::list_metadata` asks for the metadata only.
+            let list = if wants_metadata_only(parts) {
+                json!({
+                    "apiVersion": "meta.k8s.io/v1",
+                    "kind": "PartialObjectMetadataList",
+                    "metadata": {"resourceVersion": rv},
+                    "items": listing.items.iter().map(|o| json!({
+                        "apiVersion": "meta.k8s.io/v1",
+                        "kind": "PartialObjectMetadata",
+                        "metadata": o.get("metadata"),
+                    })).collect::<Vec<_>>(),
+                })
+            } else {
+                json!({
                     "apiVersion": r.api_version,
                     "kind": format!("{}List", store.kind_of(&r.key)),
-                    "metadata": {"resourceVersion": listing.resource_version.to_string()},
+                    "metadata": {"resourceVersion": rv},
                     "items": listing.items.iter().map(|o| presented(o, &r.api_version)).collect::<Vec<_>>(),
-                }),
-            ))
+                })
+            };
+            Ok(json_response(StatusCode::OK, &list))
         }
         (&Method::POST, Target::Collection(r)) => {
             store.record_write(Verb::Create, &r.key.plural, false);
@@ -476,6 +576,14 @@ fn delete_options(bytes: &Bytes) -> Result<Preconditions, ApiError> {
     })
 }
 
+fn wants_metadata_only(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("as=PartialObjectMetadataList"))
+}
+
 fn media_type(parts: &Parts) -> String {
     parts
         .headers
@@ -539,12 +647,8 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 /// serve in it (the stub serves any path, but clients ask discovery whether an optional
 /// API is installed); 404 when none does, as for a group the real server does not know.
 fn discovery(store: &Store, group: &str, version: &str) -> Result<Value, ApiError> {
-    let crds = ResourceKey {
-        group: "apiextensions.k8s.io".into(),
-        plural: "customresourcedefinitions".into(),
-    };
     let resources: Vec<Value> = store
-        .list(&crds, &Selector::default())
+        .list(&crd_key(), &Selector::default())
         .items
         .iter()
         .filter(|crd| crd.pointer("/spec/group").and_then(Value::as_str) == Some(group))

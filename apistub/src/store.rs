@@ -116,6 +116,8 @@ struct Inner {
     /// on a real server) answer while that cache lags behind; `None`: the current state.
     stale_cache: Option<Cache>,
     writes: WriteCounts,
+    /// Fields (JSON pointers) a write may not change once the object exists, per resource.
+    immutable: BTreeMap<ResourceKey, Vec<String>>,
 }
 
 /// A frozen copy of every collection's objects and the resourceVersion it was read at.
@@ -142,6 +144,7 @@ impl Store {
                 pruned_through: 0,
                 stale_cache: None,
                 writes: WriteCounts::default(),
+                immutable: BTreeMap::new(),
             }),
             latest: watch::Sender::new(0),
         }
@@ -304,6 +307,7 @@ impl Store {
         let current = inner.get(key, name)?;
         let candidate = edit(&current)?;
         let next = prepare(key, name, scope, &current, candidate)?;
+        inner.check_immutable(key, name, &current, &next)?;
         let result = inner.finish(key, name, current, next);
         self.latest.send_replace(inner.rv);
         Ok(result)
@@ -336,6 +340,7 @@ impl Store {
                     remove_dropped_fields(&mut candidate, previous, config);
                 }
                 let next = prepare(key, name, scope, &current, candidate)?;
+                inner.check_immutable(key, name, &current, &next)?;
                 inner.finish(key, name, current, next)
             }
             Err(absent) if scope == Scope::Status => return Err(absent),
@@ -363,6 +368,78 @@ impl Store {
         }
         self.latest.send_replace(inner.rv);
         Ok(result)
+    }
+
+    /// Makes writes that change these fields (JSON pointers) of an existing object answer
+    /// 422 Invalid, as the real server's validation does for its immutable fields.
+    pub fn set_immutable(&self, key: &ResourceKey, fields: Vec<String>) {
+        self.lock().immutable.insert(key.clone(), fields);
+    }
+
+    /// Stores `object` as a create would, but keeps its creationTimestamp (when given) and
+    /// its status: state another party wrote before the test began.
+    pub fn seed(
+        &self,
+        key: &ResourceKey,
+        namespace: Option<&str>,
+        object: Value,
+    ) -> Result<Arc<Value>, ApiError> {
+        let now = match object
+            .pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+        {
+            Some(given) => given.to_owned(),
+            None => now_rfc3339()?,
+        };
+        let status = object.get("status").cloned();
+        let mut inner = self.lock();
+        let mut created = inner.create(key, namespace, object, now)?;
+        if let Some(status) = status {
+            let name = object_id(namespace, name_of(&created).unwrap_or_default());
+            let next = with_field(Value::clone(&created), "status", Some(&status));
+            created = inner.finish(key, &name, created, next);
+        }
+        self.latest.send_replace(inner.rv);
+        Ok(created)
+    }
+
+    /// Changes the stored object with `edit`, whatever it touches, as another writer would:
+    /// resourceVersion moves, generation moves when more than metadata and status changed,
+    /// a deleting object that loses its last finalizer goes away.
+    pub fn edit(
+        &self,
+        key: &ResourceKey,
+        name: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Arc<Value>, ApiError> {
+        let mut inner = self.lock();
+        let current = inner.get(key, name)?;
+        let mut next = Value::clone(&current);
+        edit(&mut next);
+        let next = bump_generation_on_content_change(&current, next);
+        let result = inner.finish(key, name, current, next);
+        self.latest.send_replace(inner.rv);
+        Ok(result)
+    }
+
+    /// Removes the object at once, finalizers or not.
+    pub fn remove(&self, key: &ResourceKey, name: &str) -> Option<Arc<Value>> {
+        let mut inner = self.lock();
+        let current = inner.get(key, name).ok()?;
+        let rv = inner.next_rv();
+        let mut last = Value::clone(&current);
+        set_resource_version(&mut last, rv);
+        let last = Arc::new(last);
+        inner.commit(
+            key,
+            name,
+            EventType::Deleted,
+            Some(current),
+            last.clone(),
+            rv,
+        );
+        self.latest.send_replace(inner.rv);
+        Some(last)
     }
 
     pub fn delete(
@@ -408,6 +485,47 @@ impl Store {
 }
 
 impl Inner {
+    /// 422 when `next` changes a field of `current` the resource declares immutable.
+    /// Absent and empty count as the same value, as in the real server's semantic equality.
+    fn check_immutable(
+        &self,
+        key: &ResourceKey,
+        name: &str,
+        current: &Value,
+        next: &Value,
+    ) -> Result<(), ApiError> {
+        let Some(fields) = self.immutable.get(key) else {
+            return Ok(());
+        };
+        let pick = |object: &Value, field: &str| {
+            object
+                .pointer(field)
+                .filter(|v| !is_empty_value(v))
+                .cloned()
+        };
+        let Some(field) = fields.iter().find(|f| pick(current, f) != pick(next, f)) else {
+            return Ok(());
+        };
+        let kind = self
+            .collections
+            .get(key)
+            .and_then(|c| c.kind.clone())
+            .unwrap_or_else(|| key.plural.clone());
+        let resource = if key.group.is_empty() {
+            kind
+        } else {
+            format!("{kind}.{}", key.group)
+        };
+        let path = field.trim_start_matches('/').replace('/', ".");
+        let value = next.pointer(field).cloned().unwrap_or(Value::Null);
+        let (_, bare) = split_id(name);
+        Err(ApiError::invalid(
+            &resource,
+            bare,
+            format!("{path}: Invalid value: {value}: field is immutable"),
+        ))
+    }
+
     fn get(&self, key: &ResourceKey, name: &str) -> Result<Arc<Value>, ApiError> {
         self.collections
             .get(key)
@@ -794,6 +912,16 @@ fn edit_metadata(object: &mut Value, edit: impl FnOnce(&mut Map<String, Value>))
     };
     edit(&mut meta);
     map.insert("metadata".into(), Value::Object(meta));
+}
+
+fn is_empty_value(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 fn set_resource_version(object: &mut Value, rv: u64) {

@@ -16,6 +16,8 @@ use tokio::sync::watch;
 pub struct Fault {
     method: Option<Method>,
     path_prefix: String,
+    /// Match `path_prefix` anywhere in the path rather than at its start.
+    anywhere: bool,
     status: StatusCode,
     message: Option<String>,
     remaining: u32,
@@ -27,6 +29,7 @@ impl Fault {
         Fault {
             method: Some(method),
             path_prefix: path_prefix.into(),
+            anywhere: false,
             status,
             message: None,
             remaining: 1,
@@ -38,9 +41,19 @@ impl Fault {
         Fault {
             method: None,
             path_prefix: path_prefix.into(),
+            anywhere: false,
             status,
             message: None,
             remaining: 1,
+        }
+    }
+
+    /// One request with this method whose path contains `fragment` (e.g.
+    /// `/namespaces/ns/`, whichever kind comes first) answers `status`.
+    pub fn path_contains(method: Method, fragment: impl Into<String>, status: StatusCode) -> Self {
+        Fault {
+            anywhere: true,
+            ..Fault::new(method, fragment, status)
         }
     }
 
@@ -59,7 +72,11 @@ impl Fault {
     fn matches(&self, method: &Method, path: &str) -> bool {
         self.remaining > 0
             && self.method.as_ref().is_none_or(|m| m == method)
-            && path.starts_with(&self.path_prefix)
+            && if self.anywhere {
+                path.contains(&self.path_prefix)
+            } else {
+                path.starts_with(&self.path_prefix)
+            }
     }
 }
 

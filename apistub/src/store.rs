@@ -209,6 +209,15 @@ impl Store {
         self.lock().get(key, name)
     }
 
+    /// Every stored object with its resource, in key order.
+    pub fn all(&self) -> Vec<(ResourceKey, Arc<Value>)> {
+        self.lock()
+            .collections
+            .iter()
+            .flat_map(|(key, c)| c.objects.values().map(|o| (key.clone(), o.clone())))
+            .collect()
+    }
+
     pub fn list(&self, key: &ResourceKey, selector: &Selector) -> Listing {
         let inner = self.lock();
         let collection = inner.collections.get(key);

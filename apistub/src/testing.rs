@@ -80,6 +80,11 @@ impl Running {
         self.app.log.take()
     }
 
+    /// Forgets the requests answered so far (objects stay).
+    pub fn clear_requests(&self) {
+        self.app.log.take();
+    }
+
     /// The state-changing requests answered so far.
     pub fn write_requests(&self) -> Vec<Recorded> {
         self.requests()
@@ -214,6 +219,30 @@ impl Running {
                 map.insert("status".into(), status);
             }
         })
+    }
+
+    /// The path of every stored object (in the version it was stored with), for
+    /// diagnostics and "what is left" assertions.
+    pub fn paths(&self) -> Vec<String> {
+        self.app
+            .store
+            .all()
+            .iter()
+            .map(|(key, object)| {
+                let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
+                let api_version = text("/apiVersion").unwrap_or_default();
+                let prefix = if key.group.is_empty() {
+                    format!("/api/{api_version}")
+                } else {
+                    format!("/apis/{api_version}")
+                };
+                let namespace = text("/metadata/namespace")
+                    .map(|ns| format!("/namespaces/{ns}"))
+                    .unwrap_or_default();
+                let name = text("/metadata/name").unwrap_or_default();
+                format!("{prefix}{namespace}/{}/{name}", key.plural)
+            })
+            .collect()
     }
 
     /// Deletes the object at `path` at once, finalizers or not; returns what was stored.

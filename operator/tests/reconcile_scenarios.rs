@@ -1,10 +1,12 @@
-//! Reconcile scenarios against kube's mocked API (see `reconcile_support`): the real
-//! `kube::Client`, the real renderer, the real reconcile function; only the API server is
-//! a fake. Each test runs under a short timeout.
+//! Reconcile scenarios against the stand-in API server (`plinth-apistub`, over HTTP):
+//! the real `kube::Client`, the real renderer, the real reconcile function; only the API
+//! server is a stand-in. It records every request in order and enforces the real
+//! server's immutable fields (422); the harness checks the invariants of our writes as
+//! they arrive: every server-side apply carries `fieldManager=plinth-operator` and
+//! `force=true` with the apply-patch content type. Tests then assert on the ordered
+//! request log and on the stored objects. Each test runs under a short timeout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod reconcile_support;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,12 +18,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
+use plinth_apistub::{ApiStub, Fault, Recorded as Req, Running};
 use plinth_driver::capabilities::DriverFeatures;
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::metrics::Metrics;
 use plinth_operator::reconcile::{self, Context, Error, FINALIZER};
 use plinth_operator::render::{self, ManagedKind, ManagedObject, RenderEnv};
-use reconcile_support::{FakeApi, Req, cr_path, object_path};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,15 +36,28 @@ async fn timed<T>(f: impl Future<Output = T>) -> T {
 }
 
 struct Harness {
-    fake: FakeApi,
+    fake: Running,
     ctx: Arc<Context>,
     deployments: Writer<CsiDeployment>,
     csinodes: Writer<CSINode>,
 }
 
+const FIELD_MANAGER: &str = "plinth-operator";
+const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
+const SNAPSHOT_KINDS: [(&str, &str, &str); 3] = [
+    ("volumesnapshots", "VolumeSnapshot", "Namespaced"),
+    ("volumesnapshotcontents", "VolumeSnapshotContent", "Cluster"),
+    ("volumesnapshotclasses", "VolumeSnapshotClass", "Cluster"),
+];
+
 impl Harness {
-    fn new() -> Self {
-        let (fake, client) = FakeApi::start();
+    async fn new() -> Self {
+        let fake = ApiStub::start()
+            .await
+            .expect("the stand-in API server starts");
+        fake.built_in_immutable_fields();
+        fake.require_crds(SNAPSHOT_GROUP);
+        let client = fake.client().expect("a client for the stand-in");
         let (deployments_reader, deployments) = reflector::store();
         let (csinodes_reader, csinodes) = reflector::store();
         let recorder = Recorder::new(
@@ -70,6 +85,48 @@ impl Harness {
             deployments,
             csinodes,
         }
+    }
+
+    /// Installs or removes the snapshot CRDs.
+    fn set_snapshot_crds(&self, present: bool) {
+        for (plural, kind, scope) in SNAPSHOT_KINDS {
+            let name = format!("{plural}.{SNAPSHOT_GROUP}");
+            let path = format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}");
+            match (present, self.fake.get(&path).is_some()) {
+                (true, false) => {
+                    self.fake.insert(
+                        &path,
+                        json!({"apiVersion": "apiextensions.k8s.io/v1",
+                               "kind": "CustomResourceDefinition",
+                               "metadata": {"name": name},
+                               "spec": {"group": SNAPSHOT_GROUP, "scope": scope,
+                                        "names": {"plural": plural, "kind": kind},
+                                        "versions": [{"name": "v1", "served": true}]}}),
+                    );
+                }
+                (false, true) => {
+                    self.fake.remove(&path);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next request with `method` whose path contains `path_contains` is answered
+    /// with `status` and a Status carrying `message`.
+    fn fail_next(&self, method: Method, path_contains: &str, status: u16, message: &str) {
+        let status = http::StatusCode::from_u16(status).expect("an HTTP status");
+        self.fake
+            .inject(Fault::path_contains(method, path_contains, status).message(message));
+    }
+
+    /// Requests so far that broke our write rules; tests assert this is empty.
+    fn violations(&self) -> Vec<String> {
+        self.fake
+            .requests()
+            .iter()
+            .filter_map(write_rule_violation)
+            .collect()
     }
 
     /// Stores a CR in the fake (as `kubectl apply` would) from a spec.
@@ -120,10 +177,10 @@ impl Harness {
         if let Err(err) = result {
             panic!(
                 "reconcile failed: {err}\nrequests: {:#?}",
-                lines(&self.fake.log())
+                lines(&self.fake.requests())
             );
         }
-        assert_eq!(self.fake.violations(), Vec::<String>::new());
+        assert_eq!(self.violations(), Vec::<String>::new());
         action
     }
 
@@ -146,6 +203,54 @@ impl Harness {
                 .apply_watcher_event(&watcher::Event::Apply(csinode));
         }
     }
+}
+
+/// Our write rules, checked on every request: server-side apply with our field manager
+/// and force; only the finalizer fallback (a guarded merge patch on the CR) and event
+/// series may use another patch type.
+fn write_rule_violation(req: &Req) -> Option<String> {
+    if req.method != Method::PATCH {
+        return None;
+    }
+    if req.is_apply() {
+        if req.field_manager() != Some(FIELD_MANAGER) {
+            return Some(format!(
+                "{}: fieldManager is {:?}",
+                req.line(),
+                req.field_manager()
+            ));
+        }
+        if req.param("force") != Some("true") {
+            return Some(format!("{}: apply without force=true", req.line()));
+        }
+        None
+    } else if !req.path.contains("/events") && !req.path.contains("csideployments") {
+        Some(format!(
+            "{}: non-apply patch {:?}",
+            req.line(),
+            req.content_type
+        ))
+    } else {
+        None
+    }
+}
+
+/// The REST path of a managed object.
+fn object_path(kind: ManagedKind, namespace: Option<&str>, name: &str) -> String {
+    let r = kind.api_resource();
+    let prefix = if r.group.is_empty() {
+        format!("/api/{}", r.version)
+    } else {
+        format!("/apis/{}/{}", r.group, r.version)
+    };
+    match namespace.filter(|_| kind.namespaced()) {
+        Some(ns) => format!("{prefix}/namespaces/{ns}/{}/{name}", r.plural),
+        None => format!("{prefix}/{}/{name}", r.plural),
+    }
+}
+
+fn cr_path(name: &str) -> String {
+    format!("/apis/plinth.dev/v1alpha1/csideployments/{name}")
 }
 
 fn lines(log: &[Req]) -> Vec<String> {
@@ -235,12 +340,12 @@ fn ds_path() -> String {
 
 #[tokio::test]
 async fn first_reconcile_adds_the_finalizer_applies_every_object_then_writes_status() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create("local", minimal());
     let action = h.reconcile_ok("local").await;
     assert_eq!(action, Action::requeue(reconcile::RESYNC));
-    let log = h.fake.log();
+    let log = h.fake.requests();
 
     // The finalizer comes first, applied with our field manager and nothing else.
     let first_write = log.iter().find(|r| r.is_write()).unwrap();
@@ -265,8 +370,8 @@ async fn first_reconcile_adds_the_finalizer_applies_every_object_then_writes_sta
         assert_eq!(body, want_body, "apply body of {path}");
     }
     for r in object_applies(&log) {
-        assert_eq!(r.query.get("fieldManager").unwrap(), "plinth-operator");
-        assert_eq!(r.query.get("force").unwrap(), "true");
+        assert_eq!(r.field_manager().unwrap(), "plinth-operator");
+        assert_eq!(r.param("force").unwrap(), "true");
         assert_eq!(
             r.content_type.as_deref(),
             Some("application/apply-patch+yaml")
@@ -349,14 +454,14 @@ async fn first_reconcile_adds_the_finalizer_applies_every_object_then_writes_sta
 
 #[tokio::test]
 async fn resync_with_nothing_changed_sends_no_write_and_drift_is_reverted() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create("local", minimal());
     h.reconcile_ok("local").await;
-    h.fake.clear_log();
+    h.fake.clear_requests();
 
     h.reconcile_ok("local").await;
-    let log = h.fake.log();
+    let log = h.fake.requests();
     let writes: Vec<String> = log.iter().filter(|r| r.is_write()).map(Req::line).collect();
     assert_eq!(
         writes,
@@ -367,9 +472,9 @@ async fn resync_with_nothing_changed_sends_no_write_and_drift_is_reverted() {
     // Someone scales the StatefulSet by hand: exactly that object is re-applied.
     h.fake
         .modify(&sts_path(), |sts| sts["spec"]["replicas"] = json!(3));
-    h.fake.clear_log();
+    h.fake.clear_requests();
     h.reconcile_ok("local").await;
-    let log = h.fake.log();
+    let log = h.fake.requests();
     let applied: Vec<String> = object_applies(&log)
         .iter()
         .map(|r| r.path.clone())
@@ -380,15 +485,15 @@ async fn resync_with_nothing_changed_sends_no_write_and_drift_is_reverted() {
     // A status-only change of the StatefulSet (pods becoming ready) is not drift.
     h.fake
         .modify(&sts_path(), |sts| sts["status"] = json!({"replicas": 1}));
-    h.fake.clear_log();
+    h.fake.clear_requests();
     h.reconcile_ok("local").await;
-    assert!(object_applies(&h.fake.log()).is_empty());
+    assert!(object_applies(&h.fake.requests()).is_empty());
 }
 
 #[tokio::test]
 async fn ready_pods_and_registered_nodes_make_it_ready_and_transition_time_moves_once() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create("local", minimal());
     h.reconcile_ok("local").await;
     assert_eq!(condition(&h.status("local"), "Ready")["status"], "False");
@@ -463,8 +568,8 @@ async fn ready_pods_and_registered_nodes_make_it_ready_and_transition_time_moves
 
 #[tokio::test]
 async fn switching_snapshots_off_prunes_the_snapshotter_rbac_and_snapshot_class() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create("local", minimal());
     h.reconcile_ok("local").await;
     let with = expected(&h, "local", true);
@@ -472,10 +577,10 @@ async fn switching_snapshots_off_prunes_the_snapshotter_rbac_and_snapshot_class(
     h.edit_spec("local", |spec| {
         spec["features"] = json!({"snapshots": false})
     });
-    h.fake.clear_log();
+    h.fake.clear_requests();
     h.reconcile_ok("local").await;
     let without = expected(&h, "local", true);
-    let log = h.fake.log();
+    let log = h.fake.requests();
 
     let mut gone: Vec<String> = with
         .iter()
@@ -515,18 +620,14 @@ async fn switching_snapshots_off_prunes_the_snapshotter_rbac_and_snapshot_class(
     // The sidecar leaves the StatefulSet through the apply itself.
     let sts = h.fake.get(&sts_path()).unwrap();
     assert!(!containers(&sts).iter().any(|c| c == "csi-snapshotter"));
-    assert_eq!(
-        h.fake
-            .count("/apis/snapshot.storage.k8s.io/v1", "volumesnapshotclasses"),
-        0
-    );
+    assert_eq!(h.fake.objects("volumesnapshotclasses").len(), 0);
     assert!(events(&log).iter().any(|e| e["reason"] == "Pruned"));
 }
 
 #[tokio::test]
 async fn an_immutable_field_change_deletes_and_recreates_the_object() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     let spec = |fstype: &str| {
         json!({"namespace": "plinth-system", "storageClasses": [
             {"name": "fast", "parameters": {"csi.storage.k8s.io/fstype": fstype}}
@@ -538,9 +639,9 @@ async fn an_immutable_field_change_deletes_and_recreates_the_object() {
     let old_uid = h.fake.get(&sc_path).unwrap()["metadata"]["uid"].clone();
 
     h.edit_spec("local", |s| *s = spec("xfs"));
-    h.fake.clear_log();
+    h.fake.clear_requests();
     h.reconcile_ok("local").await;
-    let log = h.fake.log();
+    let log = h.fake.requests();
     let sc_requests: Vec<String> = log
         .iter()
         .filter(|r| r.path == sc_path && r.is_write())
@@ -585,8 +686,8 @@ async fn delete_cr(h: &mut Harness, name: &str) {
 
 #[tokio::test]
 async fn deletion_is_refused_while_volumes_of_the_driver_exist() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create("local", minimal());
     h.reconcile_ok("local").await;
     h.fake
@@ -598,11 +699,11 @@ async fn deletion_is_refused_while_volumes_of_the_driver_exist() {
         pv("other", "ebs.csi.aws.com"),
     );
     delete_cr(&mut h, "local").await;
-    h.fake.clear_log();
+    h.fake.clear_requests();
 
     let action = h.reconcile_ok("local").await;
     assert_eq!(action, Action::requeue(reconcile::VOLUMES_RECHECK));
-    let log = h.fake.log();
+    let log = h.fake.requests();
     assert_eq!(
         deletes(&log),
         Vec::<String>::new(),
@@ -637,9 +738,9 @@ async fn deletion_is_refused_while_volumes_of_the_driver_exist() {
     );
 
     // Asking again with nothing changed writes nothing.
-    h.fake.clear_log();
+    h.fake.clear_requests();
     h.reconcile_ok("local").await;
-    assert!(h.fake.log().iter().all(|r| !r.is_write()));
+    assert!(h.fake.requests().iter().all(|r| !r.is_write()));
 
     // Once the volumes are gone, the driver goes and the CR with it.
     h.fake.remove("/api/v1/persistentvolumes/pv-1");
@@ -654,8 +755,8 @@ async fn deletion_is_refused_while_volumes_of_the_driver_exist() {
 
 #[tokio::test]
 async fn deletion_without_volumes_removes_every_object_and_the_finalizer() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create("local", minimal());
     h.reconcile_ok("local").await;
     let created = expected(&h, "local", true);
@@ -666,10 +767,10 @@ async fn deletion_without_volumes_removes_every_object_and_the_finalizer() {
     h.fake
         .insert(theirs, pool_node("worker-1", "other.csi.plinth.dev"));
     delete_cr(&mut h, "local").await;
-    h.fake.clear_log();
+    h.fake.clear_requests();
 
     assert_eq!(h.reconcile_ok("local").await, Action::await_change());
-    let log = h.fake.log();
+    let log = h.fake.requests();
     let mut deleted = deletes(&log);
     deleted.sort();
     let mut want: Vec<String> = created.into_iter().map(|(p, _)| p).collect();
@@ -712,7 +813,8 @@ fn pool_node(node: &str, driver: &str) -> Value {
     })
 }
 
-/// Stored objects other than CRs, events and PersistentVolumes.
+/// Stored objects other than CRs, events, PersistentVolumes and the CRDs the harness
+/// installs.
 fn managed_paths(h: &Harness) -> Vec<String> {
     h.fake
         .paths()
@@ -721,13 +823,14 @@ fn managed_paths(h: &Harness) -> Vec<String> {
             !p.contains("/csideployments/")
                 && !p.contains("/events/")
                 && !p.contains("/persistentvolumes/")
+                && !p.contains("/customresourcedefinitions/")
         })
         .collect()
 }
 
 #[tokio::test]
 async fn orphan_volumes_policy_removes_the_driver_even_with_volumes() {
-    let mut h = Harness::new();
+    let mut h = Harness::new().await;
     h.create(
         "local",
         json!({"namespace": "plinth-system", "deletionPolicy": "OrphanVolumes"}),
@@ -736,7 +839,7 @@ async fn orphan_volumes_policy_removes_the_driver_even_with_volumes() {
     h.fake
         .insert("/api/v1/persistentvolumes/pv-1", pv("pv-1", DRIVER));
     delete_cr(&mut h, "local").await;
-    h.fake.clear_log();
+    h.fake.clear_requests();
     h.reconcile_ok("local").await;
     assert!(h.fake.get(&cr_path("local")).is_none());
     assert!(
@@ -745,7 +848,7 @@ async fn orphan_volumes_policy_removes_the_driver_even_with_volumes() {
     );
     assert!(
         !h.fake
-            .log()
+            .requests()
             .iter()
             .any(|r| r.path.contains("persistentvolumes") && r.is_write())
     );
@@ -753,8 +856,8 @@ async fn orphan_volumes_policy_removes_the_driver_even_with_volumes() {
 
 #[tokio::test]
 async fn an_invalid_spec_names_the_field_applies_nothing_and_waits_for_a_change() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create(
         "local",
         json!({"namespace": "plinth-system", "csiDriver": {"attachRequired": true}}),
@@ -762,7 +865,7 @@ async fn an_invalid_spec_names_the_field_applies_nothing_and_waits_for_a_change(
     let (result, action) = h.reconcile("local").await;
     assert!(matches!(result, Err(Error::InvalidSpec(_))), "{result:?}");
     assert_eq!(action, Action::await_change());
-    let log = h.fake.log();
+    let log = h.fake.requests();
     assert_eq!(object_applies(&log).len(), 0, "{:?}", lines(&log));
     let status = h.status("local");
     let degraded = condition(&status, "Degraded");
@@ -782,13 +885,13 @@ async fn an_invalid_spec_names_the_field_applies_nothing_and_waits_for_a_change(
     );
 
     // The same invalid spec again: no status write, no second event.
-    h.fake.clear_log();
+    h.fake.clear_requests();
     let (result, _) = h.reconcile("local").await;
     assert!(result.is_err());
     assert!(
-        h.fake.log().iter().all(|r| !r.is_write()),
+        h.fake.requests().iter().all(|r| !r.is_write()),
         "{:?}",
-        lines(&h.fake.log())
+        lines(&h.fake.requests())
     );
 
     // Fixing it deploys.
@@ -800,7 +903,7 @@ async fn an_invalid_spec_names_the_field_applies_nothing_and_waits_for_a_change(
 
 #[tokio::test]
 async fn the_newer_of_two_deployments_of_one_driver_name_gets_a_conflict_and_nothing_applied() {
-    let mut h = Harness::new();
+    let mut h = Harness::new().await;
     h.create_at("first", minimal(), "2026-01-01T00:00:00Z");
     h.create_at(
         "second",
@@ -813,7 +916,7 @@ async fn the_newer_of_two_deployments_of_one_driver_name_gets_a_conflict_and_not
         matches!(result, Err(Error::DriverNameConflict { ref holder, .. }) if holder == "first")
     );
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
-    assert_eq!(object_applies(&h.fake.log()).len(), 0);
+    assert_eq!(object_applies(&h.fake.requests()).len(), 0);
     let degraded = condition(&h.status("second"), "Degraded").clone();
     assert_eq!(degraded["reason"], "DriverNameConflict");
     assert!(
@@ -824,18 +927,18 @@ async fn the_newer_of_two_deployments_of_one_driver_name_gets_a_conflict_and_not
     );
 
     // The older one deploys normally.
-    h.fake.clear_log();
+    h.fake.clear_requests();
     h.reconcile_ok("first").await;
-    assert!(!object_applies(&h.fake.log()).is_empty());
+    assert!(!object_applies(&h.fake.requests()).is_empty());
 }
 
 #[tokio::test]
 async fn missing_snapshot_crds_leave_out_the_snapshotter_and_say_so() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(false);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(false);
     h.create("local", minimal());
     h.reconcile_ok("local").await;
-    let log = h.fake.log();
+    let log = h.fake.requests();
     assert!(
         log.iter()
             .any(|r| r.path == "/apis/snapshot.storage.k8s.io/v1"),
@@ -868,7 +971,7 @@ async fn missing_snapshot_crds_leave_out_the_snapshotter_and_say_so() {
     assert_eq!(degraded["reason"], "FeatureUnavailable");
 
     // Once the CRDs are installed, the next reconcile adds the snapshotter.
-    h.fake.set_snapshot_crds(true);
+    h.set_snapshot_crds(true);
     h.reconcile_ok("local").await;
     let sts = h.fake.get(&sts_path()).unwrap();
     assert!(containers(&sts).iter().any(|c| c == "csi-snapshotter"));
@@ -877,10 +980,10 @@ async fn missing_snapshot_crds_leave_out_the_snapshotter_and_say_so() {
 
 #[tokio::test]
 async fn an_api_failure_is_reported_and_backs_off_exponentially() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create("local", minimal());
-    h.fake.fail_next(
+    h.fail_next(
         Method::PATCH,
         "/statefulsets/",
         500,
@@ -898,7 +1001,7 @@ async fn an_api_failure_is_reported_and_backs_off_exponentially() {
             .contains("etcdserver: request timed out")
     );
 
-    h.fake.fail_next(
+    h.fail_next(
         Method::PATCH,
         "/statefulsets/",
         500,
@@ -910,8 +1013,7 @@ async fn an_api_failure_is_reported_and_backs_off_exponentially() {
     // Recovery clears the backoff and the condition.
     h.reconcile_ok("local").await;
     assert_eq!(condition(&h.status("local"), "Degraded")["status"], "False");
-    h.fake
-        .fail_next(Method::PATCH, "/statefulsets/", 500, "again");
+    h.fail_next(Method::PATCH, "/statefulsets/", 500, "again");
     h.fake
         .modify(&sts_path(), |sts| sts["spec"]["replicas"] = json!(2));
     let (_, action) = h.reconcile("local").await;
@@ -923,8 +1025,8 @@ async fn an_api_failure_is_reported_and_backs_off_exponentially() {
 /// what to change.
 #[tokio::test]
 async fn an_existing_object_that_is_not_ours_is_left_alone_and_named_in_status() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     let standard = object_path(ManagedKind::StorageClass, None, "standard");
     h.fake.insert(
         &standard,
@@ -944,7 +1046,7 @@ async fn an_existing_object_that_is_not_ours_is_left_alone_and_named_in_status()
     let (result, action) = h.reconcile("local").await;
     assert!(matches!(result, Err(Error::NotOwned(_))), "{result:?}");
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
-    let log = h.fake.log();
+    let log = h.fake.requests();
     assert!(
         !log.iter().any(|r| r.path == standard && r.is_write()),
         "the cluster's class was written: {:#?}",
@@ -974,8 +1076,8 @@ async fn an_existing_object_that_is_not_ours_is_left_alone_and_named_in_status()
 /// rewrites nor deletes it (no replace war), and says which CR holds it.
 #[tokio::test]
 async fn two_deployments_naming_one_class_do_not_take_it_from_each_other() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     let shared = object_path(ManagedKind::StorageClass, None, "shared");
     h.create_at(
         "first",
@@ -992,10 +1094,10 @@ async fn two_deployments_naming_one_class_do_not_take_it_from_each_other() {
                                    "parameters": {"csi.storage.k8s.io/fstype": "xfs"}}]}),
         "2026-01-02T00:00:00Z",
     );
-    h.fake.clear_log();
+    h.fake.clear_requests();
     let (result, _) = h.reconcile("second").await;
     assert!(matches!(result, Err(Error::NotOwned(_))), "{result:?}");
-    let log = h.fake.log();
+    let log = h.fake.requests();
     assert!(!log.iter().any(|r| r.path == shared && r.is_write()));
     assert_eq!(h.fake.get(&shared).unwrap()["metadata"]["uid"], uid);
     let message = condition(&h.status("second"), "Degraded")["message"]
@@ -1008,11 +1110,11 @@ async fn two_deployments_naming_one_class_do_not_take_it_from_each_other() {
     );
 
     // The first goes on owning it: a resync writes nothing to it.
-    h.fake.clear_log();
+    h.fake.clear_requests();
     h.reconcile_ok("first").await;
     assert!(
         !h.fake
-            .log()
+            .requests()
             .iter()
             .any(|r| r.path == shared && r.is_write())
     );
@@ -1022,7 +1124,7 @@ async fn two_deployments_naming_one_class_do_not_take_it_from_each_other() {
 /// newer CR is refused before anything is applied, with the directory and the holder.
 #[tokio::test]
 async fn the_newer_of_two_deployments_sharing_a_pool_directory_is_refused() {
-    let mut h = Harness::new();
+    let mut h = Harness::new().await;
     h.create_at(
         "first",
         json!({"namespace": "plinth-system", "node": {"poolPath": "/srv/pool"}}),
@@ -1040,7 +1142,7 @@ async fn the_newer_of_two_deployments_sharing_a_pool_directory_is_refused() {
         "{result:?}"
     );
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
-    assert_eq!(object_applies(&h.fake.log()).len(), 0);
+    assert_eq!(object_applies(&h.fake.requests()).len(), 0);
     let degraded = condition(&h.status("second"), "Degraded").clone();
     assert_eq!(degraded["reason"], "PoolPathConflict");
     let message = degraded["message"].as_str().unwrap();
@@ -1063,17 +1165,17 @@ async fn the_newer_of_two_deployments_sharing_a_pool_directory_is_refused() {
 /// as Plinth's) when the server says it is missing, and the deployment goes on at once.
 #[tokio::test]
 async fn a_missing_workload_namespace_is_created_and_the_deployment_goes_on() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create("local", minimal());
-    h.fake.fail_next(
+    h.fail_next(
         Method::PATCH,
         "/namespaces/plinth-system/",
         404,
         "namespaces \"plinth-system\" not found",
     );
     h.reconcile_ok("local").await;
-    let log = h.fake.log();
+    let log = h.fake.requests();
     let created: Vec<&Req> = log
         .iter()
         .filter(|r| r.method == Method::POST && r.path == "/api/v1/namespaces")
@@ -1102,10 +1204,10 @@ async fn a_missing_workload_namespace_is_created_and_the_deployment_goes_on() {
 /// An API failure reaches status as the server's sentence, not a dump of client types.
 #[tokio::test]
 async fn an_api_failure_in_status_is_a_sentence() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create("local", minimal());
-    h.fake.fail_next(
+    h.fail_next(
         Method::PATCH,
         "/statefulsets/",
         403,
@@ -1131,8 +1233,8 @@ async fn an_api_failure_in_status_is_a_sentence() {
 /// keeps a line saying why it is not there.
 #[tokio::test]
 async fn a_sidecar_that_goes_is_announced_and_explained() {
-    let mut h = Harness::new();
-    h.fake.set_snapshot_crds(true);
+    let mut h = Harness::new().await;
+    h.set_snapshot_crds(true);
     h.create("local", minimal());
     h.reconcile_ok("local").await;
     let first = h.status("local");
@@ -1148,13 +1250,13 @@ async fn a_sidecar_that_goes_is_announced_and_explained() {
     assert_eq!(snapshotter(&first)["deployed"], true);
     // No change event for the first deployment.
     assert!(
-        !events(&h.fake.log())
+        !events(&h.fake.requests())
             .iter()
             .any(|e| e["reason"] == "SidecarsChanged")
     );
 
     h.edit_spec("local", |s| s["features"] = json!({"snapshots": false}));
-    h.fake.clear_log();
+    h.fake.clear_requests();
     h.reconcile_ok("local").await;
     let after = h.status("local");
     assert_eq!(snapshotter(&after)["deployed"], false);
@@ -1162,7 +1264,7 @@ async fn a_sidecar_that_goes_is_announced_and_explained() {
         snapshotter(&after)["reason"],
         "switched off: features.snapshots is false"
     );
-    let changed: Vec<Value> = events(&h.fake.log())
+    let changed: Vec<Value> = events(&h.fake.requests())
         .into_iter()
         .filter(|e| e["reason"] == "SidecarsChanged")
         .collect();
@@ -1177,7 +1279,7 @@ async fn a_sidecar_that_goes_is_announced_and_explained() {
 /// registration alone, not a controller that never comes.
 #[tokio::test]
 async fn a_per_node_deployment_is_ready_without_a_controller_statefulset() {
-    let mut h = Harness::new();
+    let mut h = Harness::new().await;
     h.create(
         "local",
         json!({"namespace": "plinth-system", "driver": {
@@ -1325,8 +1427,8 @@ mod probing {
 
     #[tokio::test]
     async fn the_probe_job_runs_once_its_answer_is_read_and_only_then_the_driver_is_deployed() {
-        let mut h = Harness::new();
-        h.fake.set_snapshot_crds(true);
+        let mut h = Harness::new().await;
+        h.set_snapshot_crds(true);
         h.create("hp", spec(IMAGE));
         let s = setup(&h);
         let job = probe_job::job_name(&h.cr("hp"), &s.fingerprint);
@@ -1335,7 +1437,7 @@ mod probing {
         // First reconcile: the finalizer, the Job, status. Nothing of the deployment.
         let action = h.reconcile_ok("hp").await;
         assert_eq!(action, Action::requeue(PROBE_POLL));
-        let log = h.fake.log();
+        let log = h.fake.requests();
         let applied: Vec<&Req> = object_applies(&log);
         assert_eq!(
             applied.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
@@ -1363,20 +1465,20 @@ mod probing {
         let requests_to_job = log.len();
 
         // A second look while it runs: no new Job, no write at all.
-        h.fake.clear_log();
+        h.fake.clear_requests();
         h.reconcile_ok("hp").await;
-        assert_eq!(writes(&h.fake.log()), Vec::<String>::new());
-        let requests_waiting = h.fake.log().len();
+        assert_eq!(writes(&h.fake.requests()), Vec::<String>::new());
+        let requests_waiting = h.fake.requests().len();
 
         // The pod answers: the result is recorded, the Job deleted, the driver deployed
         // with exactly the sidecars the answer calls for.
         finish(&h, &job, &answer(advertised()), true);
-        h.fake.clear_log();
+        h.fake.clear_requests();
         assert_eq!(
             h.reconcile_ok("hp").await,
             Action::requeue(reconcile::RESYNC)
         );
-        let log = h.fake.log();
+        let log = h.fake.requests();
         assert!(
             deletes(&log).contains(&job_path(&job)),
             "{:#?}",
@@ -1425,9 +1527,9 @@ mod probing {
         );
 
         // From now on the stored answer is used: no Job, nothing written.
-        h.fake.clear_log();
+        h.fake.clear_requests();
         h.reconcile_ok("hp").await;
-        let log = h.fake.log();
+        let log = h.fake.requests();
         assert_eq!(writes(&log), Vec::<String>::new());
         assert!(
             !log.iter().any(|r| r.path.contains("/jobs")),
@@ -1446,7 +1548,7 @@ mod probing {
 
     #[tokio::test]
     async fn a_new_image_is_probed_again_and_the_running_deployment_is_left_alone_meanwhile() {
-        let mut h = Harness::new();
+        let mut h = Harness::new().await;
         h.create("hp", spec(IMAGE));
         probed(&mut h, advertised()).await;
         let old_job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
@@ -1454,11 +1556,11 @@ mod probing {
         h.edit_spec("hp", |s| {
             s["driver"]["image"] = json!(format!("{IMAGE}-rc1"))
         });
-        h.fake.clear_log();
+        h.fake.clear_requests();
         assert_eq!(h.reconcile_ok("hp").await, Action::requeue(PROBE_POLL));
         let new_job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
         assert_ne!(new_job, old_job);
-        let log = h.fake.log();
+        let log = h.fake.requests();
         assert_eq!(
             object_applies(&log)
                 .iter()
@@ -1477,7 +1579,7 @@ mod probing {
 
     #[tokio::test]
     async fn a_declaration_that_disagrees_is_named_difference_by_difference() {
-        let mut h = Harness::new();
+        let mut h = Harness::new().await;
         let mut s = spec(IMAGE);
         s["driver"]["thirdParty"]["capabilities"] = json!({
             "plugin": ["CONTROLLER_SERVICE", "VOLUME_ACCESSIBILITY_CONSTRAINTS", "ONLINE_EXPANSION"],
@@ -1513,7 +1615,7 @@ mod probing {
 
     #[tokio::test]
     async fn an_image_that_cannot_be_pulled_is_degraded_naming_the_pod() {
-        let mut h = Harness::new();
+        let mut h = Harness::new().await;
         h.create(
             "hp",
             spec("registry.k8s.io/sig-storage/hostpathplugin:v0.0.0-nope"),
@@ -1533,7 +1635,7 @@ mod probing {
             )]),
             json!([]),
         );
-        h.fake.clear_log();
+        h.fake.clear_requests();
         assert_eq!(h.reconcile_ok("hp").await, Action::requeue(PROBE_POLL));
         let status = h.status("hp");
         let degraded = condition(&status, "Degraded");
@@ -1546,12 +1648,12 @@ mod probing {
             )
         );
         assert_eq!(condition(&status, "Progressing")["reason"], "ProbingDriver");
-        assert!(object_applies(&h.fake.log()).is_empty());
+        assert!(object_applies(&h.fake.requests()).is_empty());
     }
 
     #[tokio::test]
     async fn a_driver_that_crashes_in_the_probe_pod_is_degraded_with_its_exit_code() {
-        let mut h = Harness::new();
+        let mut h = Harness::new().await;
         h.create("hp", spec(IMAGE));
         h.reconcile_ok("hp").await;
         let job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
@@ -1563,7 +1665,7 @@ mod probing {
         );
         crashed["lastState"] = json!({"terminated": {"exitCode": 1, "reason": "Error"}});
         insert_pod(&h, &job, &pod, json!([crashed]), json!([]));
-        h.fake.clear_log();
+        h.fake.clear_requests();
         assert_eq!(h.reconcile_ok("hp").await, Action::requeue(PROBE_POLL));
         let degraded = condition(&h.status("hp"), "Degraded").clone();
         assert_eq!(degraded["reason"], "DriverCrashed");
@@ -1573,12 +1675,12 @@ mod probing {
                 "the driver container csi-driver-node of probe pod storage/{pod} exited with code 1 (Error) and was restarted 2 times: it does not start with these arguments; see `kubectl -n storage logs {pod} -c csi-driver-node --previous`; nothing of the deployment was applied or changed"
             )
         );
-        assert!(object_applies(&h.fake.log()).is_empty());
+        assert!(object_applies(&h.fake.requests()).is_empty());
     }
 
     #[tokio::test]
     async fn a_probe_error_is_degraded_with_its_sentence_and_not_retried_in_a_loop() {
-        let mut h = Harness::new();
+        let mut h = Harness::new().await;
         h.create("hp", spec(IMAGE));
         h.reconcile_ok("hp").await;
         let job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
@@ -1587,7 +1689,7 @@ mod probing {
             message: "the driver advertises CONTROLLER_SERVICE but answers ControllerGetCapabilities with UNIMPLEMENTED on /probe/controller/csi.sock".to_owned(),
         };
         finish(&h, &job, &error, false);
-        h.fake.clear_log();
+        h.fake.clear_requests();
         assert_eq!(h.reconcile_ok("hp").await, Action::requeue(FAILED_RECHECK));
         let status = h.status("hp");
         let degraded = condition(&status, "Degraded");
@@ -1598,20 +1700,20 @@ mod probing {
                 "probe pod storage/{job}-x7k2p: the driver advertises CONTROLLER_SERVICE but answers ControllerGetCapabilities with UNIMPLEMENTED on /probe/controller/csi.sock; nothing of the deployment was applied or changed, and the probe runs again when the image or arguments change or after 10 minutes"
             )
         );
-        assert!(object_applies(&h.fake.log()).is_empty());
+        assert!(object_applies(&h.fake.requests()).is_empty());
         assert!(h.status("hp").get("capabilities").is_none());
 
         // Looking again changes nothing: the failed Job stays (for its pod), no new one.
-        h.fake.clear_log();
+        h.fake.clear_requests();
         h.reconcile_ok("hp").await;
-        assert_eq!(writes(&h.fake.log()), Vec::<String>::new());
+        assert_eq!(writes(&h.fake.requests()), Vec::<String>::new());
 
         // Kubernetes removes the failed Job after its TTL: the next look probes again.
         h.fake.remove(&job_path(&job));
-        h.fake.clear_log();
+        h.fake.clear_requests();
         h.reconcile_ok("hp").await;
         assert_eq!(
-            object_applies(&h.fake.log())
+            object_applies(&h.fake.requests())
                 .iter()
                 .map(|r| r.path.clone())
                 .collect::<Vec<_>>(),
@@ -1621,7 +1723,7 @@ mod probing {
 
     #[tokio::test]
     async fn a_driver_reporting_another_name_is_refused_before_anything_is_applied() {
-        let mut h = Harness::new();
+        let mut h = Harness::new().await;
         h.create("hp", spec(IMAGE));
         h.reconcile_ok("hp").await;
         let job = probe_job::job_name(&h.cr("hp"), &setup(&h).fingerprint);
@@ -1630,7 +1732,7 @@ mod probing {
             r.driver_name = "other.example.com".to_owned();
         }
         finish(&h, &job, &wrong, true);
-        h.fake.clear_log();
+        h.fake.clear_requests();
         h.reconcile_ok("hp").await;
         let degraded = condition(&h.status("hp"), "Degraded").clone();
         assert_eq!(degraded["reason"], "DriverNameMismatch");
@@ -1641,6 +1743,6 @@ mod probing {
                 .starts_with(&format!("image {IMAGE} reports the driver name other.example.com (GetPluginInfo) but spec.driver.name is {HP}")),
             "{degraded}"
         );
-        assert!(object_applies(&h.fake.log()).is_empty());
+        assert!(object_applies(&h.fake.requests()).is_empty());
     }
 }

@@ -987,46 +987,6 @@ fn only_the_builtin_node_driver_container_carries_an_api_token() {
 }
 
 #[test]
-fn immutable_field_changes_are_detected_per_kind() {
-    let r = render_ok(&fixture("full"), &full_env());
-    let sc = r
-        .objects
-        .iter()
-        .find(|o| o.kind() == ManagedKind::StorageClass)
-        .unwrap();
-    let desired = sc.to_apply_json();
-    let mut live = desired.clone();
-    live["metadata"]["labels"]["extra"] = "x".into();
-    live["metadata"]["resourceVersion"] = "42".into();
-    assert!(!ManagedKind::StorageClass.immutable_fields_changed(&live, &desired));
-    live["parameters"]["csi.storage.k8s.io/fstype"] = "btrfs".into();
-    assert!(ManagedKind::StorageClass.immutable_fields_changed(&live, &desired));
-    // Dropping every parameter is a change too.
-    let mut bare = desired.clone();
-    bare.as_object_mut().unwrap().remove("parameters");
-    assert!(ManagedKind::StorageClass.immutable_fields_changed(&desired, &bare));
-    assert!(!ManagedKind::StorageClass.immutable_fields_changed(&bare, &bare));
-
-    let csi = csi_driver(&r);
-    let desired = ManagedObject::CsiDriver(csi.clone()).to_apply_json();
-    let mut live = desired.clone();
-    live["spec"]["attachRequired"] = true.into();
-    assert!(ManagedKind::CsiDriver.immutable_fields_changed(&live, &desired));
-
-    let ds = r
-        .objects
-        .iter()
-        .find(|o| o.kind() == ManagedKind::DaemonSet)
-        .unwrap();
-    let desired = ds.to_apply_json();
-    let mut live = desired.clone();
-    live["spec"]["template"]["spec"]["priorityClassName"] = "other".into();
-    assert!(!ManagedKind::DaemonSet.immutable_fields_changed(&live, &desired));
-    live["spec"]["selector"]["matchLabels"]["app"] = "old".into();
-    assert!(ManagedKind::DaemonSet.immutable_fields_changed(&live, &desired));
-}
-
-#[test]
 fn features_the_release_does_not_serve_are_left_out_not_crash_looped() {
     let served = plinth_driver::config::served_features();
     let env = RenderEnv {

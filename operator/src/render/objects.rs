@@ -132,62 +132,6 @@ impl ManagedKind {
     pub fn needs_optional_crd(self) -> bool {
         matches!(self, Self::VolumeSnapshotClass)
     }
-
-    /// JSON paths (as key sequences) the apiserver refuses to change after creation. A
-    /// difference there cannot be applied: the object must be deleted and re-created.
-    pub fn immutable_paths(self) -> &'static [&'static [&'static str]] {
-        match self {
-            // ValidateCSIDriverUpdate: the rest of the spec became mutable over the releases.
-            Self::CsiDriver => &[
-                &["spec", "attachRequired"],
-                &["spec", "volumeLifecycleModes"],
-            ],
-            Self::StorageClass => &[
-                &["provisioner"],
-                &["parameters"],
-                &["reclaimPolicy"],
-                &["volumeBindingMode"],
-            ],
-            Self::StatefulSet => &[
-                &["spec", "selector"],
-                &["spec", "serviceName"],
-                &["spec", "volumeClaimTemplates"],
-                &["spec", "podManagementPolicy"],
-            ],
-            Self::DaemonSet => &[&["spec", "selector"]],
-            Self::RoleBinding | Self::ClusterRoleBinding => &[&["roleRef"]],
-            // The snapshot CRD does not forbid changes, but snapshots record their class's
-            // driver and parameters at creation: replace rather than silently diverge.
-            Self::VolumeSnapshotClass => &[&["driver"], &["parameters"]],
-            Self::ServiceAccount
-            | Self::ClusterRole
-            | Self::Role
-            | Self::ValidatingAdmissionPolicy
-            | Self::ValidatingAdmissionPolicyBinding
-            | Self::PodDisruptionBudget => &[],
-        }
-    }
-
-    /// Whether applying `desired` over `live` would touch an immutable field. A field the
-    /// desired object leaves out counts as unchanged only while the live one is empty too
-    /// (dropping all StorageClass parameters is a change the apiserver refuses).
-    pub fn immutable_fields_changed(self, live: &Value, desired: &Value) -> bool {
-        let empty = |v: &Value| match v {
-            Value::Null => true,
-            Value::String(s) => s.is_empty(),
-            Value::Array(a) => a.is_empty(),
-            Value::Object(o) => o.is_empty(),
-            Value::Bool(_) | Value::Number(_) => false,
-        };
-        self.immutable_paths().iter().any(|path| {
-            let pick = |v: &Value| path.iter().try_fold(v, |v, key| v.get(key)).cloned();
-            match (pick(live), pick(desired)) {
-                (live, Some(want)) => live.as_ref() != Some(&want),
-                (Some(have), None) => !empty(&have),
-                (None, None) => false,
-            }
-        })
-    }
 }
 
 /// One rendered object, typed.

@@ -23,6 +23,7 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
+use super::cache::OwnedStores;
 use super::discovery::OPTIONAL_CRDS;
 use super::watches::{self, relisting};
 use super::{Context, error_policy, reconcile};
@@ -110,6 +111,7 @@ pub async fn run(
     };
     controller = controller.watches_stream(crd_events, crs_of_optional_crd);
 
+    let mut owned_stores = OwnedStores::new(health.clone());
     let owned = watches::config().labels(&format!("{}={},{CR_LABEL}", MANAGED_BY.0, MANAGED_BY.1));
     for &kind in ManagedKind::ALL {
         if kind.needs_optional_crd() && !served(&client, kind).await {
@@ -122,9 +124,20 @@ pub async fn run(
         let resource = kind.api_resource();
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &resource);
         let config = owned.clone();
+        // The store the reconciler reads instead of listing this kind (see `cache`); it
+        // is filled before the event reaches the controller, so the reconcile it triggers
+        // sees the change.
+        let writer = reflector::store::Writer::new(resource.clone());
+        owned_stores.insert(kind, &resource.plural, writer.as_reader());
         let events = relisting(health.watch(&resource.plural), move || {
             watcher(api.clone(), config.clone())
         })
+        // Identity, labels and versions are all the reconciler reads.
+        .modify(|obj| {
+            obj.managed_fields_mut().clear();
+            obj.annotations_mut().clear();
+        })
+        .reflect(writer)
         .touched_objects()
         .predicate_filter(predicates::resource_version, Default::default());
         controller = controller.watches_stream_with(events, owner_of, resource);
@@ -145,6 +158,7 @@ pub async fn run(
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(
         Context::new(client, recorder, metrics, deployments, csinodes)
+            .with_owned_stores(owned_stores)
             .with_probe_image(probe_image),
     );
     let in_flight = health.clone();

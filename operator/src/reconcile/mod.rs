@@ -6,6 +6,7 @@
 //! waits for a change, a failed API call backs off exponentially per CR.
 
 pub mod apply;
+pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod discovery;
@@ -67,6 +68,8 @@ pub struct Context {
     pub deployments: Store<CsiDeployment>,
     /// Every CSINode, for registration counts.
     pub csinodes: Store<CSINode>,
+    /// The owned kinds' watch stores: what exists, without listing it.
+    pub owned: cache::OwnedStores,
     /// What rendering may assume before asking the cluster: by default, the features the
     /// built-in driver of this release serves.
     pub base_env: RenderEnv,
@@ -90,6 +93,7 @@ impl Context {
             fingerprints: Fingerprints::default(),
             deployments,
             csinodes,
+            owned: cache::OwnedStores::default(),
             base_env: RenderEnv::default(),
             probe_image: crate::generate::manager::operator_image(),
             failures: Mutex::default(),
@@ -104,6 +108,14 @@ impl Context {
         features: plinth_driver::capabilities::DriverFeatures,
     ) -> Self {
         self.base_env.builtin_features = features;
+        self
+    }
+
+    /// Reads what exists from the controller's watch stores (kinds without a complete
+    /// store are still listed).
+    #[must_use]
+    pub fn with_owned_stores(mut self, owned: cache::OwnedStores) -> Self {
+        self.owned = owned;
         self
     }
 
@@ -261,7 +273,7 @@ async fn sync_objects(
 ) -> Result<(), Error> {
     let name = cr.name_any();
     let desired: Vec<Desired> = rendered.objects.iter().map(Desired::from).collect();
-    let live = prune::list_owned(&ctx.client, ManagedKind::ALL, &name).await?;
+    let live = prune::find_owned(&ctx.client, &ctx.owned, ManagedKind::ALL, &name).await?;
     let mut applied = Vec::new();
     let mut not_ours = Vec::new();
     for d in &desired {
@@ -351,6 +363,8 @@ async fn cleanup(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Error> {
     // Owner references would let the garbage collector do this, but only eventually and
     // in no particular order; deleting explicitly makes `kubectl delete` return with the
     // CSIDriver and classes already gone.
+    // Listed, not read from the watch stores: the finalizer goes after this, so an
+    // object the stores have not seen yet would be left behind for good.
     let live = prune::list_owned(&ctx.client, ManagedKind::ALL, &name).await?;
     for obj in &live {
         prune::delete_owned(&ctx.client, obj).await?;

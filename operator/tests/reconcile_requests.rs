@@ -328,10 +328,9 @@ async fn one_cr_edit_costs_the_applies_of_what_changed_and_the_status_patch() {
     let sent: Vec<String> = operator.log.since(from).iter().map(spelled).collect();
     let sts = format!("PATCH {STATEFULSET}");
     let expected = [
-        // The reconcile of the edit: which optional APIs are served, then no list of
-        // any managed kind (the watch stores know what exists), ...
-        "GET /apis/snapshot.storage.k8s.io/v1",
-        // ... the applies of what the edit changed (the resizer sidecar and its
+        // The reconcile of the edit: no discovery (the CRD watch says the answer still
+        // holds), no list of any managed kind (the watch stores know what exists), ...
+        // the applies of what the edit changed (the resizer sidecar and its
         // argument, the class's allowVolumeExpansion), nothing else, ...
         &sts,
         "PATCH /apis/apps/v1/namespaces/plinth-system/daemonsets/plinth-local-node",
@@ -348,7 +347,6 @@ async fn one_cr_edit_costs_the_applies_of_what_changed_and_the_status_patch() {
         "POST /apis/events.k8s.io/v1/namespaces/default/events",
         // The reconcile the operator's own writes trigger: nothing changed, nothing
         // written.
-        "GET /apis/snapshot.storage.k8s.io/v1",
         "GET /apis/apps/v1/namespaces/plinth-system/statefulsets/plinth-local-controller",
         "GET /apis/apps/v1/namespaces/plinth-system/daemonsets/plinth-local-node",
     ];

@@ -24,7 +24,7 @@ use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
 use super::cache::OwnedStores;
-use super::discovery::OPTIONAL_CRDS;
+use super::discovery::{ApiAnswers, OPTIONAL_CRDS};
 use super::watches::{self, relisting};
 use super::{Context, error_policy, reconcile};
 use crate::crd::CsiDeployment;
@@ -32,6 +32,9 @@ use crate::health::Health;
 use crate::labels::{CR_LABEL, MANAGED_BY};
 use crate::metrics::Metrics;
 use crate::render::ManagedKind;
+
+/// The CRD watch's name in [`Health`].
+const CRD_WATCH: &str = "customresourcedefinitions";
 
 /// Reconciles at most this many CsiDeployments at once (never the same one twice).
 const CONCURRENCY: u16 = 4;
@@ -93,8 +96,21 @@ pub async fn run(
     // CR renders (the snapshotter sidecar, VolumeSnapshotClasses), so every CR is
     // reconciled; the others map to nothing.
     let crd_api: Api<PartialObjectMeta<CustomResourceDefinition>> = Api::all(client.clone());
-    let crd_events = relisting(health.watch("customresourcedefinitions"), move || {
+    let api_answers = Arc::new(ApiAnswers::new(health.clone(), CRD_WATCH));
+    let answers = api_answers.clone();
+    let crd_events = relisting(health.watch(CRD_WATCH), move || {
         watcher(crd_api.clone(), watches::config())
+    })
+    // Reconciles keep the discovery answers until an optional CRD changes; a relist
+    // may hide a change made while the watch was down, so it drops them too.
+    .inspect(move |event| match event {
+        Ok(watcher::Event::Init | watcher::Event::InitDone) => answers.invalidate(),
+        Ok(
+            watcher::Event::Apply(crd)
+            | watcher::Event::InitApply(crd)
+            | watcher::Event::Delete(crd),
+        ) if OPTIONAL_CRDS.contains(&crd.name_any().as_str()) => answers.invalidate(),
+        _ => {}
     })
     .touched_objects()
     .predicate_filter(predicates::resource_version, Default::default());
@@ -159,6 +175,7 @@ pub async fn run(
     let ctx = Arc::new(
         Context::new(client, recorder, metrics, deployments, csinodes)
             .with_owned_stores(owned_stores)
+            .with_api_answers(api_answers)
             .with_probe_image(probe_image),
     );
     let in_flight = health.clone();

@@ -70,6 +70,8 @@ pub struct Context {
     pub csinodes: Store<CSINode>,
     /// The owned kinds' watch stores: what exists, without listing it.
     pub owned: cache::OwnedStores,
+    /// Which optional APIs are served, kept while the CRD watch says nothing changed.
+    pub api_answers: Arc<discovery::ApiAnswers>,
     /// What rendering may assume before asking the cluster: by default, the features the
     /// built-in driver of this release serves.
     pub base_env: RenderEnv,
@@ -94,6 +96,7 @@ impl Context {
             deployments,
             csinodes,
             owned: cache::OwnedStores::default(),
+            api_answers: Arc::default(),
             base_env: RenderEnv::default(),
             probe_image: crate::generate::manager::operator_image(),
             failures: Mutex::default(),
@@ -116,6 +119,13 @@ impl Context {
     #[must_use]
     pub fn with_owned_stores(mut self, owned: cache::OwnedStores) -> Self {
         self.owned = owned;
+        self
+    }
+
+    /// Keeps discovery answers as long as `answers` (fed by the CRD watch) allows.
+    #[must_use]
+    pub fn with_api_answers(mut self, answers: Arc<discovery::ApiAnswers>) -> Self {
+        self.api_answers = answers;
         self
     }
 
@@ -200,7 +210,8 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
         return Err(Error::PoolPathConflict { pool, holder });
     }
 
-    let mut env = discovery::render_env(&ctx.client, &cr.spec, &ctx.base_env).await?;
+    let mut env =
+        discovery::render_env(&ctx.client, &cr.spec, &ctx.base_env, &ctx.api_answers).await?;
     // What the driver advertises decides the rest; until a probe has answered, nothing
     // is applied.
     let resolved = match probe::resolve(cr, ctx, &env).await? {

@@ -17,19 +17,39 @@
 use std::collections::HashMap;
 
 use futures::FutureExt;
-use kube::api::DynamicObject;
+use kube::api::{DynamicObject, ObjectMeta};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
+use serde::de::DeserializeOwned;
 
 use super::objects::{KindExt, LiveObject};
 use crate::health::Health;
 use crate::labels::{CR_LABEL, MANAGED_BY};
 use crate::render::ManagedKind;
 
+/// What a watch keeps of its objects.
+enum Kept {
+    /// Metadata only: what exists.
+    Metadata(Store<PartialObjectMeta<DynamicObject>>),
+    /// Whole objects, for the workloads whose status the reconcile reports; few (label
+    /// selected to Plinth's own) and small.
+    Objects(Store<DynamicObject>),
+}
+
 /// One owned kind's store and the name its watch reports health under.
 struct Watched {
-    store: Store<PartialObjectMeta<DynamicObject>>,
+    store: Kept,
     watch: String,
+}
+
+impl Watched {
+    fn ready(&self) -> bool {
+        let ready = match &self.store {
+            Kept::Metadata(store) => store.wait_until_ready().now_or_never(),
+            Kept::Objects(store) => store.wait_until_ready().now_or_never(),
+        };
+        matches!(ready, Some(Ok(())))
+    }
 }
 
 /// The stores of the owned kinds' watches; empty (everything listed) until the
@@ -49,13 +69,22 @@ impl OwnedStores {
         }
     }
 
-    /// Registers the store fed by the watch reporting as `watch`.
+    /// Registers the metadata store fed by the watch reporting as `watch`.
     pub fn insert(
         &mut self,
         kind: ManagedKind,
         watch: &str,
         store: Store<PartialObjectMeta<DynamicObject>>,
     ) {
+        self.register(kind, watch, Kept::Metadata(store));
+    }
+
+    /// Registers the whole-object store fed by the watch reporting as `watch`.
+    pub fn insert_objects(&mut self, kind: ManagedKind, watch: &str, store: Store<DynamicObject>) {
+        self.register(kind, watch, Kept::Objects(store));
+    }
+
+    fn register(&mut self, kind: ManagedKind, watch: &str, store: Kept) {
         self.kinds.insert(
             kind,
             Watched {
@@ -65,40 +94,68 @@ impl OwnedStores {
         );
     }
 
-    /// The objects of `kind` that CR `cr_name` owns, from the store; `None` when there is
-    /// no store for the kind or it is not known to be complete (then ask the server).
-    pub fn owned(&self, kind: ManagedKind, cr_name: &str) -> Option<Vec<LiveObject>> {
+    /// The store of `kind`, when it is known to be complete.
+    fn complete(&self, kind: ManagedKind) -> Option<&Kept> {
         let watched = self.kinds.get(&kind)?;
-        let listed = matches!(
-            watched.store.wait_until_ready().now_or_never(),
-            Some(Ok(()))
-        );
         let live = self
             .health
             .as_ref()
             .is_some_and(|h| h.is_live(&watched.watch));
-        if !(listed && live) {
-            return None;
-        }
-        let ours = |meta: &PartialObjectMeta<DynamicObject>| {
-            let labels = meta.metadata.labels.as_ref();
+        (live && watched.ready()).then_some(&watched.store)
+    }
+
+    /// The objects of `kind` that CR `cr_name` owns, from the store; `None` when there is
+    /// no store for the kind or it is not known to be complete (then ask the server).
+    pub fn owned(&self, kind: ManagedKind, cr_name: &str) -> Option<Vec<LiveObject>> {
+        let ours = |meta: &ObjectMeta| {
+            let labels = meta.labels.as_ref();
             labels.and_then(|l| l.get(CR_LABEL)).map(String::as_str) == Some(cr_name)
                 && labels.and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str)
                     == Some(MANAGED_BY.1)
         };
-        Some(
-            watched
-                .store
-                .state_filter(|obj| ours(obj))
+        let live = |meta: &ObjectMeta| ours(meta).then(|| live_object(kind, meta));
+        Some(match self.complete(kind)? {
+            Kept::Metadata(store) => store
+                .state()
                 .iter()
-                .map(|obj| live_object(kind, &obj.metadata))
+                .filter_map(|obj| live(&obj.metadata))
                 .collect(),
-        )
+            Kept::Objects(store) => store
+                .state()
+                .iter()
+                .filter_map(|obj| live(&obj.metadata))
+                .collect(),
+        })
+    }
+
+    /// The object `namespace/name` of `kind` as its whole-object store holds it:
+    /// `Some(None)` when the complete store has no such object, `None` when there is no
+    /// complete whole-object store for the kind (or it does not parse as `K`).
+    pub fn object<K: DeserializeOwned>(
+        &self,
+        kind: ManagedKind,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Option<K>> {
+        let Kept::Objects(store) = self.complete(kind)? else {
+            return None;
+        };
+        let found = store.find(|obj| {
+            obj.metadata.name.as_deref() == Some(name)
+                && obj.metadata.namespace.as_deref() == Some(namespace)
+        });
+        match found {
+            None => Some(None),
+            Some(obj) => {
+                let value = serde_json::to_value(obj.as_ref()).ok()?;
+                serde_json::from_value(value).ok().map(Some)
+            }
+        }
     }
 }
 
 /// The little the reconciler keeps of a live object of `kind`.
-pub fn live_object(kind: ManagedKind, meta: &kube::api::ObjectMeta) -> LiveObject {
+pub fn live_object(kind: ManagedKind, meta: &ObjectMeta) -> LiveObject {
     LiveObject {
         kind,
         key: kind.key(
@@ -114,7 +171,6 @@ pub fn live_object(kind: ManagedKind, meta: &kube::api::ObjectMeta) -> LiveObjec
 mod tests {
     use std::time::Duration;
 
-    use kube::api::ObjectMeta;
     use kube::runtime::reflector::store::Writer;
     use kube::runtime::watcher::Event;
 
@@ -182,5 +238,51 @@ mod tests {
         let mut bare = OwnedStores::default();
         bare.insert(kind, "storageclasses", writer.as_reader());
         assert_eq!(bare.owned(kind, "local"), None);
+    }
+
+    #[test]
+    fn a_workload_comes_whole_from_a_complete_store_and_absent_means_absent() {
+        use k8s_openapi::api::apps::v1::StatefulSet;
+
+        let health = Health::new(Duration::from_secs(60));
+        let watch = health.watch("statefulsets");
+        let kind = ManagedKind::StatefulSet;
+        let mut writer = Writer::new(kind.api_resource());
+        let mut stores = OwnedStores::new(health.clone());
+        stores.insert_objects(kind, "statefulsets", writer.as_reader());
+        let sts: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "plinth-local-controller", "namespace": "plinth-system",
+                         "generation": 3, "labels": {CR_LABEL: "local", MANAGED_BY.0: MANAGED_BY.1}},
+            "spec": {"replicas": 1},
+            "status": {"replicas": 1, "readyReplicas": 1, "observedGeneration": 3},
+        }))
+        .unwrap();
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(sts));
+        writer.apply_watcher_event(&Event::InitDone);
+        let read = |name: &str| stores.object::<StatefulSet>(kind, "plinth-system", name);
+        assert!(
+            read("plinth-local-controller").is_none(),
+            "watch not synced"
+        );
+        watch.synced();
+        let found = read("plinth-local-controller").unwrap().unwrap();
+        assert_eq!(found.status.unwrap().ready_replicas, Some(1));
+        assert!(
+            read("other").unwrap().is_none(),
+            "complete store: absent is absent"
+        );
+        assert_eq!(
+            stores.owned(kind, "local").map(|o| o.len()),
+            Some(1),
+            "whole objects also say what exists"
+        );
+        // A metadata store cannot answer for whole objects.
+        assert!(
+            stores
+                .object::<StatefulSet>(ManagedKind::DaemonSet, "plinth-system", "x")
+                .is_none()
+        );
     }
 }

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::storage::v1::CSINode;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -20,7 +20,8 @@ use kube::runtime::controller::{Config, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use super::cache::OwnedStores;
@@ -28,7 +29,7 @@ use super::discovery::{ApiAnswers, OPTIONAL_CRDS};
 use super::watches::{self, relisting};
 use super::{Context, error_policy, reconcile};
 use crate::crd::CsiDeployment;
-use crate::health::Health;
+use crate::health::{Health, WatchHealth};
 use crate::labels::{CR_LABEL, MANAGED_BY};
 use crate::metrics::Metrics;
 use crate::render::ManagedKind;
@@ -40,8 +41,31 @@ const CRD_WATCH: &str = "customresourcedefinitions";
 const CONCURRENCY: u16 = 4;
 
 /// Maps a watched object to the CR named by its label.
-fn owner_of(meta: PartialObjectMeta<DynamicObject>) -> Option<ObjectRef<CsiDeployment>> {
-    meta.labels().get(CR_LABEL).map(|name| ObjectRef::new(name))
+fn owner_of<K: Resource>(obj: K) -> Option<ObjectRef<CsiDeployment>> {
+    obj.labels().get(CR_LABEL).map(|name| ObjectRef::new(name))
+}
+
+/// The relisting watch of one owned kind (see [`watches`]), reflected into `writer`'s
+/// store; yields the objects that changed.
+fn owned_events<K>(
+    watch: WatchHealth,
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    relisting(watch, move || watcher(api.clone(), config.clone()))
+        // Nothing the reconciler reads, and the bulk of most objects' metadata.
+        .modify(|obj| {
+            obj.managed_fields_mut().clear();
+            obj.annotations_mut().clear();
+        })
+        .reflect(writer)
+        .touched_objects()
+        .predicate_filter(predicates::resource_version, Default::default())
 }
 
 /// Every known CR: CSINode changes (a kubelet registering or dropping a driver) concern
@@ -138,25 +162,25 @@ pub async fn run(
             continue;
         }
         let resource = kind.api_resource();
-        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &resource);
-        let config = owned.clone();
+        let watch = health.watch(&resource.plural);
         // The store the reconciler reads instead of listing this kind (see `cache`); it
         // is filled before the event reaches the controller, so the reconcile it triggers
-        // sees the change.
-        let writer = reflector::store::Writer::new(resource.clone());
-        owned_stores.insert(kind, &resource.plural, writer.as_reader());
-        let events = relisting(health.watch(&resource.plural), move || {
-            watcher(api.clone(), config.clone())
-        })
-        // Identity, labels and versions are all the reconciler reads.
-        .modify(|obj| {
-            obj.managed_fields_mut().clear();
-            obj.annotations_mut().clear();
-        })
-        .reflect(writer)
-        .touched_objects()
-        .predicate_filter(predicates::resource_version, Default::default());
-        controller = controller.watches_stream_with(events, owner_of, resource);
+        // sees the change. The workloads are kept whole: their status is what the
+        // reconcile reports.
+        if matches!(kind, ManagedKind::StatefulSet | ManagedKind::DaemonSet) {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            let writer = reflector::store::Writer::new(resource.clone());
+            owned_stores.insert_objects(kind, &resource.plural, writer.as_reader());
+            let events = owned_events(watch, api, owned.clone(), writer);
+            controller = controller.watches_stream_with(events, owner_of, resource);
+        } else {
+            let api: Api<PartialObjectMeta<DynamicObject>> =
+                Api::all_with(client.clone(), &resource);
+            let writer = reflector::store::Writer::new(resource.clone());
+            owned_stores.insert(kind, &resource.plural, writer.as_reader());
+            let events = owned_events(watch, api, owned.clone(), writer);
+            controller = controller.watches_stream_with(events, owner_of, resource);
+        }
     }
 
     // Probe Jobs: finishing (or being removed after a failure) moves the CR on.

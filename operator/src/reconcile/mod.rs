@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::storage::v1::CSINode;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
@@ -230,8 +231,8 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
         Err(e @ RenderError::MissingName) => return Err(Error::InvalidSpec(e.to_string())),
     };
 
-    match sync_objects(cr, ctx, &rendered).await {
-        Ok(()) => {}
+    let written = match sync_objects(cr, ctx, &rendered).await {
+        Ok(written) => written,
         Err(err) => {
             // Tell the user in status (RBAC refusals, admission webhooks); the error
             // itself still drives the backoff.
@@ -247,10 +248,10 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
             }
             return Err(err);
         }
-    }
+    };
 
     let csinodes = ctx.csinodes.state();
-    let observed = status::observe(&ctx.client, &rendered, &csinodes).await?;
+    let observed = status::observe(ctx, &written, &rendered, &csinodes).await?;
     let mut new_status = status::applied_status(cr, &rendered, &observed, &now());
     let previous = cr.status.as_ref().map(|s| s.conditions.as_slice());
     probe::add_agreement(
@@ -276,16 +277,18 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
 }
 
 /// Applies every rendered object (skipping unchanged ones) and deletes the owned objects
-/// no longer rendered.
+/// no longer rendered. Returns the workloads written, as the server answered (fresher
+/// than any watch store for the status read back after).
 async fn sync_objects(
     cr: &CsiDeployment,
     ctx: &Context,
     rendered: &render::Rendered,
-) -> Result<(), Error> {
+) -> Result<Vec<DynamicObject>, Error> {
     let name = cr.name_any();
     let desired: Vec<Desired> = rendered.objects.iter().map(Desired::from).collect();
     let live = prune::find_owned(&ctx.client, &ctx.owned, ManagedKind::ALL, &name).await?;
     let mut applied = Vec::new();
+    let mut written = Vec::new();
     let mut not_ours = Vec::new();
     for d in &desired {
         let current = live.iter().find(|l| l.key == d.key);
@@ -295,8 +298,11 @@ async fn sync_objects(
             not_ours.push((d.key.to_string(), holder));
             continue;
         }
-        let outcome =
+        let (outcome, answered) =
             apply::apply_object(&ctx.client, &ctx.fingerprints, &name, d, current).await?;
+        if matches!(d.kind, ManagedKind::StatefulSet | ManagedKind::DaemonSet) {
+            written.extend(answered);
+        }
         let kind = d.key.kind.as_str();
         match outcome {
             Outcome::Skipped => Metrics::count(&ctx.metrics.skipped_applies, kind),
@@ -327,7 +333,7 @@ async fn sync_objects(
     if !not_ours.is_empty() {
         return Err(Error::NotOwned(ownership::describe(&not_ours)));
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Records in status why nothing was applied; a Warning event goes out when that is news.

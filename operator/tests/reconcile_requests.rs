@@ -137,6 +137,7 @@ where
 /// The real controller, in this process, talking through a logging client.
 struct Operator {
     log: RequestLog,
+    metrics: Metrics,
     health: Health,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -153,9 +154,10 @@ impl Operator {
         let health = Health::default();
         health.set_connected();
         let (stop, stopped) = oneshot::channel::<()>();
+        let metrics = Metrics::default();
         let task = tokio::spawn(controller::run(
             client,
-            Metrics::default(),
+            metrics.clone(),
             Reporter {
                 controller: "plinth-operator".into(),
                 instance: Some("test-0".into()),
@@ -168,6 +170,7 @@ impl Operator {
         ));
         Operator {
             log,
+            metrics,
             health,
             stop: Some(stop),
             task,
@@ -348,6 +351,45 @@ async fn one_cr_edit_costs_the_applies_of_what_changed_and_the_status_patch() {
         // changed, and the workloads' status comes from the watch stores.
     ];
     assert_eq!(sent, expected, "requests caused by one CR edit");
+    operator.stop().await;
+    stub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reconcile_with_nothing_changed_sends_no_request() {
+    let Setup {
+        stub,
+        crs,
+        statefulsets: _,
+        operator,
+    } = setup().await;
+    let writes = stub.writes();
+    let from = operator.log.len();
+    let reconciles = operator.metrics.reconciles.get();
+    // An annotation: the CR is reconciled again (every change of it triggers one), but
+    // its spec, and so everything rendered, is the same.
+    let touch = json!({"metadata": {"annotations": {"example.com/touched": "yes"}}});
+    let touched = crs
+        .patch("local", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
+    assert_eq!(touched.metadata.generation, Some(1));
+    eventually("the CR reconciled again", || async {
+        operator.metrics.reconciles.get() > reconciles
+    })
+    .await;
+    operator.settle().await;
+    let sent: Vec<String> = operator.log.since(from).iter().map(spelled).collect();
+    assert_eq!(
+        sent,
+        Vec::<String>::new(),
+        "requests of an unchanged reconcile"
+    );
+    assert_eq!(
+        stub.writes().since(&writes).total(),
+        1,
+        "only the test's own patch"
+    );
     operator.stop().await;
     stub.shutdown().await;
 }

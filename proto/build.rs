@@ -85,9 +85,9 @@ fn redacted_debug(messages: &[prost_types::DescriptorProto]) -> String {
                 field_name.clone()
             };
             if field_name == "secrets" {
-                out.push_str(&format!(
-                    "        s.field(\"secrets\", &format_args!(\"<{{}} redacted>\", self.secrets.len()));\n"
-                ));
+                out.push_str(
+                    "        s.field(\"secrets\", &format_args!(\"<{} redacted>\", self.secrets.len()));\n",
+                );
             } else {
                 out.push_str(&format!(
                     "        s.field(\"{field_name}\", &self.{ident});\n"

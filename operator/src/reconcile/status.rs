@@ -284,6 +284,7 @@ pub fn applied_status(
         controller: obs.controller,
         node: obs.node,
         sidecars: rendered.sidecar_decisions.clone(),
+        encrypted_storage_classes: rendered.encrypted_classes.clone(),
         driver_name: Some(rendered.driver_name.clone()),
         capabilities: previous.capabilities,
         ..CsiDeploymentStatus::default()

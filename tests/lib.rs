@@ -8,11 +8,11 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Reporter;
-use kube::{Client, CustomResourceExt};
+use kube::{Client, CustomResourceExt, ResourceExt};
 use plinth_driver::cluster::crd::{PoolNode, PoolSnapshot, PoolVolume};
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::metrics::Metrics;
@@ -174,6 +174,42 @@ where
 
 /// A [`wait_for`] probe's answer to "is everything gone?": done when `left` is empty,
 /// otherwise an error naming what is left, which the timeout message then carries.
+/// Waits until no PersistentVolume is bound to a claim of `namespace` whose name `claim`
+/// accepts, naming those left (with their phase) when `timeout` runs out: deleting the
+/// claims is not the end of a run, the driver must have deleted their volumes.
+pub async fn wait_claims_volumes_deleted(
+    client: &Client,
+    what: &str,
+    timeout: Duration,
+    namespace: &str,
+    claim: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    wait_for(what, timeout, || async {
+        let left = pvs
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|pv| {
+                pv.spec
+                    .as_ref()
+                    .and_then(|s| s.claim_ref.as_ref())
+                    .is_some_and(|c| {
+                        c.namespace.as_deref() == Some(namespace)
+                            && c.name.as_deref().is_some_and(&claim)
+                    })
+            })
+            .map(|pv| {
+                let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref());
+                format!("{} ({})", pv.name_any(), phase.unwrap_or("no phase"))
+            })
+            .collect();
+        none_left(left)
+    })
+    .await
+}
+
 pub fn none_left(left: Vec<String>) -> anyhow::Result<Option<()>> {
     if left.is_empty() {
         Ok(Some(()))

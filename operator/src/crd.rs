@@ -562,7 +562,8 @@ pub enum UpdateStrategyType {
 #[serde(rename_all = "camelCase")]
 pub struct ImagesSpec {
     /// Registry (and optional path prefix) replacing the registry of every image, the
-    /// driver's and all sidecars', keeping the repository name and tag: with
+    /// driver's, all sidecars' and the capability probe's (the operator's own image),
+    /// keeping the repository name and tag: with
     /// `registry.corp.example:5000/mirror`, `registry.k8s.io/sig-storage/csi-provisioner:v5.3.0`
     /// becomes `registry.corp.example:5000/mirror/csi-provisioner:v5.3.0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -834,6 +835,10 @@ pub struct CsiDeploymentStatus {
     /// why: the answer to "why does this pod have these containers".
     #[serde(default)]
     pub sidecars: Vec<SidecarStatus>,
+    /// StorageClasses whose volumes are encrypted at rest (ext4 fscrypt), each claim with
+    /// a key of its own, unlocked by the Secret the class names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encrypted_storage_classes: Vec<String>,
     /// The CSI driver name deployed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver_name: Option<String>,

@@ -93,6 +93,11 @@ impl Health {
         }
     }
 
+    /// Whether the watch registered as `name` is live: listed, and not failed since.
+    pub fn is_live(&self, name: &str) -> bool {
+        matches!(lock(&self.inner.watches).get(name), Some(WatchState::Live))
+    }
+
     /// The controller stopped (shutdown, lost leadership): its watches no longer count.
     pub fn controller_stopped(&self) {
         lock(&self.inner.watches).clear();

@@ -104,12 +104,10 @@ fn the_crd_subcommand_prints_the_same_crd() {
     assert_eq!(printed, crd());
 }
 
-#[test]
-fn the_render_subcommand_prints_every_object_and_refuses_bad_input() {
-    let bin = env!("CARGO_BIN_EXE_plinth-operator");
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/minimal.yaml");
-    let out = std::process::Command::new(bin)
-        .args(["render", "-f", fixture, "--snapshot-crds", "absent"])
+/// The objects `plinth-operator <args>` prints; the command must succeed.
+fn rendered(args: &[&str]) -> Vec<Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plinth-operator"))
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -117,8 +115,14 @@ fn the_render_subcommand_prints_every_object_and_refuses_bad_input() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+#[test]
+fn the_render_subcommand_prints_every_object_and_refuses_bad_input() {
+    let bin = env!("CARGO_BIN_EXE_plinth-operator");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/minimal.yaml");
+    let docs = rendered(&["render", "-f", fixture, "--snapshot-crds", "absent"]);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.first(), Some(&"CSIDriver"));
     assert!(kinds.contains(&"StatefulSet") && kinds.contains(&"DaemonSet"));
@@ -161,18 +165,8 @@ fn render_of_an_undeclared_driver_takes_the_probe_answer() {
         "{stderr}"
     );
 
-    let out = std::process::Command::new(bin)
-        .args(["render", "-f", &fixture, "--capabilities"])
-        .arg(format!("{dir}/advertised/hostpath.yaml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let answer = format!("{dir}/advertised/hostpath.yaml");
+    let docs = rendered(&["render", "-f", &fixture, "--capabilities", &answer]);
     assert!(!docs.iter().any(|d| d["kind"] == "StatefulSet"));
     let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     let names: Vec<&str> = ds["spec"]["template"]["spec"]["containers"]

@@ -1746,3 +1746,20 @@ mod probing {
         assert!(object_applies(&h.fake.requests()).is_empty());
     }
 }
+
+/// Which classes encrypt is in status, so `kubectl describe csideployment` says it.
+#[tokio::test]
+async fn status_names_the_encrypted_storage_classes() {
+    let mut h = Harness::new();
+    h.create(
+        "local",
+        json!({"namespace": "plinth-system", "storageClasses": [
+            {"name": "plain"},
+            {"name": "sealed", "encryption": {}}]}),
+    );
+    h.reconcile_ok("local").await;
+    assert_eq!(
+        h.status("local")["encryptedStorageClasses"],
+        json!(["sealed"])
+    );
+}

@@ -169,3 +169,16 @@ fn probe_fingerprint_follows_image_and_arguments_only() {
     assert_eq!(fp(&unrelated), fp(&base));
     assert_eq!(fp(&base).len(), 10);
 }
+
+/// `status.sidecars` of the host-path sample once its probe answered, one line per
+/// sidecar as the README's jsonpath prints it (the README quotes this snapshot).
+#[test]
+fn hostpath_sidecar_decisions() {
+    let rendered = render_ok(&fixture("hostpath"), &env_for("hostpath"));
+    let lines: Vec<String> = rendered
+        .sidecar_decisions
+        .iter()
+        .map(|d| format!("{}/{}: {} ({})", d.pod, d.name, d.deployed, d.reason))
+        .collect();
+    insta::assert_snapshot!("hostpath-sidecars", lines.join("\n"));
+}

@@ -1610,3 +1610,31 @@ fn encrypted_classes_carry_the_node_stage_secret_and_say_so() {
         "keys"
     );
 }
+
+/// A mirrored cluster pulls the probe's image (the operator's own) from the mirror too.
+#[test]
+fn the_probe_job_pulls_the_operator_image_from_the_mirror() {
+    use plinth_operator::render::probe;
+    let mut cr = fixture("third-party");
+    cr.spec.images.registry = Some("mirror.example:5000/csi".into());
+    let setup = probe::setup(&cr, &full_env());
+    let job = probe::job(&cr, &setup, "ghcr.io/plinth-dev/plinth-operator:v0.1.0");
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let images: Vec<String> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .map(|c| c.image.clone().unwrap())
+        .collect();
+    assert!(
+        images.contains(&"mirror.example:5000/csi/plinth-operator:v0.1.0".to_owned()),
+        "{images:?}"
+    );
+    assert!(
+        images
+            .iter()
+            .all(|i| i.starts_with("mirror.example:5000/csi/")),
+        "{images:?}"
+    );
+}

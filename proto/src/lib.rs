@@ -12,6 +12,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("csi.v1");
+    // Debug for the requests carrying `secrets`, which never prints their values.
+    include!(concat!(env!("OUT_DIR"), "/redacted_debug.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of `csi.proto` and its imports, custom options

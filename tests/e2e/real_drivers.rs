@@ -10,10 +10,9 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use kube::Client;
 use kube::api::Api;
-use kube::{Client, ResourceExt};
-use plinth_e2e::wait_for;
 use plinth_operator::crd::CsiDeployment;
 use serde_json::{Value, json};
 
@@ -234,28 +233,13 @@ async fn delete_run(client: &Client, run: &str) -> anyhow::Result<()> {
         SHORT,
     )
     .await?;
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    let prefix = format!("real-{run}");
-    wait_for(
+    let claim = format!("real-{run}");
+    plinth_e2e::wait_claims_volumes_deleted(
+        client,
         "the run's PersistentVolumes to be deleted",
         LONG,
-        || async {
-            let left: Vec<String> = pvs
-                .list(&Default::default())
-                .await?
-                .items
-                .iter()
-                .filter(|pv| {
-                    pv.spec
-                        .as_ref()
-                        .and_then(|s| s.claim_ref.as_ref())
-                        .and_then(|c| c.name.as_deref())
-                        .is_some_and(|n| n == prefix)
-                })
-                .map(ResourceExt::name_any)
-                .collect();
-            plinth_e2e::none_left(left)
-        },
+        &ns,
+        |n| n == claim,
     )
     .await?;
     delete_labelled(

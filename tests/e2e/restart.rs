@@ -247,27 +247,12 @@ impl Run {
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &self.ns);
         delete_labelled(&claims, "PVCs", &selector, SHORT).await?;
         let prefix = self.name("");
-        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
-        wait_for(
+        plinth_e2e::wait_claims_volumes_deleted(
+            &self.client,
             &format!("the PVs of claims {prefix}* to be deleted"),
             VOLUME_WORK,
-            || async {
-                let left: Vec<String> = pvs
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .iter()
-                    .filter(|pv| {
-                        pv.spec
-                            .as_ref()
-                            .and_then(|s| s.claim_ref.as_ref())
-                            .and_then(|c| c.name.as_deref())
-                            .is_some_and(|n| n.starts_with(&prefix))
-                    })
-                    .map(ResourceExt::name_any)
-                    .collect();
-                plinth_e2e::none_left(left)
-            },
+            &self.ns,
+            |n| n.starts_with(&prefix),
         )
         .await
     }

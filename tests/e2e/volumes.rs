@@ -693,32 +693,12 @@ impl Run {
             SHORT,
         )
         .await?;
-        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
-        wait_for(
+        plinth_e2e::wait_claims_volumes_deleted(
+            &self.client,
             &format!("the PVs of claims {prefix}* to be deleted"),
             VOLUME_WORK,
-            || async {
-                let left: Vec<String> = pvs
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .iter()
-                    .filter(|pv| {
-                        pv.spec
-                            .as_ref()
-                            .and_then(|s| s.claim_ref.as_ref())
-                            .is_some_and(|c| {
-                                c.namespace.as_deref() == Some(&self.ns)
-                                    && c.name.as_deref().is_some_and(|n| n.starts_with(&prefix))
-                            })
-                    })
-                    .map(|pv| {
-                        let phase = pv.status.as_ref().and_then(|s| s.phase.clone());
-                        format!("{} ({phase:?})", pv.name_any())
-                    })
-                    .collect();
-                none_left(left)
-            },
+            &self.ns,
+            |n| n.starts_with(&prefix),
         )
         .await
     }

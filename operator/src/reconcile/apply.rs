@@ -2,7 +2,7 @@
 //! replacing it when the server refuses a change to an immutable field.
 
 use kube::Client;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams};
 use tracing::{debug, info, instrument};
 
 use super::FIELD_MANAGER;
@@ -26,7 +26,8 @@ pub fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
-/// Applies `desired` unless the fingerprint says the live object is already it.
+/// Applies `desired` unless the fingerprint says the live object is already it; with the
+/// object as the server answered, when it was written.
 #[instrument(skip_all, fields(object = %desired.key))]
 pub async fn apply_object(
     client: &Client,
@@ -34,13 +35,13 @@ pub async fn apply_object(
     owner: &str,
     desired: &Desired,
     live: Option<&LiveObject>,
-) -> Result<Outcome, Error> {
+) -> Result<(Outcome, Option<DynamicObject>), Error> {
     let hash = hash_desired(&desired.body);
     if let Some(live) = live
         && fingerprints.is_current(owner, &desired.key, hash, &live.version)
     {
         debug!("unchanged, not applying");
-        return Ok(Outcome::Skipped);
+        return Ok((Outcome::Skipped, None));
     }
     let api = desired.kind.api(client, desired.key.namespace.as_deref());
     let name = desired.key.name.as_str();
@@ -85,5 +86,5 @@ pub async fn apply_object(
         hash,
         desired.kind.live_version(&applied.metadata),
     );
-    Ok(outcome)
+    Ok((outcome, Some(applied)))
 }

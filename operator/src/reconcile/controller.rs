@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::storage::v1::CSINode;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -20,24 +20,52 @@ use kube::runtime::controller::{Config, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
-use super::discovery::OPTIONAL_CRDS;
+use super::cache::OwnedStores;
+use super::discovery::{ApiAnswers, OPTIONAL_CRDS};
 use super::watches::{self, relisting};
 use super::{Context, error_policy, reconcile};
 use crate::crd::CsiDeployment;
-use crate::health::Health;
+use crate::health::{Health, WatchHealth};
 use crate::labels::{CR_LABEL, MANAGED_BY};
 use crate::metrics::Metrics;
 use crate::render::ManagedKind;
+
+/// The CRD watch's name in [`Health`].
+const CRD_WATCH: &str = "customresourcedefinitions";
 
 /// Reconciles at most this many CsiDeployments at once (never the same one twice).
 const CONCURRENCY: u16 = 4;
 
 /// Maps a watched object to the CR named by its label.
-fn owner_of(meta: PartialObjectMeta<DynamicObject>) -> Option<ObjectRef<CsiDeployment>> {
-    meta.labels().get(CR_LABEL).map(|name| ObjectRef::new(name))
+fn owner_of<K: Resource>(obj: K) -> Option<ObjectRef<CsiDeployment>> {
+    obj.labels().get(CR_LABEL).map(|name| ObjectRef::new(name))
+}
+
+/// The relisting watch of one owned kind (see [`watches`]), reflected into `writer`'s
+/// store; yields the objects that changed.
+fn owned_events<K>(
+    watch: WatchHealth,
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    relisting(watch, move || watcher(api.clone(), config.clone()))
+        // Nothing the reconciler reads, and the bulk of most objects' metadata.
+        .modify(|obj| {
+            obj.managed_fields_mut().clear();
+            obj.annotations_mut().clear();
+        })
+        .reflect(writer)
+        .touched_objects()
+        .predicate_filter(predicates::resource_version, Default::default())
 }
 
 /// Every known CR: CSINode changes (a kubelet registering or dropping a driver) concern
@@ -92,8 +120,21 @@ pub async fn run(
     // CR renders (the snapshotter sidecar, VolumeSnapshotClasses), so every CR is
     // reconciled; the others map to nothing.
     let crd_api: Api<PartialObjectMeta<CustomResourceDefinition>> = Api::all(client.clone());
-    let crd_events = relisting(health.watch("customresourcedefinitions"), move || {
+    let api_answers = Arc::new(ApiAnswers::new(health.clone(), CRD_WATCH));
+    let answers = api_answers.clone();
+    let crd_events = relisting(health.watch(CRD_WATCH), move || {
         watcher(crd_api.clone(), watches::config())
+    })
+    // Reconciles keep the discovery answers until an optional CRD changes; a relist
+    // may hide a change made while the watch was down, so it drops them too.
+    .inspect(move |event| match event {
+        Ok(watcher::Event::Init | watcher::Event::InitDone) => answers.invalidate(),
+        Ok(
+            watcher::Event::Apply(crd)
+            | watcher::Event::InitApply(crd)
+            | watcher::Event::Delete(crd),
+        ) if OPTIONAL_CRDS.contains(&crd.name_any().as_str()) => answers.invalidate(),
+        _ => {}
     })
     .touched_objects()
     .predicate_filter(predicates::resource_version, Default::default());
@@ -110,6 +151,7 @@ pub async fn run(
     };
     controller = controller.watches_stream(crd_events, crs_of_optional_crd);
 
+    let mut owned_stores = OwnedStores::new(health.clone());
     let owned = watches::config().labels(&format!("{}={},{CR_LABEL}", MANAGED_BY.0, MANAGED_BY.1));
     for &kind in ManagedKind::ALL {
         if kind.needs_optional_crd() && !served(&client, kind).await {
@@ -120,14 +162,25 @@ pub async fn run(
             continue;
         }
         let resource = kind.api_resource();
-        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &resource);
-        let config = owned.clone();
-        let events = relisting(health.watch(&resource.plural), move || {
-            watcher(api.clone(), config.clone())
-        })
-        .touched_objects()
-        .predicate_filter(predicates::resource_version, Default::default());
-        controller = controller.watches_stream_with(events, owner_of, resource);
+        let watch = health.watch(&resource.plural);
+        // The store the reconciler reads instead of listing this kind (see `cache`); it
+        // is filled before the event reaches the controller, so the reconcile it triggers
+        // sees the change. The workloads are kept whole: their status is what the
+        // reconcile reports.
+        if matches!(kind, ManagedKind::StatefulSet | ManagedKind::DaemonSet) {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            let writer = reflector::store::Writer::new(resource.clone());
+            owned_stores.insert_objects(kind, &resource.plural, writer.as_reader());
+            let events = owned_events(watch, api, owned.clone(), writer);
+            controller = controller.watches_stream_with(events, owner_of, resource);
+        } else {
+            let api: Api<PartialObjectMeta<DynamicObject>> =
+                Api::all_with(client.clone(), &resource);
+            let writer = reflector::store::Writer::new(resource.clone());
+            owned_stores.insert(kind, &resource.plural, writer.as_reader());
+            let events = owned_events(watch, api, owned.clone(), writer);
+            controller = controller.watches_stream_with(events, owner_of, resource);
+        }
     }
 
     // Probe Jobs: finishing (or being removed after a failure) moves the CR on.
@@ -145,6 +198,8 @@ pub async fn run(
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(
         Context::new(client, recorder, metrics, deployments, csinodes)
+            .with_owned_stores(owned_stores)
+            .with_api_answers(api_answers)
             .with_probe_image(probe_image),
     );
     let in_flight = health.clone();

@@ -6,6 +6,7 @@
 //! waits for a change, a failed API call backs off exponentially per CR.
 
 pub mod apply;
+pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod discovery;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::storage::v1::CSINode;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
@@ -67,6 +69,10 @@ pub struct Context {
     pub deployments: Store<CsiDeployment>,
     /// Every CSINode, for registration counts.
     pub csinodes: Store<CSINode>,
+    /// The owned kinds' watch stores: what exists, without listing it.
+    pub owned: cache::OwnedStores,
+    /// Which optional APIs are served, kept while the CRD watch says nothing changed.
+    pub api_answers: Arc<discovery::ApiAnswers>,
     /// What rendering may assume before asking the cluster: by default, the features the
     /// built-in driver of this release serves.
     pub base_env: RenderEnv,
@@ -90,6 +96,8 @@ impl Context {
             fingerprints: Fingerprints::default(),
             deployments,
             csinodes,
+            owned: cache::OwnedStores::default(),
+            api_answers: Arc::default(),
             base_env: RenderEnv::default(),
             probe_image: crate::generate::manager::operator_image(),
             failures: Mutex::default(),
@@ -104,6 +112,21 @@ impl Context {
         features: plinth_driver::capabilities::DriverFeatures,
     ) -> Self {
         self.base_env.builtin_features = features;
+        self
+    }
+
+    /// Reads what exists from the controller's watch stores (kinds without a complete
+    /// store are still listed).
+    #[must_use]
+    pub fn with_owned_stores(mut self, owned: cache::OwnedStores) -> Self {
+        self.owned = owned;
+        self
+    }
+
+    /// Keeps discovery answers as long as `answers` (fed by the CRD watch) allows.
+    #[must_use]
+    pub fn with_api_answers(mut self, answers: Arc<discovery::ApiAnswers>) -> Self {
+        self.api_answers = answers;
         self
     }
 
@@ -188,7 +211,8 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
         return Err(Error::PoolPathConflict { pool, holder });
     }
 
-    let mut env = discovery::render_env(&ctx.client, &cr.spec, &ctx.base_env).await?;
+    let mut env =
+        discovery::render_env(&ctx.client, &cr.spec, &ctx.base_env, &ctx.api_answers).await?;
     // What the driver advertises decides the rest; until a probe has answered, nothing
     // is applied.
     let resolved = match probe::resolve(cr, ctx, &env).await? {
@@ -207,8 +231,8 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
         Err(e @ RenderError::MissingName) => return Err(Error::InvalidSpec(e.to_string())),
     };
 
-    match sync_objects(cr, ctx, &rendered).await {
-        Ok(()) => {}
+    let written = match sync_objects(cr, ctx, &rendered).await {
+        Ok(written) => written,
         Err(err) => {
             // Tell the user in status (RBAC refusals, admission webhooks); the error
             // itself still drives the backoff.
@@ -224,10 +248,10 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
             }
             return Err(err);
         }
-    }
+    };
 
     let csinodes = ctx.csinodes.state();
-    let observed = status::observe(&ctx.client, &rendered, &csinodes).await?;
+    let observed = status::observe(ctx, &written, &rendered, &csinodes).await?;
     let mut new_status = status::applied_status(cr, &rendered, &observed, &now());
     let previous = cr.status.as_ref().map(|s| s.conditions.as_slice());
     probe::add_agreement(
@@ -253,16 +277,18 @@ async fn reconcile_one(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Erro
 }
 
 /// Applies every rendered object (skipping unchanged ones) and deletes the owned objects
-/// no longer rendered.
+/// no longer rendered. Returns the workloads written, as the server answered (fresher
+/// than any watch store for the status read back after).
 async fn sync_objects(
     cr: &CsiDeployment,
     ctx: &Context,
     rendered: &render::Rendered,
-) -> Result<(), Error> {
+) -> Result<Vec<DynamicObject>, Error> {
     let name = cr.name_any();
     let desired: Vec<Desired> = rendered.objects.iter().map(Desired::from).collect();
-    let live = prune::list_owned(&ctx.client, ManagedKind::ALL, &name).await?;
+    let live = prune::find_owned(&ctx.client, &ctx.owned, ManagedKind::ALL, &name).await?;
     let mut applied = Vec::new();
+    let mut written = Vec::new();
     let mut not_ours = Vec::new();
     for d in &desired {
         let current = live.iter().find(|l| l.key == d.key);
@@ -272,8 +298,11 @@ async fn sync_objects(
             not_ours.push((d.key.to_string(), holder));
             continue;
         }
-        let outcome =
+        let (outcome, answered) =
             apply::apply_object(&ctx.client, &ctx.fingerprints, &name, d, current).await?;
+        if matches!(d.kind, ManagedKind::StatefulSet | ManagedKind::DaemonSet) {
+            written.extend(answered);
+        }
         let kind = d.key.kind.as_str();
         match outcome {
             Outcome::Skipped => Metrics::count(&ctx.metrics.skipped_applies, kind),
@@ -304,7 +333,7 @@ async fn sync_objects(
     if !not_ours.is_empty() {
         return Err(Error::NotOwned(ownership::describe(&not_ours)));
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Records in status why nothing was applied; a Warning event goes out when that is news.
@@ -351,6 +380,8 @@ async fn cleanup(cr: &CsiDeployment, ctx: &Context) -> Result<Action, Error> {
     // Owner references would let the garbage collector do this, but only eventually and
     // in no particular order; deleting explicitly makes `kubectl delete` return with the
     // CSIDriver and classes already gone.
+    // Listed, not read from the watch stores: the finalizer goes after this, so an
+    // object the stores have not seen yet would be left behind for good.
     let live = prune::list_owned(&ctx.client, ManagedKind::ALL, &name).await?;
     for obj in &live {
         prune::delete_owned(&ctx.client, obj).await?;

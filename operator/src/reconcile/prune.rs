@@ -7,6 +7,7 @@ use kube::Client;
 use kube::api::{DeleteParams, ListParams, Preconditions, PropagationPolicy};
 use tracing::{info, instrument};
 
+use super::cache::{OwnedStores, live_object};
 use super::error::{Error, Verb, is_conflict, is_not_found};
 use super::fingerprint::ObjectKey;
 use super::objects::{Desired, KindExt, LiveObject};
@@ -26,27 +27,32 @@ pub async fn list_owned(
     kinds: &[ManagedKind],
     cr_name: &str,
 ) -> Result<Vec<LiveObject>, Error> {
+    find_owned(client, &OwnedStores::default(), kinds, cr_name).await
+}
+
+/// Like [`list_owned`], but a kind whose watch store is complete is read from it: only
+/// the other kinds are listed.
+#[instrument(skip_all, fields(cr = cr_name))]
+pub async fn find_owned(
+    client: &Client,
+    stores: &OwnedStores,
+    kinds: &[ManagedKind],
+    cr_name: &str,
+) -> Result<Vec<LiveObject>, Error> {
     let selector = owned_selector(cr_name);
     let lists = kinds.iter().map(|&kind| {
         let params = ListParams::default().labels(&selector);
+        let cached = stores.owned(kind, cr_name);
         async move {
+            if let Some(cached) = cached {
+                return Ok(cached);
+            }
             let api = kind.api(client, None);
             match api.list_metadata(&params).await {
                 Ok(list) => Ok(list
                     .items
-                    .into_iter()
-                    .map(|obj| {
-                        let meta = obj.metadata;
-                        LiveObject {
-                            kind,
-                            key: kind.key(
-                                meta.namespace.as_deref(),
-                                meta.name.as_deref().unwrap_or_default(),
-                            ),
-                            uid: meta.uid.clone(),
-                            version: kind.live_version(&meta),
-                        }
-                    })
+                    .iter()
+                    .map(|obj| live_object(kind, &obj.metadata))
                     .collect::<Vec<_>>()),
                 Err(err) if is_not_found(&err) => Ok(Vec::new()),
                 Err(err) => Err(Error::api(Verb::List, kind.api_resource().plural)(err)),

@@ -4,12 +4,13 @@
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::storage::v1::CSINode;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch};
+use kube::api::{Api, DynamicObject, Patch};
 use kube::core::NamespaceResourceScope;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::instrument;
 
+use super::Context;
 use super::apply::apply_params;
 use super::conditions::{CondStatus, DEGRADED, PROGRESSING, READY, Verdict, merge, upsert};
 use super::error::{Error, Verb};
@@ -29,10 +30,12 @@ pub struct Observed {
 }
 
 /// Reads the controller StatefulSet and node DaemonSet status and counts the CSINodes
-/// that list the driver.
+/// that list the driver. A workload comes from `written` (this reconcile's apply answer)
+/// when it was written, else from the complete watch store, else from the API server.
 #[instrument(skip_all, fields(driver = %rendered.driver_name))]
 pub async fn observe(
-    client: &Client,
+    ctx: &Context,
+    written: &[DynamicObject],
     rendered: &Rendered,
     csinodes: &[std::sync::Arc<CSINode>],
 ) -> Result<Observed, Error> {
@@ -44,11 +47,11 @@ pub async fn observe(
         let target = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name());
         match obj {
             ManagedObject::StatefulSet(_) => {
-                observed.controller = read(client, obj, statefulset_status).await?;
+                observed.controller = read(ctx, written, obj, statefulset_status).await?;
                 observed.controller_name = target;
             }
             ManagedObject::DaemonSet(_) => {
-                observed.node = read(client, obj, daemonset_status).await?;
+                observed.node = read(ctx, written, obj, daemonset_status).await?;
                 observed.node_name = target;
             }
             _ => {}
@@ -59,7 +62,8 @@ pub async fn observe(
 
 /// Reads the live workload `obj` names and summarises it; `None` when it does not exist.
 async fn read<K>(
-    client: &Client,
+    ctx: &Context,
+    written: &[DynamicObject],
     obj: &ManagedObject,
     summarise: fn(&K) -> WorkloadStatus,
 ) -> Result<Option<WorkloadStatus>, Error>
@@ -70,7 +74,22 @@ where
         + std::fmt::Debug,
 {
     let ns = obj.namespace().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let answered = written
+        .iter()
+        .find(|w| {
+            w.metadata.name.as_deref() == Some(obj.name())
+                && w.metadata.namespace.as_deref() == Some(ns)
+                && w.types.as_ref().is_some_and(|t| t.kind == K::kind(&()))
+        })
+        .and_then(|w| serde_json::to_value(w).ok())
+        .and_then(|v| serde_json::from_value::<K>(v).ok());
+    if let Some(live) = answered {
+        return Ok(Some(summarise(&live)));
+    }
+    if let Some(cached) = ctx.owned.object::<K>(obj.kind(), ns, obj.name()) {
+        return Ok(cached.as_ref().map(summarise));
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let live = api.get_opt(obj.name()).await.map_err(Error::api(
         Verb::Get,
         format!("{} {ns}/{}", K::kind(&()), obj.name()),
@@ -265,6 +284,7 @@ pub fn applied_status(
         controller: obs.controller,
         node: obs.node,
         sidecars: rendered.sidecar_decisions.clone(),
+        encrypted_storage_classes: rendered.encrypted_classes.clone(),
         driver_name: Some(rendered.driver_name.clone()),
         capabilities: previous.capabilities,
         ..CsiDeploymentStatus::default()

@@ -90,6 +90,13 @@ pub fn driver_image(spec: &ImagesSpec, cr_image: Option<&str>) -> String {
     resolve(spec, cr_image.unwrap_or(DRIVER_IMAGE))
 }
 
+/// The probe container's image (the operator's own), moved to the mirror when set: a
+/// cluster that mirrors every image cannot pull the operator's from its home registry
+/// either.
+pub fn probe_image(spec: &ImagesSpec, operator_image: &str) -> String {
+    resolve(spec, operator_image)
+}
+
 fn resolve(spec: &ImagesSpec, image: &str) -> String {
     match &spec.registry {
         Some(registry) => rewrite(image, registry),

@@ -222,7 +222,7 @@ pub fn job(cr: &CsiDeployment, setup: &ProbeSetup, probe_image: &str) -> Job {
     args.push(format!("--socket-wait-seconds={SOCKET_WAIT_SECONDS}"));
     let probe = Container {
         name: PROBE_CONTAINER.to_owned(),
-        image: Some(probe_image.to_owned()),
+        image: Some(super::images::probe_image(&cr.spec.images, probe_image)),
         image_pull_policy: Some("IfNotPresent".to_owned()),
         args: Some(args),
         volume_mounts: Some(mounts),

@@ -114,6 +114,39 @@ impl Faults {
     }
 }
 
+/// Another writer that wins a race: just before the next request with this method under
+/// `path_prefix` is served, `object` is stored at `object_path` (as
+/// [`crate::Running::insert`] would); the request then meets it, e.g. a create answered
+/// 409 `AlreadyExists` as on a real server.
+#[derive(Debug, Clone)]
+pub(crate) struct Race {
+    pub method: Method,
+    pub path_prefix: String,
+    pub object_path: String,
+    pub object: serde_json::Value,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Races(Mutex<Vec<Race>>);
+
+impl Races {
+    pub fn arm(&self, race: Race) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(race);
+    }
+
+    /// The first armed race this request meets, disarmed.
+    pub fn take(&self, method: &Method, path: &str) -> Option<Race> {
+        let mut races = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = races
+            .iter()
+            .position(|r| r.method == method && path.starts_with(&r.path_prefix))?;
+        Some(races.remove(at))
+    }
+}
+
 /// What a watch asked for, for deciding which watches a pause holds.
 #[derive(Debug, Clone)]
 pub struct WatchInfo {

@@ -30,10 +30,13 @@
 //! counts of write requests ([`Running::writes`]), a log of every request with its exact
 //! method, path, query and body ([`Running::requests`], [`Running::wait_for_request`]),
 //! direct writes as another party would make them ([`Running::insert`],
-//! [`Running::modify`], [`Running::remove`]), immutable fields per resource that answer
+//! [`Running::modify`], [`Running::update`], [`Running::remove`]), another writer that
+//! wins a race just before a request ([`Running::lose_next_race`],
+//! [`Running::lose_next_create`]), immutable fields per resource that answer
 //! 422 like the real server's validation ([`Running::immutable_fields`],
 //! [`BUILT_IN_IMMUTABLE_FIELDS`]), and groups served only where a stored CRD defines the
-//! resource ([`Running::require_crds`]).
+//! resource ([`Running::require_crds`]). [`ApiStub::start_with_client`] starts one with a
+//! client for a test in one call.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -175,6 +178,7 @@ impl ApiStub {
             watches: Arc::new(WatchCounters::default()),
             bookmark_interval: self.bookmark_interval,
             log: log::RequestLog::default(),
+            races: fault::Races::default(),
             crd_groups: std::sync::Mutex::default(),
         });
         let router = routes::router(app.clone());

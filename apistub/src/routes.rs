@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::{
     error::{ApiError, Reason},
-    fault::{Faults, Pauses, WatchInfo},
+    fault::{Faults, Pauses, Races, WatchInfo},
     listener::Power,
     log::{Recorded, RequestLog, query_pairs},
     selector::Selector,
@@ -58,6 +58,7 @@ pub(crate) struct App {
     pub watches: Arc<WatchCounters>,
     pub bookmark_interval: Duration,
     pub log: RequestLog,
+    pub races: Races,
     /// Groups served only for the resources a stored CustomResourceDefinition defines.
     pub crd_groups: Mutex<BTreeSet<String>>,
 }
@@ -260,6 +261,14 @@ async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
             Ok(bytes) => bytes,
             Err(error) => return error.into_response(),
         };
+        if let Some(race) = app.races.take(&parts.method, parts.uri.path())
+            && let Some((key, namespace, _)) = object_at(&race.object_path)
+            && let Err(error) = app.store.seed(&key, namespace.as_deref(), race.object)
+        {
+            // The test's own object was refused: say so in the answer it will look at.
+            return ApiError::internal(format!("the racing object was refused: {error}"))
+                .into_response();
+        }
         let response =
             if let Some((status, message)) = app.faults.take(&parts.method, parts.uri.path()) {
                 debug!(%status, "answering with an injected fault");

@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
+use http::Method;
 use kube::Resource;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
-    Running,
+    ApiStub, Running,
+    fault::Race,
     log::Recorded,
     routes::{collection_at, object_at},
     store::ResourceKey,
@@ -67,6 +69,20 @@ pub fn path_of<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &st
 
 fn object_key(path: &str) -> (ResourceKey, Option<String>, String) {
     object_at(path).unwrap_or_else(|| panic!("{path} is not the path of an object"))
+}
+
+impl ApiStub {
+    /// For tests: a stub with the default settings and a client talking to it; panics
+    /// when either cannot be had (nothing a test could go on without).
+    pub async fn start_with_client() -> (Running, kube::Client) {
+        let stub = ApiStub::start()
+            .await
+            .unwrap_or_else(|e| panic!("the stand-in API server does not start: {e}"));
+        let client = stub
+            .client()
+            .unwrap_or_else(|e| panic!("no client for the stand-in API server: {e}"));
+        (stub, client)
+    }
 }
 
 impl Running {
@@ -209,6 +225,61 @@ impl Running {
             .edit(&key, &id, change)
             .unwrap_or_else(|e| panic!("cannot modify {path}: {e}"));
         Value::clone(&stored)
+    }
+
+    /// [`Running::modify`] of the stored object `name` of this plural (in any group; for
+    /// cluster-scoped resources).
+    pub fn update(&self, plural: &str, name: &str, change: impl FnOnce(&mut Value)) -> Value {
+        let key = self
+            .app
+            .store
+            .all()
+            .into_iter()
+            .map(|(key, _)| key)
+            .find(|key| key.plural == plural)
+            .unwrap_or_else(|| panic!("no {plural} stored"));
+        let stored = self
+            .app
+            .store
+            .edit(&key, name, change)
+            .unwrap_or_else(|e| panic!("cannot update {plural}/{name}: {e}"));
+        Value::clone(&stored)
+    }
+
+    /// Another writer wins a race: just before the next request with `method` under
+    /// `path_prefix`, `object` is stored (as [`Running::insert`] would) at `object_path`,
+    /// so that, for example, a create meets 409 `AlreadyExists`.
+    pub fn lose_next_race(
+        &self,
+        method: Method,
+        path_prefix: &str,
+        object_path: &str,
+        object: Value,
+    ) {
+        self.app.races.arm(Race {
+            method,
+            path_prefix: path_prefix.to_owned(),
+            object_path: object_path.to_owned(),
+            object,
+        });
+    }
+
+    /// The next create of `object`'s kind finds `object` written just before it by
+    /// someone else (a concurrent call that won the race) and answers 409
+    /// `AlreadyExists`. For cluster-scoped kinds.
+    pub fn lose_next_create<K>(&self, object: &K)
+    where
+        K: Resource<DynamicType = ()> + Serialize,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        let value =
+            serde_json::to_value(object).unwrap_or_else(|e| panic!("cannot serialize {name}: {e}"));
+        self.lose_next_race(
+            Method::POST,
+            &K::url_path(&(), None),
+            &path_of::<K>(None, &name),
+            value,
+        );
     }
 
     /// Replaces the status of the cluster-scoped `name` of kind `K` (as its owner would

@@ -246,3 +246,101 @@ async fn seeded_objects_keep_status_and_creation_time_and_modify_bumps_generatio
     assert_eq!(stub.remove(path).unwrap()["spec"]["x"], 2);
     assert_eq!(stub.get(path), None);
 }
+
+#[tokio::test]
+async fn start_with_client_gives_a_client_of_that_stub() {
+    let (stub, client) = ApiStub::start_with_client().await;
+    let classes: Api<StorageClass> = Api::all(client);
+    let sc: StorageClass = serde_json::from_value(storage_class(None, json!({}))).unwrap();
+    classes.create(&Default::default(), &sc).await.unwrap();
+    let stored = stub
+        .get_as::<StorageClass>("fast")
+        .expect("created through the client");
+    assert_eq!(stored.provisioner, "local.csi.plinth.dev");
+    let lines: Vec<String> = stub.requests().iter().map(|r| r.line()).collect();
+    assert_eq!(lines, ["POST /apis/storage.k8s.io/v1/storageclasses"]);
+}
+
+#[tokio::test]
+async fn update_changes_an_object_found_by_plural_and_name() {
+    let stub = ApiStub::start().await.unwrap();
+    let path = path_of::<StorageClass>(None, "fast");
+    let seeded = stub.insert(&path, storage_class(None, json!({"a": "1"})));
+    let updated = stub.update("storageclasses", "fast", |o| {
+        o["metadata"]["labels"]["a"] = json!("2");
+    });
+    assert_eq!(updated["metadata"]["labels"], json!({"a": "2"}));
+    assert_ne!(
+        updated["metadata"]["resourceVersion"],
+        seeded["metadata"]["resourceVersion"]
+    );
+    assert_eq!(stub.get(&path), Some(updated));
+    assert!(stub.requests().is_empty(), "no request was made");
+}
+
+#[tokio::test]
+async fn lose_next_create_stores_the_winner_and_answers_409_once() {
+    let (stub, client) = ApiStub::start_with_client().await;
+    let classes: Api<StorageClass> = Api::all(client);
+    let mut winner: StorageClass = serde_json::from_value(storage_class(None, json!({}))).unwrap();
+    winner.provisioner = "winner.example.com".into();
+    stub.lose_next_create(&winner);
+    assert!(
+        stub.get_as::<StorageClass>("fast").is_none(),
+        "not before the create"
+    );
+
+    let ours: StorageClass = serde_json::from_value(storage_class(None, json!({}))).unwrap();
+    let lost = classes
+        .create(&Default::default(), &ours)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&lost, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists"),
+        "{lost:?}"
+    );
+    let stored = stub.get_as::<StorageClass>("fast").unwrap();
+    assert_eq!(stored.provisioner, "winner.example.com");
+    // Armed once: the next create of the kind is served as usual.
+    let mut other = ours.clone();
+    other.metadata.name = Some("slow".into());
+    classes.create(&Default::default(), &other).await.unwrap();
+    let lines: Vec<String> = stub.requests().iter().map(|r| r.line()).collect();
+    assert_eq!(
+        lines,
+        [
+            "POST /apis/storage.k8s.io/v1/storageclasses",
+            "POST /apis/storage.k8s.io/v1/storageclasses",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn lose_next_race_stores_just_before_the_matching_request_only() {
+    let (stub, client) = ApiStub::start_with_client().await;
+    let classes: Api<StorageClass> = Api::all(client);
+    let path = path_of::<StorageClass>(None, "fast");
+    stub.lose_next_race(
+        Method::GET,
+        &path,
+        &path,
+        storage_class(None, json!({"by": "other"})),
+    );
+    // Another method under the prefix does not trigger it.
+    let missing = classes
+        .delete("fast", &Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&missing, kube::Error::Api(s) if s.code == 404),
+        "{missing:?}"
+    );
+    assert_eq!(stub.get(&path), None);
+    // The matching request already meets the object.
+    let got = classes.get("fast").await.unwrap();
+    assert_eq!(got.metadata.labels.unwrap()["by"], "other");
+    // Disarmed: it is stored once, and nothing else is.
+    assert_eq!(stub.objects("storageclasses").len(), 1);
+    classes.get("fast").await.unwrap();
+    assert_eq!(stub.objects("storageclasses").len(), 1);
+}

@@ -1,10 +1,9 @@
-//! The node agent of cluster mode against a fake API server ([`mock_api`]) and a real
+//! The node agent of cluster mode against the stand-in API server (`plinth-apistub`) and a real
 //! pool in a temporary directory: what it does in the pool, and exactly what it writes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agent_support;
-mod mock_api;
 
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
@@ -14,21 +13,22 @@ use plinth_driver::local;
 use serde_json::{Value, json};
 
 use agent_support::{MIB, TestNode};
-use mock_api::{MockApi, Recorded, object_path};
+use http::{Method, StatusCode};
+use plinth_apistub::{ApiStub, Fault, Recorded, Running, path_of};
 
 const VOLUMES: &str = "poolvolumes";
 const SNAPSHOTS: &str = "poolsnapshots";
 
 /// Seeds `object` as the controller would have created it and returns it as the API
 /// serves it (uid, generation, resourceVersion).
-fn seed<K>(api: &MockApi, object: &K) -> K
+fn seed<K>(api: &Running, object: &K) -> K
 where
     K: kube::Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
 {
-    serde_json::from_value(api.insert(object)).unwrap()
+    serde_json::from_value(api.insert_as(object)).unwrap()
 }
 
-fn fetch<K>(api: &MockApi, name: &str) -> K
+fn fetch<K>(api: &Running, name: &str) -> K
 where
     K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
 {
@@ -37,7 +37,7 @@ where
 }
 
 /// Reconciles `name` as the API serves it now.
-async fn reconcile_stored<K>(api: &MockApi, node: &TestNode, name: &str) -> Action
+async fn reconcile_stored<K>(api: &Running, node: &TestNode, name: &str) -> Action
 where
     K: plinth_driver::cluster::agent::Work,
 {
@@ -46,7 +46,7 @@ where
 
 /// Seeds the PoolVolume of CSI name `name` and lets the agent provision it.
 async fn provisioned(
-    api: &MockApi,
+    api: &Running,
     node: &TestNode,
     name: &str,
     size_bytes: u64,
@@ -58,8 +58,8 @@ async fn provisioned(
 }
 
 /// The one write the agent made (fails when it made another number of them).
-fn only_write(api: &MockApi) -> Recorded {
-    let writes = api.writes();
+fn only_write(api: &Running) -> Recorded {
+    let writes = api.write_requests();
     assert_eq!(
         writes.len(),
         1,
@@ -103,7 +103,7 @@ where
 
 #[tokio::test]
 async fn a_pending_volume_is_created_at_its_exact_size_and_answered_in_one_status_patch() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client);
     // Not a whole MiB: the pool would round a range up, the exact size it must not.
     let size = 64 * MIB + 4096;
@@ -119,7 +119,7 @@ async fn a_pending_volume_is_created_at_its_exact_size_and_answered_in_one_statu
     assert_eq!(node.image_len(&id), Some(size));
     assert_status_merge_patch(
         &only_write(&api),
-        &object_path::<PoolVolume>(id.as_str()),
+        &path_of::<PoolVolume>(None, id.as_str()),
         json!({
             "observedGeneration": 1,
             "phase": "Ready",
@@ -133,7 +133,7 @@ async fn a_pending_volume_is_created_at_its_exact_size_and_answered_in_one_statu
 /// but placed on another node (or for another driver) is left alone entirely.
 #[tokio::test]
 async fn work_labelled_for_this_node_but_placed_elsewhere_is_never_touched() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client);
     let mut elsewhere = agent_support::volume("pvc-elsewhere", 16 * MIB);
     elsewhere.spec.node = "another-node".to_owned();
@@ -168,7 +168,7 @@ async fn work_labelled_for_this_node_but_placed_elsewhere_is_never_touched() {
 
 #[tokio::test]
 async fn a_ready_volume_costs_no_request_at_all() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client);
     let id = provisioned(&api, &node, "pvc-1", 64 * MIB).await;
     let ready: PoolVolume = fetch(&api, id.as_str());
@@ -185,7 +185,7 @@ async fn a_ready_volume_costs_no_request_at_all() {
 
 #[tokio::test]
 async fn deleting_a_volume_empties_the_pool_then_releases_the_finalizer() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client.clone());
     let id = provisioned(&api, &node, "pvc-1", 64 * MIB).await;
     delete::<PoolVolume>(&client, id.as_str()).await;
@@ -203,13 +203,13 @@ async fn deleting_a_volume_empties_the_pool_then_releases_the_finalizer() {
     assert_eq!(node.image_len(&id), None, "the image is still there");
     let write = only_write(&api);
     assert_eq!(write.method, "PATCH");
-    assert_eq!(write.path, object_path::<PoolVolume>(id.as_str()));
+    assert_eq!(write.path, path_of::<PoolVolume>(None, id.as_str()));
     assert_eq!(
         write.content_type.as_deref(),
         Some("application/json-patch+json")
     );
     assert_eq!(write.body, Some(finalizer_removal(&[crd::FINALIZER], &[])));
-    assert_eq!(api.get(VOLUMES, id.as_str()), None, "the object is gone");
+    assert_eq!(api.object(VOLUMES, id.as_str()), None, "the object is gone");
 }
 
 /// A loop device this test attached, detached on drop (never anyone else's).
@@ -227,7 +227,7 @@ async fn a_volume_still_attached_keeps_its_finalizer_and_the_refusal_is_recorded
         nix::unistd::geteuid().is_root() && std::path::Path::new("/dev/loop-control").exists(),
         "this test attaches a loop device: run it as root with the loop module loaded"
     );
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client.clone());
     let id = provisioned(&api, &node, "pvc-1", 64 * MIB).await;
     // Staged on this node (kubelet has not unstaged it yet).
@@ -252,14 +252,14 @@ async fn a_volume_still_attached_keeps_its_finalizer_and_the_refusal_is_recorded
     let write = only_write(&api);
     assert_eq!(
         write.path,
-        format!("{}/status", object_path::<PoolVolume>(id.as_str()))
+        format!("{}/status", path_of::<PoolVolume>(None, id.as_str()))
     );
     let status = &write.body.unwrap()["status"];
     assert_eq!(status["phase"], "Failed");
     assert_eq!(status["error"]["operation"], "Delete");
     assert_eq!(status["error"]["code"], "FAILED_PRECONDITION");
     let held = api
-        .get(VOLUMES, id.as_str())
+        .object(VOLUMES, id.as_str())
         .expect("the finalizer holds it");
     assert_eq!(held["metadata"]["finalizers"], json!([crd::FINALIZER]));
 
@@ -277,7 +277,7 @@ async fn a_volume_still_attached_keeps_its_finalizer_and_the_refusal_is_recorded
     });
     reconcile_stored::<PoolVolume>(&api, &node, id.as_str()).await;
     assert_eq!(node.image_len(&id), None);
-    assert_eq!(api.get(VOLUMES, id.as_str()), None);
+    assert_eq!(api.object(VOLUMES, id.as_str()), None);
 
     // A restarted agent retries at once as well (its backoff memory is gone).
     let id = provisioned(&api, &node, "pvc-2", 64 * MIB).await;
@@ -293,12 +293,12 @@ async fn a_volume_still_attached_keeps_its_finalizer_and_the_refusal_is_recorded
         .await
         .unwrap();
     assert_eq!(node.image_len(&id), None);
-    assert_eq!(api.get(VOLUMES, id.as_str()), None);
+    assert_eq!(api.object(VOLUMES, id.as_str()), None);
 }
 
 #[tokio::test]
 async fn a_finalizer_added_meanwhile_is_never_overwritten() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client.clone());
     let id = agent_support::volume_id("pvc-1");
     seed(&api, &agent_support::volume("pvc-1", 64 * MIB));
@@ -315,7 +315,7 @@ async fn a_finalizer_added_meanwhile_is_never_overwritten() {
         result.is_err(),
         "a stale finalizer list must not be written"
     );
-    let stored = api.get(VOLUMES, id.as_str()).expect("still held");
+    let stored = api.object(VOLUMES, id.as_str()).expect("still held");
     assert_eq!(
         stored["metadata"]["finalizers"],
         json!([crd::FINALIZER, "example.com/hold"])
@@ -323,7 +323,7 @@ async fn a_finalizer_added_meanwhile_is_never_overwritten() {
     // The retry reads again and keeps the other party's finalizer.
     reconcile_stored::<PoolVolume>(&api, &node, id.as_str()).await;
     let stored = api
-        .get(VOLUMES, id.as_str())
+        .object(VOLUMES, id.as_str())
         .expect("still held by the other");
     assert_eq!(
         stored["metadata"]["finalizers"],
@@ -346,7 +346,7 @@ fn fits_only_an_empty_pool(node: &TestNode) -> u64 {
 
 #[tokio::test]
 async fn a_volume_too_big_for_the_pool_is_recorded_and_retried_later_without_writes() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client);
     let id = agent_support::volume_id("huge");
     let pending = seed(
@@ -361,7 +361,7 @@ async fn a_volume_too_big_for_the_pool_is_recorded_and_retried_later_without_wri
     let write = only_write(&api);
     assert_eq!(
         write.path,
-        format!("{}/status", object_path::<PoolVolume>(id.as_str()))
+        format!("{}/status", path_of::<PoolVolume>(None, id.as_str()))
     );
     let status = &write.body.as_ref().unwrap()["status"];
     assert_eq!(status["observedGeneration"], 1);
@@ -386,7 +386,7 @@ async fn a_volume_too_big_for_the_pool_is_recorded_and_retried_later_without_wri
 
 #[tokio::test]
 async fn a_malformed_name_is_invalid_and_waits_for_a_change() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client.clone());
     let mut bad = agent_support::volume("pvc-1", 64 * MIB);
     bad.metadata.name = Some("not-a-volume-id".to_owned());
@@ -405,17 +405,17 @@ async fn a_malformed_name_is_invalid_and_waits_for_a_change() {
     api.take_requests();
     let again = reconcile_stored::<PoolVolume>(&api, &node, "not-a-volume-id").await;
     assert_eq!(again, Action::await_change());
-    assert!(api.writes().is_empty());
+    assert!(api.write_requests().is_empty());
 
     // Deleting it needs no pool work: nothing was ever made under that name.
     delete::<PoolVolume>(&client, "not-a-volume-id").await;
     reconcile_stored::<PoolVolume>(&api, &node, "not-a-volume-id").await;
-    assert_eq!(api.get(VOLUMES, "not-a-volume-id"), None);
+    assert_eq!(api.object(VOLUMES, "not-a-volume-id"), None);
 }
 
 #[tokio::test]
 async fn raising_spec_size_grows_the_image_and_answers_the_new_generation() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client);
     let id = provisioned(&api, &node, "pvc-1", 64 * MIB).await;
     // The controller's ControllerExpandVolume: spec.sizeBytes up, generation 2.
@@ -432,7 +432,7 @@ async fn raising_spec_size_grows_the_image_and_answers_the_new_generation() {
     assert_eq!(node.pool().get(&id).unwrap().size_bytes, 96 * MIB);
     assert_status_merge_patch(
         &only_write(&api),
-        &object_path::<PoolVolume>(id.as_str()),
+        &path_of::<PoolVolume>(None, id.as_str()),
         json!({
             "observedGeneration": 2,
             "phase": "Ready",
@@ -444,7 +444,7 @@ async fn raising_spec_size_grows_the_image_and_answers_the_new_generation() {
 
 #[tokio::test]
 async fn a_failed_expansion_keeps_the_size_and_records_the_expand_operation() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client);
     let id = provisioned(&api, &node, "pvc-1", 64 * MIB).await;
     let too_big = fits_only_an_empty_pool(&node);
@@ -467,7 +467,7 @@ async fn a_failed_expansion_keeps_the_size_and_records_the_expand_operation() {
 
 #[tokio::test]
 async fn a_snapshot_is_cut_under_its_id_reported_and_deleted_with_its_object() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client.clone());
     let source = provisioned(&api, &node, "pvc-1", 64 * MIB).await;
     let snap_id = agent_support::snapshot_id("snap-1");
@@ -485,7 +485,7 @@ async fn a_snapshot_is_cut_under_its_id_reported_and_deleted_with_its_object() {
     assert_eq!(cut.name.as_deref(), Some("snap-1"));
     assert_status_merge_patch(
         &only_write(&api),
-        &object_path::<PoolSnapshot>(snap_id.as_str()),
+        &path_of::<PoolSnapshot>(None, snap_id.as_str()),
         json!({
             "observedGeneration": 1,
             "phase": "Ready",
@@ -509,14 +509,14 @@ async fn a_snapshot_is_cut_under_its_id_reported_and_deleted_with_its_object() {
         "the snapshot is still stored"
     );
     let write = only_write(&api);
-    assert_eq!(write.path, object_path::<PoolSnapshot>(snap_id.as_str()));
+    assert_eq!(write.path, path_of::<PoolSnapshot>(None, snap_id.as_str()));
     assert_eq!(write.body, Some(finalizer_removal(&[crd::FINALIZER], &[])));
-    assert_eq!(api.get(SNAPSHOTS, snap_id.as_str()), None);
+    assert_eq!(api.object(SNAPSHOTS, snap_id.as_str()), None);
 }
 
 #[tokio::test]
 async fn a_snapshot_of_a_missing_volume_is_recorded_as_not_found() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client);
     let pending = seed(
         &api,
@@ -534,7 +534,7 @@ async fn a_snapshot_of_a_missing_volume_is_recorded_as_not_found() {
 
 #[tokio::test]
 async fn a_volume_restored_from_a_snapshot_gets_the_snapshot_data() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client);
     let source = provisioned(&api, &node, "pvc-1", 64 * MIB).await;
     let marker = b"written before the snapshot";
@@ -558,15 +558,15 @@ async fn a_volume_restored_from_a_snapshot_gets_the_snapshot_data() {
 
 #[tokio::test]
 async fn capacity_is_published_by_server_side_apply_only_when_it_changed() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::on_own_filesystem(client);
     let mut publisher = Publisher::default();
     let name = crd::pool_node_name(agent_support::NODE, agent_support::DRIVER);
-    let path = object_path::<PoolNode>(&name);
+    let path = path_of::<PoolNode>(None, &name);
 
     assert!(publisher.publish(&node.agent).await.unwrap());
 
-    let writes = api.writes();
+    let writes = api.write_requests();
     assert_eq!(writes.len(), 2, "{writes:#?}");
     for write in &writes {
         assert_eq!(write.method, "PATCH");
@@ -634,12 +634,16 @@ async fn capacity_is_published_by_server_side_apply_only_when_it_changed() {
 
 #[tokio::test]
 async fn a_failed_capacity_publish_is_retried_whole() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client);
     let mut publisher = Publisher::default();
     let name = crd::pool_node_name(agent_support::NODE, agent_support::DRIVER);
-    let status_path = format!("{}/status", object_path::<PoolNode>(&name));
-    api.fail_next("PATCH", &status_path, 500);
+    let status_path = format!("{}/status", path_of::<PoolNode>(None, &name));
+    api.inject(Fault::new(
+        Method::PATCH,
+        status_path,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    ));
 
     assert!(publisher.publish(&node.agent).await.is_err());
     // Nothing changed in the pool, but nothing was published either.
@@ -649,7 +653,7 @@ async fn a_failed_capacity_publish_is_retried_whole() {
 
 #[tokio::test]
 async fn the_running_agent_serves_only_its_node_and_publishes_after_its_work() {
-    let (api, client) = MockApi::start();
+    let (api, client) = ApiStub::start_with_client().await;
     let node = TestNode::new(client);
     let ours = agent_support::volume_id("pvc-1");
     seed(&api, &agent_support::volume("pvc-1", 64 * MIB));
@@ -666,13 +670,13 @@ async fn the_running_agent_serves_only_its_node_and_publishes_after_its_work() {
 
     let running = tokio::spawn(node.agent.clone().run());
 
-    api.wait_for_object(VOLUMES, ours.as_str(), |o| {
+    api.wait_for_object(&path_of::<PoolVolume>(None, ours.as_str()), |o| {
         o.is_some_and(|o| o["status"]["phase"] == "Ready")
     })
     .await;
     // The capacity interval is an hour: only the agent's own work can have triggered
     // a publish showing the volume.
-    api.wait_for_object("poolnodes", &name, |o| {
+    api.wait_for_object(&path_of::<PoolNode>(None, &name), |o| {
         o.is_some_and(|o| o["status"]["volumes"] == 1)
     })
     .await;
@@ -688,7 +692,7 @@ async fn the_running_agent_serves_only_its_node_and_publishes_after_its_work() {
             Some(crd::node_selector(agent_support::DRIVER, agent_support::NODE).as_str())
         );
     }
-    let untouched = api.get(VOLUMES, &theirs.metadata.name.unwrap()).unwrap();
+    let untouched = api.object(VOLUMES, &theirs.metadata.name.unwrap()).unwrap();
     assert!(untouched.get("status").is_none(), "{untouched}");
     assert_eq!(node.pool().list().len(), 1);
     running.abort();

@@ -1,11 +1,9 @@
 //! Cluster mode, controller side: CSI Controller calls handed to nodes through
-//! PoolVolume, PoolSnapshot and PoolNode objects, against an in-process fake API server
-//! (`mock_api`). The tests play the node plugin by writing status, and check the exact
-//! requests the controller makes.
+//! PoolVolume, PoolSnapshot and PoolNode objects, against the stand-in API server
+//! (`plinth-apistub`). The tests play the node plugin by writing status, and check the
+//! exact requests the controller makes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod mock_api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,15 +26,22 @@ use serde_json::{Value, json};
 use tonic::{Code, Request};
 use v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
 
-use mock_api::{MockApi, Recorded, collection, object_path};
+use plinth_apistub::{ApiStub, Recorded, Running, WAIT, path_of};
 
 const DRIVER: &str = "local.csi.plinth.dev";
 const KEY: &str = "topology.local.csi.plinth.dev/node";
 const MIB: u64 = 1 << 20;
+/// A deletionTimestamp another party set.
+const DELETED_AT: &str = "2026-01-01T00:00:00Z";
+
+/// The collection path of `K` (`/apis/<group>/<version>/<plural>`).
+fn collection<K: kube::Resource<DynamicType = ()>>() -> String {
+    K::url_path(&(), None)
+}
 
 /// A controller-mode service talking to a fresh fake API server.
-fn controller() -> (MockApi, ControllerService) {
-    let (api, client) = MockApi::start();
+async fn controller() -> (Running, ControllerService) {
+    let (api, client) = ApiStub::start_with_client().await;
     let cli = Cli::try_parse_from([
         "plinth-driver",
         "--mode",
@@ -158,7 +163,7 @@ fn is_post(request: &Recorded) -> bool {
     request.method == "POST"
 }
 
-fn posts(api: &MockApi) -> Vec<Recorded> {
+fn posts(api: &Running) -> Vec<Recorded> {
     api.requests().into_iter().filter(is_post).collect()
 }
 
@@ -170,15 +175,15 @@ fn spawn<T: Send + 'static>(
 }
 
 async fn join<T>(task: tokio::task::JoinHandle<T>) -> T {
-    tokio::time::timeout(mock_api::WAIT, task)
+    tokio::time::timeout(WAIT, task)
         .await
         .expect("the call never answered")
         .unwrap()
 }
 
 #[tokio::test]
-async fn mock_api_watches_see_later_status_changes() {
-    let (api, client) = MockApi::start();
+async fn apistub_watches_see_later_status_changes() {
+    let (api, client) = ApiStub::start_with_client().await;
     let volumes: Api<PoolVolume> = Api::all(client);
     volumes
         .create(
@@ -210,9 +215,9 @@ async fn mock_api_watches_see_later_status_changes() {
 
 #[tokio::test]
 async fn create_writes_the_pool_volume_and_answers_once_the_node_reports_ready() {
-    let (api, service) = controller();
-    api.insert(&pool_node("n1", Some(10 << 30)));
-    api.insert(&pool_node("n2", Some(20 << 30)));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_node("n1", Some(10 << 30)));
+    api.insert_as(&pool_node("n2", Some(20 << 30)));
     let id = ids::volume_id(DRIVER, "pvc-1").to_string();
     let mut request = create_request("pvc-1", MIB + MIB / 2);
     request.parameters = [("speed".to_owned(), "fast".to_owned())].into();
@@ -257,7 +262,7 @@ async fn create_writes_the_pool_volume_and_answers_once_the_node_reports_ready()
     // What the controller asked, in order: the name's object, the nodes' room, the write.
     let requests = api.requests();
     assert_eq!(requests[0].method, "GET");
-    assert_eq!(requests[0].path, object_path::<PoolVolume>(&id));
+    assert_eq!(requests[0].path, path_of::<PoolVolume>(None, &id));
     assert_eq!(requests[1].path, collection::<PoolNode>());
     assert_eq!(
         requests[1].param("labelSelector"),
@@ -272,8 +277,8 @@ async fn create_writes_the_pool_volume_and_answers_once_the_node_reports_ready()
 
 #[tokio::test]
 async fn a_timeout_answers_aborted_and_the_retry_waits_for_the_same_work() {
-    let (api, service) = controller();
-    api.insert(&pool_node("n1", Some(10 << 30)));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_node("n1", Some(10 << 30)));
     let id = ids::volume_id(DRIVER, "pvc-slow").to_string();
     let status = create(&service, create_request("pvc-slow", MIB))
         .await
@@ -300,10 +305,10 @@ async fn a_timeout_answers_aborted_and_the_retry_waits_for_the_same_work() {
 /// still RESOURCE_EXHAUSTED.
 #[tokio::test]
 async fn a_capacity_no_pool_could_ever_hold_is_out_of_range_and_writes_nothing() {
-    let (api, service) = controller();
+    let (api, service) = controller().await;
     // Published by both nodes the request allows: 10 GiB available of 1 TiB.
-    api.insert(&pool_node("n1", Some(10 << 30)));
-    api.insert(&pool_node("n2", Some(10 << 30)));
+    api.insert_as(&pool_node("n1", Some(10 << 30)));
+    api.insert_as(&pool_node("n2", Some(10 << 30)));
     for huge in [(i64::MAX as u64) & !0xfff_ffff, 2 << 40] {
         let status = create(&service, create_request("pvc-huge", huge))
             .await
@@ -320,15 +325,15 @@ async fn a_capacity_no_pool_could_ever_hold_is_out_of_range_and_writes_nothing()
 
 #[tokio::test]
 async fn a_recorded_failure_is_the_answer_and_the_failed_work_is_deleted() {
-    let (api, service) = controller();
-    api.insert(&pool_node("n1", Some(10 << 30)));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_node("n1", Some(10 << 30)));
     let id = ids::volume_id(DRIVER, "pvc-full").to_string();
     let call = spawn({
         let service = service.clone();
         async move { create(&service, create_request("pvc-full", MIB)).await }
     });
     api.wait_for_request(is_post).await;
-    let uid = api.get("poolvolumes", &id).unwrap()["metadata"]["uid"].clone();
+    let uid = api.object("poolvolumes", &id).unwrap()["metadata"]["uid"].clone();
     // An old failure of another operation is not this call's answer.
     api.wait_for_request(Recorded::is_watch).await;
     api.set_status::<PoolVolume>(
@@ -363,11 +368,11 @@ async fn a_recorded_failure_is_the_answer_and_the_failed_work_is_deleted() {
     assert!(status.message().contains("n1"), "{status:?}");
 
     let delete = api.wait_for_request(|r| r.method == "DELETE").await;
-    assert_eq!(delete.path, object_path::<PoolVolume>(&id));
+    assert_eq!(delete.path, path_of::<PoolVolume>(None, &id));
     assert_eq!(delete.body.unwrap()["preconditions"]["uid"], uid);
     // The finalizer keeps it until the node has removed the image.
     assert!(
-        api.get("poolvolumes", &id).unwrap()["metadata"]
+        api.object("poolvolumes", &id).unwrap()["metadata"]
             .get("deletionTimestamp")
             .is_some()
     );
@@ -375,8 +380,8 @@ async fn a_recorded_failure_is_the_answer_and_the_failed_work_is_deleted() {
 
 #[tokio::test]
 async fn a_create_that_loses_the_race_continues_with_the_winner_s_object() {
-    let (api, service) = controller();
-    api.insert(&pool_node("n1", Some(10 << 30)));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_node("n1", Some(10 << 30)));
     let id = ids::volume_id(DRIVER, "pvc-race").to_string();
     api.lose_next_create(&pool_volume("pvc-race", "n1", MIB, false));
     let call = spawn({
@@ -391,14 +396,14 @@ async fn a_create_that_loses_the_race_continues_with_the_winner_s_object() {
 
 #[tokio::test]
 async fn a_create_of_a_name_being_deleted_is_aborted() {
-    let (api, service) = controller();
-    api.insert(&pool_node("n1", Some(10 << 30)));
-    let stored = api.insert(&pool_volume("pvc-going", "n1", MIB, true));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_node("n1", Some(10 << 30)));
+    let stored = api.insert_as(&pool_volume("pvc-going", "n1", MIB, true));
     api.update(
         "poolvolumes",
         stored["metadata"]["name"].as_str().unwrap(),
         |o| {
-            o["metadata"]["deletionTimestamp"] = json!(mock_api::CREATED);
+            o["metadata"]["deletionTimestamp"] = json!(DELETED_AT);
         },
     );
     let status = create(&service, create_request("pvc-going", MIB))
@@ -411,9 +416,9 @@ async fn a_create_of_a_name_being_deleted_is_aborted() {
 
 #[tokio::test]
 async fn reusing_a_name_for_another_volume_is_already_exists() {
-    let (api, service) = controller();
-    api.insert(&pool_node("n1", Some(10 << 30)));
-    api.insert(&pool_volume("pvc-1", "n1", 2 * MIB, true));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_node("n1", Some(10 << 30)));
+    api.insert_as(&pool_volume("pvc-1", "n1", 2 * MIB, true));
     let id = ids::volume_id(DRIVER, "pvc-1").to_string();
 
     // Compatible: a smaller request the existing size satisfies.
@@ -475,14 +480,14 @@ fn snapshot_ready(size: u64) -> Value {
 
 #[tokio::test]
 async fn a_restore_goes_to_the_snapshot_node_or_nowhere() {
-    let (api, service) = controller();
-    api.insert(&pool_node("n1", Some(10 << 30)));
-    api.insert(&pool_node("n2", Some(10 << 30)));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_node("n1", Some(10 << 30)));
+    api.insert_as(&pool_node("n2", Some(10 << 30)));
     let source = ids::volume_id(DRIVER, "pvc-src").to_string();
     let snap = ids::snapshot_id(DRIVER, "snap-1").to_string();
     let mut snapshot = pool_snapshot("snap-1", "n2", &source);
     snapshot.status = Some(serde_json::from_value(snapshot_ready(4 * MIB)).unwrap());
-    api.insert(&snapshot);
+    api.insert_as(&snapshot);
 
     // The requirement excludes the node holding the snapshot.
     let mut excluded = create_request("pvc-r", MIB);
@@ -531,8 +536,8 @@ async fn delete(service: &ControllerService, id: &str) -> Result<(), tonic::Stat
 
 #[tokio::test]
 async fn delete_removes_the_object_waits_until_it_is_gone_and_is_idempotent() {
-    let (api, service) = controller();
-    let stored = api.insert(&pool_volume("pvc-d", "n1", MIB, true));
+    let (api, service) = controller().await;
+    let stored = api.insert_as(&pool_volume("pvc-d", "n1", MIB, true));
     let id = ids::volume_id(DRIVER, "pvc-d").to_string();
     let call = spawn({
         let service = service.clone();
@@ -540,7 +545,7 @@ async fn delete_removes_the_object_waits_until_it_is_gone_and_is_idempotent() {
         async move { delete(&service, &id).await }
     });
     let request = api.wait_for_request(|r| r.method == "DELETE").await;
-    assert_eq!(request.path, object_path::<PoolVolume>(&id));
+    assert_eq!(request.path, path_of::<PoolVolume>(None, &id));
     assert_eq!(
         request.body.unwrap()["preconditions"],
         json!({"uid": stored["metadata"]["uid"]})
@@ -550,19 +555,19 @@ async fn delete_removes_the_object_waits_until_it_is_gone_and_is_idempotent() {
         object["metadata"]["finalizers"] = json!([]);
     });
     join(call).await.unwrap();
-    assert!(api.get("poolvolumes", &id).is_none());
+    assert!(api.object("poolvolumes", &id).is_none());
 
     // Gone already, or an ID no volume can have: done, nothing written.
-    let writes = api.writes().len();
+    let writes = api.write_requests().len();
     delete(&service, &id).await.unwrap();
     delete(&service, "not-one-of-ours").await.unwrap();
-    assert_eq!(api.writes().len(), writes);
+    assert_eq!(api.write_requests().len(), writes);
 }
 
 #[tokio::test]
 async fn delete_answers_the_failure_the_node_recorded_and_aborted_while_pending() {
-    let (api, service) = controller();
-    api.insert(&pool_volume("pvc-busy", "n1", MIB, true));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_volume("pvc-busy", "n1", MIB, true));
     let id = ids::volume_id(DRIVER, "pvc-busy").to_string();
     let status = delete(&service, &id).await.unwrap_err();
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
@@ -577,7 +582,10 @@ async fn delete_answers_the_failure_the_node_recorded_and_aborted_while_pending(
     assert!(status.message().contains("still staged"), "{status:?}");
     // One DELETE: the retry found the object being deleted and did not delete again.
     assert_eq!(
-        api.writes().iter().filter(|r| r.method == "DELETE").count(),
+        api.write_requests()
+            .iter()
+            .filter(|r| r.method == "DELETE")
+            .count(),
         1
     );
     // It asked the node to retry now rather than at the end of its backoff: the CO's
@@ -591,12 +599,12 @@ async fn delete_answers_the_failure_the_node_recorded_and_aborted_while_pending(
 }
 
 /// The `plinth.dev/retry` values the controller wrote to `id`, in order.
-fn retry_requests(api: &MockApi, id: &str) -> Vec<Value> {
-    api.writes()
+fn retry_requests(api: &Running, id: &str) -> Vec<Value> {
+    api.write_requests()
         .iter()
         .filter(|r| {
             r.method == "PATCH"
-                && r.path == object_path::<PoolVolume>(id)
+                && r.path == path_of::<PoolVolume>(None, id)
                 && r.content_type.as_deref() == Some("application/merge-patch+json")
         })
         .filter_map(|r| {
@@ -633,12 +641,12 @@ fn spawn_expand(
 
 #[tokio::test]
 async fn expand_patches_the_size_and_answers_once_the_new_generation_is_observed() {
-    let (api, service) = controller();
-    let stored = api.insert(&pool_volume("pvc-e", "n1", 2 * MIB, true));
+    let (api, service) = controller().await;
+    let stored = api.insert_as(&pool_volume("pvc-e", "n1", 2 * MIB, true));
     let id = ids::volume_id(DRIVER, "pvc-e").to_string();
     let call = spawn_expand(&service, &id, i64::try_from(3 * MIB + 1).unwrap());
     let patch = api.wait_for_request(|r| r.method == "PATCH").await;
-    assert_eq!(patch.path, object_path::<PoolVolume>(&id));
+    assert_eq!(patch.path, path_of::<PoolVolume>(None, &id));
     assert_eq!(
         patch.content_type.as_deref(),
         Some("application/merge-patch+json")
@@ -649,7 +657,7 @@ async fn expand_patches_the_size_and_answers_once_the_new_generation_is_observed
                "spec": {"sizeBytes": 4 * MIB}})
     );
     assert_eq!(
-        api.get("poolvolumes", &id).unwrap()["metadata"]["generation"],
+        api.object("poolvolumes", &id).unwrap()["metadata"]["generation"],
         2
     );
     // A status of the old generation is no answer; the new one is. (Written once the
@@ -664,8 +672,8 @@ async fn expand_patches_the_size_and_answers_once_the_new_generation_is_observed
 
 #[tokio::test]
 async fn a_failed_expansion_is_answered_and_leaves_the_volume_in_place() {
-    let (api, service) = controller();
-    api.insert(&pool_volume("pvc-x", "n1", 2 * MIB, true));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_volume("pvc-x", "n1", 2 * MIB, true));
     let id = ids::volume_id(DRIVER, "pvc-x").to_string();
     let call = spawn_expand(&service, &id, 1_i64 << 40);
     api.wait_for_request(|r| r.method == "PATCH").await;
@@ -680,7 +688,7 @@ async fn a_failed_expansion_is_answered_and_leaves_the_volume_in_place() {
     assert!(status.message().contains("no room to grow"), "{status:?}");
     // Nothing deletes a volume whose expansion failed, and it is still listed, found
     // and answered to a CreateVolume retry.
-    assert!(!api.writes().iter().any(|r| r.method == "DELETE"));
+    assert!(!api.write_requests().iter().any(|r| r.method == "DELETE"));
     let got = service
         .controller_get_volume(Request::new(v1::ControllerGetVolumeRequest {
             volume_id: id.clone(),
@@ -704,8 +712,8 @@ async fn a_failed_expansion_is_answered_and_leaves_the_volume_in_place() {
 
     // The resizer retries the same size: the recorded failure answers at once, the size
     // is not written again, and the node is asked to retry now.
-    let spec_patches = |api: &MockApi| {
-        api.writes()
+    let spec_patches = |api: &Running| {
+        api.write_requests()
             .iter()
             .filter(|r| r.body.as_ref().is_some_and(|b| b.get("spec").is_some()))
             .count()
@@ -721,8 +729,8 @@ async fn a_failed_expansion_is_answered_and_leaves_the_volume_in_place() {
 
 #[tokio::test]
 async fn snapshots_are_cut_on_the_source_node_and_deleted_through_it() {
-    let (api, service) = controller();
-    api.insert(&pool_volume("pvc-s", "n2", 8 * MIB, true));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_volume("pvc-s", "n2", 8 * MIB, true));
     let source = ids::volume_id(DRIVER, "pvc-s").to_string();
     let id = ids::snapshot_id(DRIVER, "snap-a").to_string();
     let request = |source: &str| v1::CreateSnapshotRequest {
@@ -765,7 +773,7 @@ async fn snapshots_are_cut_on_the_source_node_and_deleted_through_it() {
     );
 
     // The name with another source, and a source that does not exist.
-    api.insert(&pool_volume("pvc-other", "n2", MIB, true));
+    api.insert_as(&pool_volume("pvc-other", "n2", MIB, true));
     let other = ids::volume_id(DRIVER, "pvc-other").to_string();
     let status = service
         .create_snapshot(Request::new(request(&other)))
@@ -797,20 +805,20 @@ async fn snapshots_are_cut_on_the_source_node_and_deleted_through_it() {
         }
     });
     let delete = api.wait_for_request(|r| r.method == "DELETE").await;
-    assert_eq!(delete.path, object_path::<PoolSnapshot>(&id));
+    assert_eq!(delete.path, path_of::<PoolSnapshot>(None, &id));
     api.update("poolsnapshots", &id, |object| {
         object["metadata"]["finalizers"] = json!([]);
     });
     join(call).await.unwrap();
-    assert!(api.get("poolsnapshots", &id).is_none());
+    assert!(api.object("poolsnapshots", &id).is_none());
 }
 
 #[tokio::test]
 async fn capacity_is_the_named_node_or_the_roomiest() {
-    let (api, service) = controller();
-    api.insert(&pool_node("n1", Some(100 * MIB)));
-    api.insert(&pool_node("n2", Some(300 * MIB)));
-    api.insert(&pool_node("n3", None));
+    let (api, service) = controller().await;
+    api.insert_as(&pool_node("n1", Some(100 * MIB)));
+    api.insert_as(&pool_node("n2", Some(300 * MIB)));
+    api.insert_as(&pool_node("n3", None));
     let capacity = |node: Option<&str>, fs: &str| {
         let service = service.clone();
         let request = v1::GetCapacityRequest {
@@ -834,7 +842,7 @@ async fn capacity_is_the_named_node_or_the_roomiest() {
     let get = api.requests().pop().unwrap();
     assert_eq!(
         get.path,
-        object_path::<PoolNode>(&crd::pool_node_name("n1", DRIVER))
+        path_of::<PoolNode>(None, &crd::pool_node_name("n1", DRIVER))
     );
     // Published nothing yet, or no node plugin at all.
     assert_eq!(capacity(Some("n3"), "ext4").await.available_capacity, 0);
@@ -846,25 +854,25 @@ async fn capacity_is_the_named_node_or_the_roomiest() {
 
 #[tokio::test]
 async fn lists_show_ready_volumes_of_this_driver_in_pages() {
-    let (api, service) = controller();
+    let (api, service) = controller().await;
     let mut ids: Vec<String> = ["pvc-a", "pvc-b", "pvc-c"]
         .iter()
         .map(|name| {
-            api.insert(&pool_volume(name, "n1", MIB, true));
+            api.insert_as(&pool_volume(name, "n1", MIB, true));
             ids::volume_id(DRIVER, name).to_string()
         })
         .collect();
     ids.sort();
-    api.insert(&pool_volume("pvc-pending", "n1", MIB, false));
+    api.insert_as(&pool_volume("pvc-pending", "n1", MIB, false));
     let mut foreign = pool_volume("pvc-foreign", "n1", MIB, true);
     foreign.metadata.labels = Some(crd::labels("other.csi.example.com", "n1"));
-    api.insert(&foreign);
-    let deleting = api.insert(&pool_volume("pvc-going", "n1", MIB, true));
+    api.insert_as(&foreign);
+    let deleting = api.insert_as(&pool_volume("pvc-going", "n1", MIB, true));
     api.update(
         "poolvolumes",
         deleting["metadata"]["name"].as_str().unwrap(),
         |o| {
-            o["metadata"]["deletionTimestamp"] = json!(mock_api::CREATED);
+            o["metadata"]["deletionTimestamp"] = json!(DELETED_AT);
         },
     );
 
@@ -914,10 +922,10 @@ async fn lists_show_ready_volumes_of_this_driver_in_pages() {
 
 #[tokio::test]
 async fn get_and_validate_read_the_volume_object() {
-    let (api, service) = controller();
+    let (api, service) = controller().await;
     let mut volume = pool_volume("pvc-v", "n1", MIB, true);
     volume.spec.parameters = [("speed".to_owned(), "fast".to_owned())].into();
-    api.insert(&volume);
+    api.insert_as(&volume);
     let id = ids::volume_id(DRIVER, "pvc-v").to_string();
     let got = service
         .controller_get_volume(Request::new(v1::ControllerGetVolumeRequest {
@@ -968,20 +976,20 @@ async fn get_and_validate_read_the_volume_object() {
 
 #[tokio::test]
 async fn snapshot_lists_filter_and_page_and_get_finds_made_snapshots_only() {
-    let (api, service) = controller();
+    let (api, service) = controller().await;
     let source = ids::volume_id(DRIVER, "pvc-1").to_string();
     let other = ids::volume_id(DRIVER, "pvc-2").to_string();
     let mut ready = Vec::new();
     for (name, from) in [("s1", &source), ("s2", &source), ("s3", &other)] {
         let mut snapshot = pool_snapshot(name, "n1", from);
         snapshot.status = Some(serde_json::from_value(snapshot_ready(MIB)).unwrap());
-        api.insert(&snapshot);
+        api.insert_as(&snapshot);
         if from == &source {
             ready.push(ids::snapshot_id(DRIVER, name).to_string());
         }
     }
     ready.sort();
-    api.insert(&pool_snapshot("s-pending", "n1", &source));
+    api.insert_as(&pool_snapshot("s-pending", "n1", &source));
     let pending = ids::snapshot_id(DRIVER, "s-pending").to_string();
 
     let list = |token: String| {

@@ -40,6 +40,7 @@ struct Harness {
     ctx: Arc<Context>,
     deployments: Writer<CsiDeployment>,
     csinodes: Writer<CSINode>,
+    violations: Vec<String>,
 }
 
 const FIELD_MANAGER: &str = "plinth-operator";
@@ -84,6 +85,7 @@ impl Harness {
             ctx,
             deployments,
             csinodes,
+            violations: Vec::new(),
         }
     }
 
@@ -120,13 +122,10 @@ impl Harness {
             .inject(Fault::path_contains(method, path_contains, status).message(message));
     }
 
-    /// Requests so far that broke our write rules; tests assert this is empty.
+    /// Requests of every reconcile so far that broke our write rules (kept across
+    /// `clear_requests`); tests assert this is empty.
     fn violations(&self) -> Vec<String> {
-        self.fake
-            .requests()
-            .iter()
-            .filter_map(write_rule_violation)
-            .collect()
+        self.violations.clone()
     }
 
     /// Stores a CR in the fake (as `kubectl apply` would) from a spec.
@@ -164,7 +163,11 @@ impl Harness {
     /// and feeds the outcome to the error policy like the controller does.
     async fn reconcile(&mut self, name: &str) -> (Result<Action, Error>, Action) {
         let cr = Arc::new(self.cr(name));
+        let before = self.fake.requests().len();
         let result = timed(reconcile::reconcile(cr.clone(), self.ctx.clone())).await;
+        let requests = self.fake.requests();
+        self.violations
+            .extend(requests[before..].iter().filter_map(write_rule_violation));
         let action = match &result {
             Ok(action) => action.clone(),
             Err(err) => reconcile::error_policy(cr, err, self.ctx.clone()),
@@ -1750,7 +1753,7 @@ mod probing {
 /// Which classes encrypt is in status, so `kubectl describe csideployment` says it.
 #[tokio::test]
 async fn status_names_the_encrypted_storage_classes() {
-    let mut h = Harness::new();
+    let mut h = Harness::new().await;
     h.create(
         "local",
         json!({"namespace": "plinth-system", "storageClasses": [

@@ -15,8 +15,8 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use part2_support::*;
-use plinth_driver::pool::{ContentSource, GRANULARITY, Pool, PoolError, VolumeAccess};
-use plinth_driver::snapshot::SnapshotStore;
+use plinth_driver::storage::pool::{ContentSource, GRANULARITY, Pool, PoolError, VolumeAccess};
+use plinth_driver::storage::snapshot::SnapshotStore;
 use storage_support::{Sandbox, request};
 
 const MIB: u64 = 1 << 20;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use part2_rpc::*;
 use plinth_csi_proto::v1;
-use plinth_driver::crypt::fscrypt::{KEY_INCOMPLETELY_REMOVED, KEY_PRESENT, key_status};
+use plinth_driver::storage::crypt::fscrypt::{KEY_INCOMPLETELY_REMOVED, KEY_PRESENT, key_status};
 use tonic::Code;
 
 const KEY_A: &str = "claim-A-material-0123456789abcdef0123456789";

@@ -42,7 +42,7 @@ fn node_expand_request(id: &str, path: &str, required: i64) -> v1::NodeExpandVol
 
 /// Whether this process may grow a mounted ext4 (the driver runs with our credentials).
 fn has_cap_sys_resource() -> bool {
-    plinth_driver::grow::can_grow_ext4_online()
+    plinth_driver::storage::grow::can_grow_ext4_online()
 }
 
 #[tokio::test]

@@ -11,8 +11,8 @@ use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 
 use part2_support::*;
-use plinth_driver::grow::{self, GrowError, Grown};
 use plinth_driver::mount::FsType;
+use plinth_driver::storage::grow::{self, GrowError, Grown};
 use storage_support::{Sandbox, ext4, xfs};
 
 fn fs_size(path: &std::path::Path) -> u64 {

@@ -218,7 +218,7 @@ async fn volumes_survive(restart: Restart) {
                 ..Default::default()
             })
             .await;
-        if v.kind == "ext4" && !plinth_driver::grow::can_grow_ext4_online() {
+        if v.kind == "ext4" && !plinth_driver::storage::grow::can_grow_ext4_online() {
             // Only the missing capability may stop it, and the answer says so.
             let msg = assert_code(result, tonic::Code::FailedPrecondition);
             assert!(msg.contains("CAP_SYS_RESOURCE"), "{msg}");

@@ -41,6 +41,7 @@
 //! A size above the pool filesystem's total size minus the reserve could never fit,
 //! however much is freed: [`PoolError::NeverFits`] (OUT_OF_RANGE at the CSI boundary).
 
+pub mod backing;
 mod copy;
 mod id;
 mod meta;
@@ -79,7 +80,7 @@ const TEMPLATES: &str = "templates";
 const POOL_FILE: &str = "pool.json";
 const IMAGE_EXT: &str = "img";
 const META_EXT: &str = "json";
-/// An encrypted volume's wrapped data key (see [`crate::crypt`]), mode 0600.
+/// An encrypted volume's wrapped data key (see [`crate::storage::crypt`]), mode 0600.
 const KEY_EXT: &str = "key";
 
 /// How a volume is consumed.

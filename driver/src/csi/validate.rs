@@ -10,8 +10,8 @@ use v1::volume_capability::{AccessType, access_mode::Mode as ProtoMode};
 
 use crate::error::Error;
 use crate::mount::{FsType, MountOptions};
-use crate::pool::{VolumeAccess, VolumeId};
-use crate::volume::NodeAccess;
+use crate::storage::pool::{VolumeAccess, VolumeId};
+use crate::storage::volume::NodeAccess;
 
 /// The spec's general size limit for IDs and names.
 pub const MAX_ID_BYTES: usize = 128;
@@ -102,7 +102,7 @@ fn too_long(field: &'static str, len: usize) -> Error {
 /// inside the pool (a path there could overwrite an image or its metadata).
 ///
 /// This is the lexical check; symlinks below the kubelet directory are refused when the
-/// volume layer resolves the path ([`crate::volume::NodeVolumes::resolve`]).
+/// volume layer resolves the path ([`crate::storage::volume::NodeVolumes::resolve`]).
 pub fn path(
     field: &'static str,
     value: &str,

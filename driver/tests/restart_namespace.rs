@@ -14,12 +14,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-mod part2_rpc;
+mod data_rpc;
 
 use std::path::Path;
 
 use common::*;
-use part2_rpc::*;
+use data_rpc::*;
 use plinth_csi_proto::v1;
 
 #[derive(Clone, Copy, Debug)]

@@ -5,16 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod part2_support;
+mod snapshot_support;
 mod storage_support;
 
 use std::fs;
 use std::io::Write;
 
-use part2_support::*;
 use plinth_driver::mount::FsType;
 use plinth_driver::storage::pool::backing::{self, FsKind};
 use plinth_driver::storage::snapshot::{Created, SnapshotError, SnapshotId, SnapshotStore};
+use snapshot_support::*;
 use storage_support::{Sandbox, ext4, xfs};
 
 /// Writes `text` to `<dir>/<file>` WITHOUT fsync: only the freeze makes it durable.

@@ -7,12 +7,13 @@ use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::handoff;
-use crate::csi::validate::{self, Access, existing_id};
+use crate::csi::validate::{self, existing_id};
 use crate::csi::{advertise, expand, page, snapshot};
 use crate::error::Error;
 use crate::mount::FsType;
 use crate::state::{Driver, blocking};
 use crate::storage::pool::{self, GRANULARITY, VolumeAccess, VolumeId};
+use crate::storage::spec::{self, Access};
 use crate::storage::{crypt, local, restore};
 
 #[derive(Debug, Clone)]
@@ -244,7 +245,7 @@ impl ControllerService {
 /// [`local::create_volume`]).
 fn check_encryption(
     parameters: &std::collections::HashMap<String, String>,
-    caps: &[validate::Capability],
+    caps: &[spec::Capability],
 ) -> Result<(), Error> {
     let Some(mode) = parameters.get(crypt::PARAMETER) else {
         return Ok(());

@@ -7,13 +7,14 @@ use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 use v1::volume_usage::Unit;
 
-use crate::csi::validate::{self, Access, Capability};
+use crate::csi::validate;
 use crate::csi::{advertise, expand};
 use crate::error::Error;
 use crate::mount::mountinfo;
 use crate::state::{Driver, blocking};
 use crate::storage::crypt::Secrets;
 use crate::storage::pool::{Pool, VolumeId};
+use crate::storage::spec::{Access, Capability};
 use crate::storage::volume::{self, NodeVolumes, VolumeStats};
 use crate::storage::{ephemeral, grow};
 

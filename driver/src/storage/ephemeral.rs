@@ -21,11 +21,12 @@ use std::path::Path;
 use plinth_csi_proto::v1;
 
 use crate::config::parse_size;
-use crate::csi::validate::{self, Access};
+use crate::csi::validate;
 use crate::error::Error;
 use crate::mount::{FsType, mountinfo};
 use crate::state::Driver;
 use crate::storage::pool::{self, CapacityRange, Created, Pool, VolumeAccess, VolumeId};
+use crate::storage::spec::Access;
 use crate::storage::volume::{NodeAccess, NodeVolumes};
 
 /// The volume-context key kubelet sets on inline volumes.

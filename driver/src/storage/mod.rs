@@ -10,4 +10,5 @@ pub mod local;
 pub mod pool;
 pub mod restore;
 pub mod snapshot;
+pub mod spec;
 pub mod volume;

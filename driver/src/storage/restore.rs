@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use plinth_csi_proto::v1;
 use v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 
-use crate::csi::validate::{Capability, Capacity, existing_id};
+use crate::csi::validate::existing_id;
 use crate::error::Error;
 use crate::state::Driver;
 use crate::storage::crypt;
@@ -21,6 +21,7 @@ use crate::storage::pool::{
     self, CapacityRange, ContentSource, Pool, PoolError, VolumeAccess, VolumeId,
 };
 use crate::storage::snapshot::{SnapshotError, SnapshotId};
+use crate::storage::spec::{Capability, Capacity};
 
 /// A content source resolved to the image to copy.
 #[derive(Clone, Debug)]

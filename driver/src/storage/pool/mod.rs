@@ -6,7 +6,7 @@
 //! <dir>/pool.json              {"formatVersion": 1}
 //! <dir>/volumes/<id>.img       the volume's bytes (sparse)
 //! <dir>/volumes/<id>.json      its metadata: the commit point of CreateVolume
-//! <dir>/snapshots/             reserved for snapshot images and records (part 2)
+//! <dir>/snapshots/             reserved for snapshot images and records
 //! <dir>/templates/             pre-formatted images the node side copies from
 //! ```
 //!

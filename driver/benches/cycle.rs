@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plinth_driver::mount::{FsType, RealHost};
-use plinth_driver::pool::{CapacityRange, CreateVolumeRequest, Pool, VolumeAccess};
-use plinth_driver::volume::{Formatting, NodeAccess, NodeVolumes};
+use plinth_driver::storage::pool::{CapacityRange, CreateVolumeRequest, Pool, VolumeAccess};
+use plinth_driver::storage::volume::{Formatting, NodeAccess, NodeVolumes};
 
 const ITERATIONS: usize = 200;
 const SIZE: u64 = 1 << 30;

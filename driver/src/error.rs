@@ -7,12 +7,12 @@
 use tonic::{Code, Status};
 
 use crate::cluster::ClusterError;
-use crate::crypt::CryptError;
-use crate::grow::GrowError;
 use crate::mount::MountError;
-use crate::pool::PoolError;
-use crate::snapshot::SnapshotError;
-use crate::volume::VolumeError;
+use crate::storage::crypt::CryptError;
+use crate::storage::grow::GrowError;
+use crate::storage::pool::PoolError;
+use crate::storage::snapshot::SnapshotError;
+use crate::storage::volume::VolumeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

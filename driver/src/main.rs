@@ -8,7 +8,8 @@ use tracing_subscriber::EnvFilter;
 
 use plinth_driver::config::{Cli, Config, LogFormat};
 use plinth_driver::error::chain;
-use plinth_driver::{freeze, server};
+use plinth_driver::server;
+use plinth_driver::storage::freeze;
 
 /// Blocking work (mkfs, mount, loop ioctls) runs on at most this many threads: enough
 /// for concurrent volumes, small enough to keep the driver's memory flat.

@@ -10,10 +10,10 @@ use crate::capabilities::Capabilities;
 use crate::cluster::Cluster;
 use crate::config::{Config, Mode};
 use crate::error::Error;
-use crate::inflight::{Guard, InFlight};
-use crate::pool::Pool;
-use crate::snapshot::SnapshotStore;
-use crate::volume::NodeVolumes;
+use crate::storage::inflight::{Guard, InFlight};
+use crate::storage::pool::Pool;
+use crate::storage::snapshot::SnapshotStore;
+use crate::storage::volume::NodeVolumes;
 
 /// How long a successful readiness check is trusted; Probe is called every few seconds
 /// by the liveness probe and need not touch the disk each time.

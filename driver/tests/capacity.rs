@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod part2_support;
+mod snapshot_support;
 mod storage_support;
 
 use std::fs::OpenOptions;
@@ -14,9 +14,9 @@ use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use part2_support::*;
-use plinth_driver::pool::{ContentSource, GRANULARITY, Pool, PoolError, VolumeAccess};
-use plinth_driver::snapshot::SnapshotStore;
+use plinth_driver::storage::pool::{ContentSource, GRANULARITY, Pool, PoolError, VolumeAccess};
+use plinth_driver::storage::snapshot::SnapshotStore;
+use snapshot_support::*;
 use storage_support::{Sandbox, request};
 
 const MIB: u64 = 1 << 20;

@@ -9,7 +9,7 @@ use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use plinth_driver::cluster::agent::capacity::Publisher;
 use plinth_driver::cluster::crd::{self, Phase, PoolNode, PoolSnapshot, PoolVolume};
-use plinth_driver::local;
+use plinth_driver::storage::local;
 use serde_json::{Value, json};
 
 use agent_support::{MIB, TestNode};
@@ -50,7 +50,7 @@ async fn provisioned(
     node: &TestNode,
     name: &str,
     size_bytes: u64,
-) -> plinth_driver::pool::VolumeId {
+) -> plinth_driver::storage::pool::VolumeId {
     seed(api, &agent_support::volume(name, size_bytes));
     let id = agent_support::volume_id(name);
     reconcile_stored::<PoolVolume>(api, node, id.as_str()).await;
@@ -613,11 +613,11 @@ async fn capacity_is_published_by_server_side_apply_only_when_it_changed() {
     assert_eq!(api.requests(), Vec::<Recorded>::new());
 
     // A volume appears: the status alone is written again.
-    let request = plinth_driver::pool::CreateVolumeRequest {
+    let request = plinth_driver::storage::pool::CreateVolumeRequest {
         name: "pvc-1".into(),
         id: None,
-        capacity: plinth_driver::pool::CapacityRange::new(64 * MIB, 64 * MIB),
-        access: plinth_driver::pool::VolumeAccess::Block,
+        capacity: plinth_driver::storage::pool::CapacityRange::new(64 * MIB, 64 * MIB),
+        access: plinth_driver::storage::pool::VolumeAccess::Block,
         parameters: Default::default(),
         content_source: None,
     };

@@ -20,7 +20,7 @@ use plinth_driver::cluster::crd::{
 };
 use plinth_driver::cluster::{Cluster, ids};
 use plinth_driver::config::{Cli, Config};
-use plinth_driver::controller::ControllerService;
+use plinth_driver::csi::controller::ControllerService;
 use plinth_driver::state::Driver;
 use serde_json::{Value, json};
 use tonic::{Code, Request};

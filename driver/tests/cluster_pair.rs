@@ -9,14 +9,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-mod part2_rpc;
+mod data_rpc;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
+use data_rpc::*;
 use kube::Api;
-use part2_rpc::*;
 use plinth_csi_proto::v1;
 use plinth_driver::cluster::crd::{Phase, PoolNode, PoolSnapshot, PoolVolume, pool_node_name};
 use tonic::Code;

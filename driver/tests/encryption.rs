@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-mod part2_rpc;
+mod data_rpc;
 
 use std::collections::HashMap;
 use std::fs;
@@ -16,9 +16,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use part2_rpc::*;
+use data_rpc::*;
 use plinth_csi_proto::v1;
-use plinth_driver::crypt::fscrypt::{KEY_INCOMPLETELY_REMOVED, KEY_PRESENT, key_status};
+use plinth_driver::storage::crypt::fscrypt::{KEY_INCOMPLETELY_REMOVED, KEY_PRESENT, key_status};
 use tonic::Code;
 
 const KEY_A: &str = "claim-A-material-0123456789abcdef0123456789";

@@ -4,14 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-mod part2_rpc;
+mod data_rpc;
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
 use common::*;
-use part2_rpc::*;
+use data_rpc::*;
 use plinth_csi_proto::v1;
 use tonic::Code;
 

@@ -6,14 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-mod part2_rpc;
+mod data_rpc;
 
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
 use common::*;
-use part2_rpc::*;
+use data_rpc::*;
 use plinth_csi_proto::v1;
 use tonic::Code;
 
@@ -42,7 +42,7 @@ fn node_expand_request(id: &str, path: &str, required: i64) -> v1::NodeExpandVol
 
 /// Whether this process may grow a mounted ext4 (the driver runs with our credentials).
 fn has_cap_sys_resource() -> bool {
-    plinth_driver::grow::can_grow_ext4_online()
+    plinth_driver::storage::grow::can_grow_ext4_online()
 }
 
 #[tokio::test]

@@ -4,10 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-mod part2_rpc;
+mod data_rpc;
 
 use common::*;
-use part2_rpc::*;
+use data_rpc::*;
 use plinth_csi_proto::v1;
 use tonic::Code;
 use v1::group_controller_client::GroupControllerClient;

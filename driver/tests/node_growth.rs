@@ -4,15 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod part2_support;
+mod snapshot_support;
 mod storage_support;
 
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 
-use part2_support::*;
-use plinth_driver::grow::{self, GrowError, Grown};
 use plinth_driver::mount::FsType;
+use plinth_driver::storage::grow::{self, GrowError, Grown};
+use snapshot_support::*;
 use storage_support::{Sandbox, ext4, xfs};
 
 fn fs_size(path: &std::path::Path) -> u64 {

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use plinth_driver::pool::{Pool, PoolError, VolumeAccess};
+use plinth_driver::storage::pool::{Pool, PoolError, VolumeAccess};
 use storage_support::*;
 
 fn volume_files(pool: &Pool) -> Vec<String> {

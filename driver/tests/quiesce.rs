@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use plinth_driver::config::{Cli, Config};
-use plinth_driver::freeze::{self, Quiesced};
-use plinth_driver::pool::Pool;
 use plinth_driver::state::Driver;
+use plinth_driver::storage::freeze::{self, Quiesced};
+use plinth_driver::storage::pool::Pool;
 use storage_support::{Sandbox, private_fs};
 
 const MIB: u64 = 1 << 20;

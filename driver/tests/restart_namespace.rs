@@ -14,12 +14,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-mod part2_rpc;
+mod data_rpc;
 
 use std::path::Path;
 
 use common::*;
-use part2_rpc::*;
+use data_rpc::*;
 use plinth_csi_proto::v1;
 
 #[derive(Clone, Copy, Debug)]
@@ -218,7 +218,7 @@ async fn volumes_survive(restart: Restart) {
                 ..Default::default()
             })
             .await;
-        if v.kind == "ext4" && !plinth_driver::grow::can_grow_ext4_online() {
+        if v.kind == "ext4" && !plinth_driver::storage::grow::can_grow_ext4_online() {
             // Only the missing capability may stop it, and the answer says so.
             let msg = assert_code(result, tonic::Code::FailedPrecondition);
             assert!(msg.contains("CAP_SYS_RESOURCE"), "{msg}");

@@ -5,16 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod part2_support;
+mod snapshot_support;
 mod storage_support;
 
 use std::fs;
 use std::io::Write;
 
-use part2_support::*;
 use plinth_driver::mount::FsType;
-use plinth_driver::poolfs::{self, FsKind};
-use plinth_driver::snapshot::{Created, SnapshotError, SnapshotId, SnapshotStore};
+use plinth_driver::storage::pool::backing::{self, FsKind};
+use plinth_driver::storage::snapshot::{Created, SnapshotError, SnapshotId, SnapshotStore};
+use snapshot_support::*;
 use storage_support::{Sandbox, ext4, xfs};
 
 /// Writes `text` to `<dir>/<file>` WITHOUT fsync: only the freeze makes it durable.
@@ -27,10 +27,10 @@ fn write_unsynced(dir: &std::path::Path, file: &str, text: &str) {
 fn pool_filesystem_is_detected_and_reflink_probed() {
     let sandbox = Sandbox::new();
     let xfs_fs = xfs_reflink_fs(&sandbox, "probe-xfs", 1 << 30);
-    let found = poolfs::probe(&xfs_fs).unwrap();
+    let found = backing::probe(&xfs_fs).unwrap();
     assert_eq!(found.kind, FsKind::Xfs);
     assert!(found.reflink, "xfs made with reflink=1 must reflink");
-    let host = poolfs::probe(sandbox.path()).unwrap();
+    let host = backing::probe(sandbox.path()).unwrap();
     if host.kind == FsKind::Ext4 {
         assert!(!host.reflink, "ext4 cannot reflink");
     }
@@ -110,7 +110,8 @@ fn create_is_idempotent_by_name_and_names_are_bound_to_their_source() {
         store.create(&pool, "nightly", &b.id),
         Err(SnapshotError::AlreadyExists { .. })
     ));
-    let missing = plinth_driver::pool::VolumeId::parse("0123456789abcdef0123456789abcdef").unwrap();
+    let missing =
+        plinth_driver::storage::pool::VolumeId::parse("0123456789abcdef0123456789abcdef").unwrap();
     assert!(matches!(
         store.create(&pool, "other", &missing),
         Err(SnapshotError::SourceNotFound(_))
@@ -264,12 +265,13 @@ fn a_filesystem_left_frozen_by_a_crash_is_thawed_at_start() {
     let (id, mnt) = staged(&sandbox, &pool, "frozen", 32 * MIB, ext4());
     let dev = pool.attachment(&id).unwrap().unwrap();
     // A driver killed mid-snapshot never runs the guard's thaw.
-    std::mem::forget(plinth_driver::freeze::freeze(&mnt).unwrap());
-    let thawed = plinth_driver::freeze::thaw_after_crash(std::slice::from_ref(&dev)).unwrap();
+    std::mem::forget(plinth_driver::storage::freeze::freeze(&mnt).unwrap());
+    let thawed =
+        plinth_driver::storage::freeze::thaw_after_crash(std::slice::from_ref(&dev)).unwrap();
     assert_eq!(thawed, vec![mnt.clone()]);
     // Not frozen any more: nothing to thaw, and writes go through.
     assert!(
-        plinth_driver::freeze::thaw_after_crash(&[dev])
+        plinth_driver::storage::freeze::thaw_after_crash(&[dev])
             .unwrap()
             .is_empty()
     );

@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 
 use nix::mount::MsFlags;
 use plinth_driver::mount::{Detected, FsType, Host, RealHost, fs as mfs, loopdev, mountinfo, sys};
-use plinth_driver::pool::{CopyMethod, copy_image};
+use plinth_driver::storage::pool::{CopyMethod, copy_image};
 use storage_support::*;
 
 fn sparse_image(sb: &Sandbox, name: &str, size: u64) -> std::path::PathBuf {

@@ -7,7 +7,7 @@ mod storage_support;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
-use plinth_driver::pool::{
+use plinth_driver::storage::pool::{
     ContentSource, Created, DEFAULT_SIZE, Pool, PoolError, VolumeAccess, VolumeId,
 };
 use storage_support::*;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use plinth_driver::mount::{FsType, RealHost, mountinfo};
-use plinth_driver::pool::{Pool, PoolError, Volume, VolumeAccess};
-use plinth_driver::volume::{
+use plinth_driver::storage::pool::{Pool, PoolError, Volume, VolumeAccess};
+use plinth_driver::storage::volume::{
     Formatting, NodeAccess, NodeVolumes, Outcome, VolumeError, VolumeStats,
 };
 use storage_support::*;
@@ -608,7 +608,7 @@ fn templates_on_a_reflinking_xfs_pool() {
     let fs_dir = private_fs_of(&sb, "xfspool", 2 * GIB, FsType::Xfs);
     let scratch = fs_dir.join("scratch");
     fs::create_dir_all(&scratch).unwrap();
-    assert!(plinth_driver::pool::reflink_supported(&scratch).unwrap());
+    assert!(plinth_driver::storage::pool::reflink_supported(&scratch).unwrap());
     let pool = Arc::new(Pool::open(fs_dir.join("pool"), 0).unwrap());
     let node = node(&pool, Formatting::Templates);
     // Small ext4 and xfs volumes: copies of reflinked templates must still mount with

@@ -334,7 +334,7 @@ fn inline_volumes(cr: &CsiDeployment, errors: &mut Errors) {
         );
         return;
     }
-    let defaults = plinth_driver::ephemeral::Limits::default();
+    let defaults = plinth_driver::storage::ephemeral::Limits::default();
     let size = |field: &str, value: &Option<String>, default: u64, errors: &mut Errors| match value
         .as_deref()
         .map(plinth_driver::config::parse_size)

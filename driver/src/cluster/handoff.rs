@@ -22,11 +22,13 @@ use super::crd::{
 };
 use super::placement::{self, Room};
 use super::{Cluster, ClusterError, ids, is_transient, parse_code, watch};
+use crate::csi::snapshot as snapshot_rpc;
+use crate::csi::validate;
 use crate::error::Error;
-use crate::pool::{CapacityRange, ContentSource, VolumeAccess, VolumeId, image_size};
-use crate::snapshot::SnapshotId;
-use crate::validate::{self, Capability, Capacity};
-use crate::{restore, snapshot_rpc};
+use crate::storage::pool::{CapacityRange, ContentSource, VolumeAccess, VolumeId, image_size};
+use crate::storage::restore;
+use crate::storage::snapshot::SnapshotId;
+use crate::storage::spec::{Capability, Capacity};
 
 /// A piece of work handed to a node: a PoolVolume or a PoolSnapshot.
 trait Work: Record {

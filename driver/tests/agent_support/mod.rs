@@ -16,9 +16,9 @@ use plinth_driver::cluster::crd::{
 use plinth_driver::cluster::{Cluster, ids};
 use plinth_driver::config::{Cli, Config};
 use plinth_driver::mount::FsType;
-use plinth_driver::pool::{Pool, VolumeId};
-use plinth_driver::snapshot::{SnapshotId, SnapshotStore};
 use plinth_driver::state::Driver;
+use plinth_driver::storage::pool::{Pool, VolumeId};
+use plinth_driver::storage::snapshot::{SnapshotId, SnapshotStore};
 
 pub const DRIVER: &str = "local.csi.plinth.dev";
 pub const NODE: &str = "node-a";

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use plinth_driver::mount::{loopdev, mountinfo};
-use plinth_driver::pool::{CapacityRange, CreateVolumeRequest, Pool, VolumeAccess};
+use plinth_driver::storage::pool::{CapacityRange, CreateVolumeRequest, Pool, VolumeAccess};
 
 /// Fail loudly (never skip) when the host cannot run real storage tests.
 pub fn require_host() {

@@ -1,5 +1,5 @@
 //! From the CSI messages a driver answers with to the capability model. The inverse of
-//! `plinth_driver::advertise` (a test holds them to that). Values the model does not know
+//! `plinth_driver::csi::advertise` (a test holds them to that). Values the model does not know
 //! (`UNKNOWN`, the alpha VOLUME_CONDITION that spec v1.13 removes, SNAPSHOT_METADATA_SERVICE)
 //! are skipped: no sidecar the operator deploys depends on them.
 
@@ -100,8 +100,8 @@ pub fn group_controller(caps: &[v1::GroupControllerServiceCapability], into: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plinth_driver::advertise;
     use plinth_driver::capabilities::DriverFeatures;
+    use plinth_driver::csi::advertise;
 
     /// Every capability the model knows survives advertise -> convert unchanged.
     #[test]

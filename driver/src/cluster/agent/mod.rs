@@ -1,6 +1,6 @@
 //! The node side of cluster mode (`--mode node`): watch the PoolVolumes and PoolSnapshots
 //! labelled with this driver and node, do their work in the local pool with the same
-//! functions all-in-one uses ([`crate::local`]), answer in `status`, and publish the
+//! functions all-in-one uses ([`crate::storage::local`]), answer in `status`, and publish the
 //! pool's capacity as this node's PoolNode.
 //!
 //! Restarting is safe at any point: the watch's initial list hands every pending object

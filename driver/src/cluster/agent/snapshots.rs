@@ -11,10 +11,10 @@ use crate::cluster::crd::{
     AccessSpec, Operation, Phase, PoolSnapshot, PoolSnapshotStatus, WorkError,
 };
 use crate::error::Error;
-use crate::local;
-use crate::pool::VolumeId;
-use crate::snapshot::{self, SnapshotId};
 use crate::state::Driver;
+use crate::storage::local;
+use crate::storage::pool::VolumeId;
+use crate::storage::snapshot::{self, SnapshotId};
 
 impl Work for PoolSnapshot {
     type Status = PoolSnapshotStatus;

@@ -12,10 +12,10 @@ use crate::cluster::crd::{
     ContentSourceSpec, Operation, Phase, PoolVolume, PoolVolumeSpec, PoolVolumeStatus, WorkError,
 };
 use crate::error::Error;
-use crate::local;
-use crate::pool::{self, CapacityRange, ContentSource, Created, VolumeId};
-use crate::restore;
 use crate::state::{Driver, blocking};
+use crate::storage::local;
+use crate::storage::pool::{self, CapacityRange, ContentSource, Created, VolumeId};
+use crate::storage::restore;
 
 impl Work for PoolVolume {
     type Status = PoolVolumeStatus;

@@ -4,7 +4,7 @@
 //! is a reflink: the new file shares every extent copy-on-write, so it is O(1) in the
 //! data size and costs no space until either side writes. Elsewhere (ext4, tmpfs) the
 //! pool falls back to a sparse-aware copy of the data extents
-//! ([`crate::pool::copy_image`] makes that choice per copy). [`probe`] tells operators and
+//! ([`crate::storage::pool::copy_image`] makes that choice per copy). [`probe`] tells operators and
 //! logs in advance which one a pool gets.
 
 use std::collections::HashMap;

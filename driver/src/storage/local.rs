@@ -3,10 +3,10 @@
 //! functions, so both hold the same per-volume claims around the same pool calls.
 
 use crate::error::Error;
-use crate::pool::{self, VolumeId};
-use crate::snapshot::{self, Snapshot, SnapshotId};
 use crate::state::Driver;
-use crate::{crypt, restore};
+use crate::storage::pool::{self, VolumeId};
+use crate::storage::snapshot::{self, Snapshot, SnapshotId};
+use crate::storage::{crypt, restore};
 
 /// Create the volume `request` describes, filled from `source` when given. The source is
 /// claimed too: it must not be deleted while it is copied.

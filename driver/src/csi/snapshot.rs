@@ -1,5 +1,5 @@
 //! The Controller service's snapshot RPCs: CreateSnapshot, DeleteSnapshot,
-//! ListSnapshots and GetSnapshot, over the pool's [`crate::snapshot::SnapshotStore`].
+//! ListSnapshots and GetSnapshot, over the pool's [`crate::storage::snapshot::SnapshotStore`].
 //!
 //! Each function validates the request, claims the names and IDs it works on (a
 //! concurrent call for the same ones answers ABORTED), and runs the store off the async
@@ -8,11 +8,12 @@
 use plinth_csi_proto::v1;
 
 use crate::cluster::handoff;
+use crate::csi::page;
+use crate::csi::validate::{self, existing_id};
 use crate::error::Error;
-use crate::snapshot::{Snapshot, SnapshotError, SnapshotId};
 use crate::state::Driver;
-use crate::validate::{self, existing_id};
-use crate::{local, page};
+use crate::storage::local;
+use crate::storage::snapshot::{Snapshot, SnapshotError, SnapshotId};
 
 fn require_feature(driver: &Driver, rpc: &'static str) -> Result<(), Error> {
     if driver.config.features.snapshots {

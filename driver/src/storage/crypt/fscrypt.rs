@@ -16,7 +16,7 @@ use super::wrap::DataKey;
 use super::{CryptError, DATA_DIR};
 use crate::mount::ioctl;
 use crate::mount::mountinfo::MountEntry;
-use crate::pool::{Pool, VolumeId};
+use crate::storage::pool::{Pool, VolumeId};
 
 /// A key's identifier: what a v2 policy names.
 pub type Identifier = [u8; ioctl::FSCRYPT_KEY_IDENTIFIER_SIZE];

@@ -7,14 +7,16 @@ use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 use v1::volume_usage::Unit;
 
-use crate::crypt::Secrets;
+use crate::csi::validate;
+use crate::csi::{advertise, expand};
 use crate::error::Error;
 use crate::mount::mountinfo;
-use crate::pool::{Pool, VolumeId};
 use crate::state::{Driver, blocking};
-use crate::validate::{self, Access, Capability};
-use crate::volume::{self, NodeVolumes, VolumeStats};
-use crate::{advertise, ephemeral, expand_rpc, grow};
+use crate::storage::crypt::Secrets;
+use crate::storage::pool::{Pool, VolumeId};
+use crate::storage::spec::{Access, Capability};
+use crate::storage::volume::{self, NodeVolumes, VolumeStats};
+use crate::storage::{ephemeral, grow};
 
 #[derive(Debug, Clone)]
 pub struct NodeService {
@@ -293,7 +295,7 @@ impl v1::node_server::Node for NodeService {
         request: Request<v1::NodeExpandVolumeRequest>,
     ) -> Result<Response<v1::NodeExpandVolumeResponse>, Status> {
         Ok(Response::new(
-            expand_rpc::node_expand(&self.driver, request.into_inner()).await?,
+            expand::node_expand(&self.driver, request.into_inner()).await?,
         ))
     }
 

@@ -10,9 +10,9 @@
 //! <pool>/snapshots/group-<hex>.json   a group snapshot: the commit point of its members
 //! ```
 //!
-//! A snapshot is created by quiescing the source ([`crate::freeze`]: FIFREEZE of a
+//! A snapshot is created by quiescing the source ([`crate::storage::freeze`]: FIFREEZE of a
 //! mounted filesystem, a device flush of a raw block volume), copying the image
-//! ([`crate::pool::copy_image`]: reflink where the pool filesystem can, sparse copy
+//! ([`crate::storage::pool::copy_image`]: reflink where the pool filesystem can, sparse copy
 //! otherwise), thawing, then committing the record (write temp, fsync, rename, fsync
 //! directory). A crash before the commit leaves an image without record, which
 //! [`SnapshotStore::open`] removes; member records whose group record was never written
@@ -33,13 +33,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::freeze::{self, Quiesced};
 use crate::mount::MountError;
-use crate::pool::{
+use crate::storage::freeze::{self, Quiesced};
+use crate::storage::pool::backing::{self, PoolFilesystem};
+use crate::storage::pool::{
     self, CopyMethod, Pool, PoolError, Reservation, SnapshotShares, VolumeAccess, VolumeId,
     sync_dir, write_atomic,
 };
-use crate::poolfs::{self, PoolFilesystem};
 
 /// Version of the snapshot records this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -316,7 +316,7 @@ impl SnapshotStore {
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let mut recovery = SnapshotRecovery::default();
         let index = recover(&dir, &mut recovery)?;
-        let filesystem = poolfs::probe(&dir)?;
+        let filesystem = backing::probe(&dir)?;
         tracing::info!(%filesystem, ?recovery, snapshots = index.snapshots.len(), "snapshots opened");
         let store = Self {
             dir,
@@ -485,11 +485,11 @@ impl SnapshotStore {
         let mut out = Vec::with_capacity(planned.len());
         let mut result = Ok(());
         for p in planned {
-            let encrypted = crate::crypt::is_encrypted(&p.volume.parameters);
+            let encrypted = crate::storage::crypt::is_encrypted(&p.volume.parameters);
             let copied =
                 copy_snapshot_image(&pool.image_path(&p.volume.id), &p.image).and_then(|method| {
                     if encrypted {
-                        crate::crypt::wrap::copy(
+                        crate::storage::crypt::wrap::copy(
                             &pool.key_path(&p.volume.id),
                             &self.key_path(&p.id),
                         )

@@ -3,7 +3,7 @@
 //! The new volume is an independent copy of the source's image (a reflink where the
 //! pool filesystem can, a sparse copy otherwise), at least as large as the source and
 //! grown to the requested size. The copy is made before the volume's metadata is
-//! committed ([`crate::pool::Pool::create_volume_from`]), so a crash never leaves a
+//! committed ([`crate::storage::pool::Pool::create_volume_from`]), so a crash never leaves a
 //! committed volume without its data. A volume source is quiesced during the copy
 //! (filesystem frozen, or raw device flushed), as for a snapshot.
 
@@ -12,13 +12,16 @@ use std::path::{Path, PathBuf};
 use plinth_csi_proto::v1;
 use v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 
-use crate::crypt;
+use crate::csi::validate::existing_id;
 use crate::error::Error;
-use crate::freeze;
-use crate::pool::{self, CapacityRange, ContentSource, Pool, PoolError, VolumeAccess, VolumeId};
-use crate::snapshot::{SnapshotError, SnapshotId};
 use crate::state::Driver;
-use crate::validate::{Capability, Capacity, existing_id};
+use crate::storage::crypt;
+use crate::storage::freeze;
+use crate::storage::pool::{
+    self, CapacityRange, ContentSource, Pool, PoolError, VolumeAccess, VolumeId,
+};
+use crate::storage::snapshot::{SnapshotError, SnapshotId};
+use crate::storage::spec::{Capability, Capacity};
 
 /// A content source resolved to the image to copy.
 #[derive(Clone, Debug)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 
-use crate::advertise;
+use crate::csi::advertise;
 use crate::state::Driver;
 
 #[derive(Debug, Clone)]

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use plinth_driver::mount::{FsType, loopdev, sys};
-use plinth_driver::pool::{Pool, VolumeAccess, VolumeId};
-use plinth_driver::volume::{NodeAccess, NodeVolumes};
+use plinth_driver::storage::pool::{Pool, VolumeAccess, VolumeId};
+use plinth_driver::storage::volume::{NodeAccess, NodeVolumes};
 
 use crate::storage_support::{Sandbox, request};
 

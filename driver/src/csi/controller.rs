@@ -7,12 +7,14 @@ use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::handoff;
+use crate::csi::validate::{self, existing_id};
+use crate::csi::{advertise, expand, page, snapshot};
 use crate::error::Error;
 use crate::mount::FsType;
-use crate::pool::{self, GRANULARITY, VolumeAccess, VolumeId};
 use crate::state::{Driver, blocking};
-use crate::validate::{self, Access, existing_id};
-use crate::{advertise, crypt, expand_rpc, local, page, restore, snapshot_rpc};
+use crate::storage::pool::{self, GRANULARITY, VolumeAccess, VolumeId};
+use crate::storage::spec::{self, Access};
+use crate::storage::{crypt, local, restore};
 
 #[derive(Debug, Clone)]
 pub struct ControllerService {
@@ -243,7 +245,7 @@ impl ControllerService {
 /// [`local::create_volume`]).
 fn check_encryption(
     parameters: &std::collections::HashMap<String, String>,
-    caps: &[validate::Capability],
+    caps: &[spec::Capability],
 ) -> Result<(), Error> {
     let Some(mode) = parameters.get(crypt::PARAMETER) else {
         return Ok(());
@@ -399,7 +401,7 @@ impl v1::controller_server::Controller for ControllerService {
         request: Request<v1::CreateSnapshotRequest>,
     ) -> Result<Response<v1::CreateSnapshotResponse>, Status> {
         Ok(Response::new(
-            snapshot_rpc::create(&self.driver, request.into_inner()).await?,
+            snapshot::create(&self.driver, request.into_inner()).await?,
         ))
     }
 
@@ -409,7 +411,7 @@ impl v1::controller_server::Controller for ControllerService {
         request: Request<v1::DeleteSnapshotRequest>,
     ) -> Result<Response<v1::DeleteSnapshotResponse>, Status> {
         Ok(Response::new(
-            snapshot_rpc::delete(&self.driver, request.into_inner()).await?,
+            snapshot::delete(&self.driver, request.into_inner()).await?,
         ))
     }
 
@@ -419,7 +421,7 @@ impl v1::controller_server::Controller for ControllerService {
         request: Request<v1::ListSnapshotsRequest>,
     ) -> Result<Response<v1::ListSnapshotsResponse>, Status> {
         Ok(Response::new(
-            snapshot_rpc::list(&self.driver, request.get_ref()).await?,
+            snapshot::list(&self.driver, request.get_ref()).await?,
         ))
     }
 
@@ -429,7 +431,7 @@ impl v1::controller_server::Controller for ControllerService {
         request: Request<v1::GetSnapshotRequest>,
     ) -> Result<Response<v1::GetSnapshotResponse>, Status> {
         Ok(Response::new(
-            snapshot_rpc::get(&self.driver, request.get_ref()).await?,
+            snapshot::get(&self.driver, request.get_ref()).await?,
         ))
     }
 
@@ -439,7 +441,7 @@ impl v1::controller_server::Controller for ControllerService {
         request: Request<v1::ControllerExpandVolumeRequest>,
     ) -> Result<Response<v1::ControllerExpandVolumeResponse>, Status> {
         Ok(Response::new(
-            expand_rpc::controller_expand(&self.driver, request.into_inner()).await?,
+            expand::controller_expand(&self.driver, request.into_inner()).await?,
         ))
     }
 

@@ -27,13 +27,13 @@ use std::sync::Arc;
 
 use nix::mount::MsFlags;
 
-use crate::crypt::{self, CryptError, Secrets};
 use crate::mount::mountinfo::find_mount_point;
 use crate::mount::options::{ALWAYS, REPORTED_FLAGS};
 use crate::mount::{
     Detected, Format, FsType, Host, LoopDevice, MountEntry, MountError, MountOptions, RealHost,
 };
-use crate::pool::{Pool, PoolError, VolumeAccess, VolumeId};
+use crate::storage::crypt::{self, CryptError, Secrets};
+use crate::storage::pool::{Pool, PoolError, VolumeAccess, VolumeId};
 
 pub use paths::Beneath;
 pub use template::MAX_TEMPLATES;
@@ -278,7 +278,7 @@ impl NodeVolumes {
 
     /// Stage a volume at `staging`. Idempotent; staged with other options ->
     /// [`VolumeError::AlreadyExists`]. An encrypted volume's key is opened with
-    /// `secrets` first, before anything is attached (see [`crate::crypt`]); staged, its
+    /// `secrets` first, before anything is attached (see [`crate::storage::crypt`]); staged, its
     /// filesystem holds the key and its `data/` directory is encrypted under it.
     #[tracing::instrument(skip(self, access, secrets), fields(volume_id = %id))]
     pub fn stage_with(

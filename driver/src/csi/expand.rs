@@ -1,18 +1,18 @@
 //! ControllerExpandVolume and NodeExpandVolume.
 //!
-//! The controller grows the image file ([`crate::pool::Pool::expand_volume`]: shrinking
+//! The controller grows the image file ([`crate::storage::pool::Pool::expand_volume`]: shrinking
 //! is OUT_OF_RANGE) and always asks for node expansion: a mounted filesystem must grow,
 //! and an attached raw device must be told its new size. The node refreshes the loop
-//! device and grows the filesystem online ([`crate::grow`]).
+//! device and grows the filesystem online ([`crate::storage::grow`]).
 
 use plinth_csi_proto::v1;
 
 use crate::cluster::handoff;
+use crate::csi::validate;
 use crate::error::Error;
-use crate::local;
-use crate::pool::{CapacityRange, GRANULARITY, image_size};
 use crate::state::Driver;
-use crate::validate;
+use crate::storage::local;
+use crate::storage::pool::{CapacityRange, GRANULARITY, image_size};
 
 fn require_feature(driver: &Driver, rpc: &'static str) -> Result<(), Error> {
     if driver.config.features.expansion {
@@ -108,7 +108,7 @@ pub async fn node_expand(
     let grown = driver
         .exclusive(&key, move || {
             let path = volumes.resolve(&path)?;
-            Ok(crate::grow::grow(volumes.pool(), &id, &path)?)
+            Ok(crate::storage::grow::grow(volumes.pool(), &id, &path)?)
         })
         .await?;
     if grown.capacity_bytes < capacity.required {

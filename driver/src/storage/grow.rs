@@ -1,6 +1,6 @@
 //! Node-side expansion: make an attached volume follow its grown image.
 //!
-//! [`crate::pool::Pool::expand_volume`] grows the image file (ControllerExpandVolume).
+//! [`crate::storage::pool::Pool::expand_volume`] grows the image file (ControllerExpandVolume).
 //! Here the loop device is told to re-read its backing file's size (`LOOP_SET_CAPACITY`)
 //! and, for a mounted filesystem, the filesystem is grown online: `xfs_growfs` on the
 //! mount point, `resize2fs` on the device for ext4. Block volumes only need the refresh.
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::mount::fs::run_tool;
 use crate::mount::mountinfo::{self, find_mount_point};
 use crate::mount::{FsType, LoopDevice, MountError, loopdev};
-use crate::pool::{Pool, PoolError, VolumeId};
+use crate::storage::pool::{Pool, PoolError, VolumeId};
 
 /// Errors of node-side expansion. Suggested gRPC codes in brackets.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@
 //! <dir>/pool.json              {"formatVersion": 1}
 //! <dir>/volumes/<id>.img       the volume's bytes (sparse)
 //! <dir>/volumes/<id>.json      its metadata: the commit point of CreateVolume
-//! <dir>/snapshots/             reserved for snapshot images and records (part 2)
+//! <dir>/snapshots/             reserved for snapshot images and records
 //! <dir>/templates/             pre-formatted images the node side copies from
 //! ```
 //!
@@ -41,6 +41,7 @@
 //! A size above the pool filesystem's total size minus the reserve could never fit,
 //! however much is freed: [`PoolError::NeverFits`] (OUT_OF_RANGE at the CSI boundary).
 
+pub mod backing;
 mod copy;
 mod id;
 mod meta;
@@ -79,7 +80,7 @@ const TEMPLATES: &str = "templates";
 const POOL_FILE: &str = "pool.json";
 const IMAGE_EXT: &str = "img";
 const META_EXT: &str = "json";
-/// An encrypted volume's wrapped data key (see [`crate::crypt`]), mode 0600.
+/// An encrypted volume's wrapped data key (see [`crate::storage::crypt`]), mode 0600.
 const KEY_EXT: &str = "key";
 
 /// How a volume is consumed.

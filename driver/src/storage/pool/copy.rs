@@ -1,6 +1,6 @@
 //! Copying images: reflink when the pool filesystem can, sparse copy otherwise.
 //!
-//! The primitive behind snapshots and clones (part 2) and behind the node side's
+//! The primitive behind snapshots and clones and behind the node side's
 //! template images. Holes stay holes, so a copy costs only the data actually written.
 
 use std::fs::{File, OpenOptions};

@@ -21,12 +21,13 @@ use std::path::Path;
 use plinth_csi_proto::v1;
 
 use crate::config::parse_size;
+use crate::csi::validate;
 use crate::error::Error;
 use crate::mount::{FsType, mountinfo};
-use crate::pool::{self, CapacityRange, Created, Pool, VolumeAccess, VolumeId};
 use crate::state::Driver;
-use crate::validate::{self, Access};
-use crate::volume::{NodeAccess, NodeVolumes};
+use crate::storage::pool::{self, CapacityRange, Created, Pool, VolumeAccess, VolumeId};
+use crate::storage::spec::Access;
+use crate::storage::volume::{NodeAccess, NodeVolumes};
 
 /// The volume-context key kubelet sets on inline volumes.
 pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
@@ -145,8 +146,8 @@ pub fn spec(context: &HashMap<String, String>, limits: Limits) -> Result<InlineS
         field: "volume_context",
         reason,
     };
-    if context.contains_key(crate::crypt::PARAMETER) {
-        return Err(crate::crypt::CryptError::Inline.into());
+    if context.contains_key(crate::storage::crypt::PARAMETER) {
+        return Err(crate::storage::crypt::CryptError::Inline.into());
     }
     if let Some(key) = context
         .keys()

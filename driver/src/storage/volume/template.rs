@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::mount::{Format, FsType, Host, MountError};
-use crate::pool::{CopyMethod, copy_image, reflink_supported};
+use crate::storage::pool::{CopyMethod, copy_image, reflink_supported};
 
 /// Template images kept at most.
 pub const MAX_TEMPLATES: usize = 4;

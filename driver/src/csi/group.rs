@@ -1,7 +1,7 @@
 //! The CSI GroupController service: volume group snapshots.
 //!
 //! A group snapshot freezes every member volume, copies each image, and thaws them all
-//! ([`crate::snapshot::SnapshotStore::create_group`]): one crash-consistent point in
+//! ([`crate::storage::snapshot::SnapshotStore::create_group`]): one crash-consistent point in
 //! time across the volumes, as a multi-volume database needs. Its member snapshots are
 //! ordinary snapshots (restorable with CreateVolume) that carry the group's ID and are
 //! deleted only with their group.
@@ -11,13 +11,13 @@ use std::sync::Arc;
 use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 
-use crate::advertise;
+use crate::csi::advertise;
+use crate::csi::snapshot;
+use crate::csi::validate::{self, existing_id};
 use crate::error::Error;
-use crate::pool::VolumeId;
-use crate::snapshot::{GroupId, GroupSnapshot, Snapshot, SnapshotError};
-use crate::snapshot_rpc;
 use crate::state::Driver;
-use crate::validate::{self, existing_id};
+use crate::storage::pool::VolumeId;
+use crate::storage::snapshot::{GroupId, GroupSnapshot, Snapshot, SnapshotError};
 
 #[derive(Debug, Clone)]
 pub struct GroupControllerService {
@@ -27,8 +27,8 @@ pub struct GroupControllerService {
 fn to_proto(group: &GroupSnapshot, members: &[Snapshot]) -> v1::VolumeGroupSnapshot {
     v1::VolumeGroupSnapshot {
         group_snapshot_id: group.id.to_string(),
-        snapshots: members.iter().map(snapshot_rpc::to_proto).collect(),
-        creation_time: Some(snapshot_rpc::timestamp(group.created_unix_nanos)),
+        snapshots: members.iter().map(snapshot::to_proto).collect(),
+        creation_time: Some(snapshot::timestamp(group.created_unix_nanos)),
         ready_to_use: true,
     }
 }

@@ -1,6 +1,8 @@
 //! Running the driver: the socket, the pool opened in the background, the mode's CSI
 //! services, graceful shutdown. `plinth-driver` and the demo both start here.
 
+pub mod socket;
+
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,18 +13,18 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
+use self::socket::SocketError;
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, Mode};
-use crate::controller::ControllerService;
+use crate::csi::controller::ControllerService;
+use crate::csi::group::GroupControllerService;
+use crate::csi::identity::IdentityService;
+use crate::csi::node::NodeService;
 use crate::error::{Error, chain};
-use crate::group::GroupControllerService;
-use crate::identity::IdentityService;
-use crate::node::NodeService;
-use crate::pool::{Pool, PoolError};
-use crate::snapshot::SnapshotStore;
-use crate::socket::{self, SocketError};
 use crate::state::Driver;
-use crate::{ephemeral, freeze, grow};
+use crate::storage::pool::{Pool, PoolError};
+use crate::storage::snapshot::SnapshotStore;
+use crate::storage::{ephemeral, freeze, grow};
 
 /// Delay between attempts to open a pool that is not usable yet.
 const POOL_RETRY: Duration = Duration::from_secs(5);
@@ -160,7 +162,8 @@ fn open_storage(dir: &Path, reserve: u64) -> Result<(Pool, SnapshotStore), Error
         .map(|(_, dev)| dev.clone())
         .collect();
     freeze::thaw_after_crash(&staged)?;
-    let locked = crate::crypt::fscrypt::recover(&pool, &crate::mount::mountinfo::read_self()?)?;
+    let locked =
+        crate::storage::crypt::fscrypt::recover(&pool, &crate::mount::mountinfo::read_self()?)?;
     if !locked.is_empty() {
         tracing::info!(
             count = locked.len(),

@@ -1,7 +1,6 @@
 //! Plinth's CSI driver: real local volumes (sparse image files in a per-node pool,
 //! attached through loop devices, formatted ext4/xfs or handed out as raw block).
 
-pub mod capabilities;
 pub mod cluster;
 pub mod mount;
 pub mod pool;

@@ -16,10 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use plinth_csi_proto::v1;
 use tracing::Span;
 
-use super::crd::{
-    self, ContentSourceSpec, Operation, Phase, PoolNode, PoolSnapshot, PoolSnapshotSpec,
-    PoolVolume, PoolVolumeSpec, Record, WorkError,
-};
+use super::convert::content_source;
 use super::placement::{self, Room};
 use super::{Cluster, ClusterError, ids, is_transient, parse_code, watch};
 use crate::error::Error;
@@ -27,6 +24,10 @@ use crate::pool::{CapacityRange, ContentSource, VolumeAccess, VolumeId, image_si
 use crate::snapshot::SnapshotId;
 use crate::validate::{self, Capability, Capacity};
 use crate::{restore, snapshot_rpc};
+use plinth_api::cluster::crd::{
+    self, ContentSourceSpec, Operation, Phase, PoolNode, PoolSnapshot, PoolSnapshotSpec,
+    PoolVolume, PoolVolumeSpec, Record, WorkError,
+};
 
 /// A piece of work handed to a node: a PoolVolume or a PoolSnapshot.
 trait Work: Record {
@@ -485,12 +486,7 @@ fn check_compatible(cluster: &Cluster, volume: &PoolVolume, new: &NewVolume) -> 
         Some("access type")
     } else if spec.parameters != new.parameters {
         Some("parameters")
-    } else if spec
-        .content_source
-        .as_ref()
-        .and_then(ContentSourceSpec::content)
-        != new.source
-    {
+    } else if spec.content_source.as_ref().and_then(content_source) != new.source {
         Some("content source")
     } else if !placement::allows(new.requirement.as_ref(), &cluster.topology_key, &spec.node) {
         Some("node (the accessibility requirements exclude it)")
@@ -521,7 +517,7 @@ fn volume_proto(cluster: &Cluster, volume: &PoolVolume) -> v1::Volume {
             .spec
             .content_source
             .as_ref()
-            .and_then(ContentSourceSpec::content)
+            .and_then(content_source)
             .as_ref()
             .map(restore::to_proto),
         accessible_topology: vec![validate::node_topology(

@@ -13,7 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Reporter;
 use kube::{Client, CustomResourceExt, ResourceExt};
-use plinth_driver::cluster::crd::{PoolNode, PoolSnapshot, PoolVolume};
+use plinth_api::cluster::crd::{PoolNode, PoolSnapshot, PoolVolume};
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::metrics::Metrics;
 use serde_json::json;

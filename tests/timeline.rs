@@ -128,7 +128,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use kube::api::{Patch, PatchParams, PostParams};
-    use plinth_driver::cluster::crd::{
+    use plinth_api::cluster::crd::{
         self, AccessSpec, Phase, PoolVolume, PoolVolumeSpec, VolumeMode,
     };
     use serde_json::json;

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 #[command(name = "plinth-demo", version, about)]
 struct Args {
     /// Size of the demo volume.
-    #[arg(long, default_value = "1GiB", value_parser = plinth_driver::config::parse_size)]
+    #[arg(long, default_value = "1GiB", value_parser = plinth_api::parse_size)]
     size: u64,
     /// Filesystem of the demo volume (ext4 or xfs).
     #[arg(long, default_value = "ext4")]

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::capabilities::DriverFeatures;
-use crate::ephemeral;
+use plinth_api::{DriverFeatures, Feature, parse_size};
 
 /// The driver name Kubernetes knows the built-in driver by.
 pub const DEFAULT_DRIVER_NAME: &str = "local.csi.plinth.dev";
@@ -42,52 +41,13 @@ impl Mode {
     }
 }
 
-/// A [`DriverFeatures`] switch, as named on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Feature {
-    Snapshots,
-    Expansion,
-    Clones,
-    Ephemeral,
-    Capacity,
-    Topology,
-    GroupSnapshots,
-}
-
-impl Feature {
-    fn set(self, features: &mut DriverFeatures, on: bool) {
-        let slot = match self {
-            Self::Snapshots => &mut features.snapshots,
-            Self::Expansion => &mut features.expansion,
-            Self::Clones => &mut features.clones,
-            Self::Ephemeral => &mut features.ephemeral,
-            Self::Capacity => &mut features.capacity,
-            Self::Topology => &mut features.topology,
-            Self::GroupSnapshots => &mut features.group_snapshots,
-        };
-        *slot = on;
-    }
-}
-
-/// The features a cluster deployment of this build (a controller-mode and a node-mode
-/// driver working as a pair) can actually serve; what the operator renders against. A
-/// feature outside this set is never advertised, whatever the flags say: advertising an
-/// RPC that answers UNIMPLEMENTED would make the CO deploy a sidecar that can only fail.
-pub fn served_features() -> DriverFeatures {
-    served_features_in(Mode::Controller)
-}
-
-/// The features this build serves in `mode`. Group snapshots need one point in time
-/// across volumes, which only one pool can give: all-in-one only, for now.
+/// The features this build serves in `mode`: a cluster pair serves
+/// [`plinth_api::served_features`], an all-in-one driver everything.
 pub fn served_features_in(mode: Mode) -> DriverFeatures {
-    DriverFeatures {
-        snapshots: true,
-        expansion: true,
-        clones: true,
-        ephemeral: true,
-        capacity: true,
-        topology: true,
-        group_snapshots: mode == Mode::AllInOne,
+    if mode.is_cluster() {
+        plinth_api::served_features()
+    } else {
+        plinth_api::served_features_all_in_one()
     }
 }
 
@@ -193,13 +153,13 @@ pub struct Config {
     pub kubelet_dir: PathBuf,
     pub driver_name: String,
     pub mode: Mode,
-    /// What is advertised and served: the flags, limited to [`served_features`].
+    /// What is advertised and served: the flags, limited to [`served_features_in`].
     pub features: DriverFeatures,
     pub max_volumes_per_node: i64,
     pub topology_key: String,
     pub shutdown_grace: Duration,
     /// Sizes of inline (ephemeral) volumes.
-    pub ephemeral: ephemeral::Limits,
+    pub ephemeral: plinth_api::ephemeral::Limits,
     /// Cluster mode: the longest a controller call waits for a node.
     pub handoff_timeout: Duration,
     /// Cluster mode: how often a node re-reads its capacity.
@@ -275,7 +235,7 @@ impl Config {
         }
         let mut requested = DriverFeatures::default();
         for feature in &cli.disable {
-            feature.set(&mut requested, false);
+            requested.set(*feature, false);
         }
         if cli.mode.is_cluster() {
             // The node ID names the node's PoolNode and labels its work: it must be the
@@ -314,7 +274,7 @@ impl Config {
             max_volumes_per_node: cli.max_volumes_per_node,
             topology_key: cli.topology_key,
             shutdown_grace: cli.shutdown_grace_seconds,
-            ephemeral: ephemeral::Limits {
+            ephemeral: plinth_api::ephemeral::Limits {
                 default_bytes: cli.ephemeral_default_size,
                 max_bytes: cli.ephemeral_max_size,
                 node_max_bytes: cli.ephemeral_max_total_size,
@@ -373,33 +333,6 @@ pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf, ConfigError> {
     Ok(path.to_path_buf())
 }
 
-/// Sizes as Kubernetes and humans write them: `1073741824`, `1Gi`, `1GiB`, `500M`, `2G`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (e.g. 1GiB, 512Mi, 1073741824)"))?;
-    let multiplier: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "k" | "K" | "KB" => 1000,
-        "Ki" | "KiB" => 1 << 10,
-        "M" | "MB" => 1000_u64.pow(2),
-        "Mi" | "MiB" => 1 << 20,
-        "G" | "GB" => 1000_u64.pow(3),
-        "Gi" | "GiB" => 1 << 30,
-        "T" | "TB" => 1000_u64.pow(4),
-        "Ti" | "TiB" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?}")),
-    };
-    number
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("{text:?} does not fit in 64 bits"))
-}
-
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     text.parse::<u64>()
         .map(Duration::from_secs)
@@ -450,6 +383,8 @@ fn is_valid_driver_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use plinth_api::served_features;
+
     use super::*;
 
     fn cli(args: &[&str]) -> Cli {
@@ -509,17 +444,6 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_with_binary_and_decimal_units() {
-        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-        assert_eq!(parse_size("1Gi").unwrap(), 1 << 30);
-        assert_eq!(parse_size("512M").unwrap(), 512_000_000);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("1XB").is_err());
-        assert!(parse_size("GiB").is_err());
-        assert!(parse_size("99999999999TiB").is_err());
-    }
-
-    #[test]
     fn disabled_features_are_off_and_unserved_features_never_on() {
         let config = Config::from_cli(cli(&["--disable", "capacity,topology"]), None).unwrap();
         assert!(!config.features.capacity);
@@ -531,6 +455,32 @@ mod tests {
             served_features().snapshots,
             "a feature this build cannot serve must not be advertised"
         );
+    }
+
+    /// `--disable` takes exactly the switches of [`Feature`], each turning off its own
+    /// slot and nothing else.
+    #[test]
+    fn every_feature_switch_disables_exactly_its_feature() {
+        for feature in Feature::ALL {
+            let config = Config::from_cli(cli(&["--disable", feature.switch()]), None).unwrap();
+            assert_eq!(
+                config.features,
+                DriverFeatures::default().with(feature, false),
+                "--disable {}",
+                feature.switch()
+            );
+        }
+        for wrong in [
+            "resize",
+            "capacityTracking",
+            "groupSnapshots",
+            "group_snapshots",
+        ] {
+            assert!(
+                Cli::try_parse_from(["plinth-driver", "--disable", wrong]).is_err(),
+                "{wrong} accepted"
+            );
+        }
     }
 
     #[test]

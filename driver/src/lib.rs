@@ -3,8 +3,6 @@
 //!
 //! Imports run one way: `csi` → `storage` / `cluster` → `mount`.
 
-/// What the driver can do and which CSI capabilities it advertises for each feature.
-pub mod capabilities;
 /// Cluster mode: the controller hands volume and snapshot work to the node holding the pool.
 pub mod cluster;
 /// Command line and environment: how the driver is run.
@@ -21,7 +19,3 @@ pub mod server;
 pub mod state;
 /// Volumes and snapshots on this node: the pool, images, copies, growth, encryption.
 pub mod storage;
-
-// `cluster/crd.rs`, `cluster/ids.rs` and `config.rs` move to the `plinth-api` crate in the
-// same change (issue 13); until then they reach the storage types through these paths.
-use storage::{ephemeral, pool, snapshot};

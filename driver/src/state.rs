@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::capabilities::Capabilities;
 use crate::cluster::Cluster;
 use crate::config::{Config, Mode};
 use crate::error::Error;
@@ -14,6 +13,7 @@ use crate::storage::inflight::{Guard, InFlight};
 use crate::storage::pool::Pool;
 use crate::storage::snapshot::SnapshotStore;
 use crate::storage::volume::NodeVolumes;
+use plinth_api::capabilities::Capabilities;
 
 /// How long a successful readiness check is trusted; Probe is called every few seconds
 /// by the liveness probe and need not touch the disk each time.

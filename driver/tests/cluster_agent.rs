@@ -7,8 +7,8 @@ mod agent_support;
 
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
+use plinth_api::cluster::crd::{self, Phase, PoolNode, PoolSnapshot, PoolVolume};
 use plinth_driver::cluster::agent::capacity::Publisher;
-use plinth_driver::cluster::crd::{self, Phase, PoolNode, PoolSnapshot, PoolVolume};
 use plinth_driver::storage::local;
 use serde_json::{Value, json};
 
@@ -721,8 +721,8 @@ mod through_the_api_server {
 
     use kube::api::{Api, DeleteParams, PostParams};
     use kube::runtime::wait::{Condition, await_condition, conditions};
+    use plinth_api::cluster::crd::{Phase, PoolNode, PoolSnapshot, PoolVolume};
     use plinth_apistub::{ApiStub, Verb};
-    use plinth_driver::cluster::crd::{Phase, PoolNode, PoolSnapshot, PoolVolume};
     use tokio::task::JoinHandle;
 
     use super::agent_support::{self, MIB, TestNode};
@@ -893,6 +893,6 @@ mod through_the_api_server {
     }
 
     fn crd_pool_node_name() -> String {
-        plinth_driver::cluster::crd::pool_node_name(agent_support::NODE, agent_support::DRIVER)
+        plinth_api::cluster::crd::pool_node_name(agent_support::NODE, agent_support::DRIVER)
     }
 }

@@ -12,12 +12,12 @@ use clap::Parser;
 use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::wait::await_condition;
-use plinth_csi_proto::v1;
-use plinth_csi_proto::v1::controller_server::Controller;
-use plinth_driver::cluster::crd::{
+use plinth_api::cluster::crd::{
     self, AccessSpec, PoolNode, PoolNodeSpec, PoolNodeStatus, PoolSnapshot, PoolSnapshotSpec,
     PoolVolume, PoolVolumeSpec, VolumeMode,
 };
+use plinth_csi_proto::v1;
+use plinth_csi_proto::v1::controller_server::Controller;
 use plinth_driver::cluster::{Cluster, ids};
 use plinth_driver::config::{Cli, Config};
 use plinth_driver::csi::controller::ControllerService;
@@ -82,7 +82,7 @@ fn pool_node(node: &str, available: Option<u64>) -> PoolNode {
 fn ext4() -> AccessSpec {
     AccessSpec {
         volume_mode: VolumeMode::Filesystem,
-        fs_type: Some(plinth_driver::mount::FsType::Ext4),
+        fs_type: Some(crd::FsType::Ext4),
     }
 }
 

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use data_rpc::*;
 use kube::Api;
+use plinth_api::cluster::crd::{Phase, PoolNode, PoolSnapshot, PoolVolume, pool_node_name};
 use plinth_csi_proto::v1;
-use plinth_driver::cluster::crd::{Phase, PoolNode, PoolSnapshot, PoolVolume, pool_node_name};
 use tonic::Code;
 
 const DRIVER: &str = "local.csi.plinth.dev";
@@ -99,7 +99,7 @@ impl Cluster {
     }
 
     /// The node's published pool status, once it has one.
-    async fn pool_node(&self, node: &str) -> Option<plinth_driver::cluster::crd::PoolNodeStatus> {
+    async fn pool_node(&self, node: &str) -> Option<plinth_api::cluster::crd::PoolNodeStatus> {
         Api::<PoolNode>::all(self.client())
             .get_opt(&pool_node_name(node, DRIVER))
             .await

@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use plinth_driver::capabilities::DriverFeatures;
+use plinth_api::capabilities::DriverFeatures;
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::reconcile::fingerprint::hash_desired;
 use plinth_operator::render::{RenderEnv, render};

@@ -13,7 +13,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::storage::v1::TokenRequest;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
-use plinth_driver::capabilities::Capabilities;
+use plinth_api::Feature;
+use plinth_api::capabilities::Capabilities;
 use schemars::JsonSchema;
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -372,6 +373,23 @@ pub struct Features {
     /// with no point in time across them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_snapshots: Option<bool>,
+}
+
+impl Features {
+    /// The CR's setting of `feature`; `None` when unset. The fields are the serde
+    /// spelling of [`Feature::field`] (a test holds them to it): code reads them through
+    /// here, so the list of features lives in [`Feature`] only.
+    pub fn get(&self, feature: Feature) -> Option<bool> {
+        match feature {
+            Feature::Snapshots => self.snapshots,
+            Feature::Expansion => self.resize,
+            Feature::Clones => self.clones,
+            Feature::Ephemeral => self.ephemeral,
+            Feature::Capacity => self.capacity_tracking,
+            Feature::Topology => self.topology,
+            Feature::GroupSnapshots => self.group_snapshots,
+        }
+    }
 }
 
 /// The controller StatefulSet.
@@ -989,4 +1007,40 @@ fn default_timeout() -> String {
 }
 fn default_kubelet_dir() -> String {
     DEFAULT_KUBELET_DIR.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `spec.features.<field>` is read back by `Features::get` as exactly that feature,
+    /// for every feature: the CR struct and the one feature table cannot drift apart.
+    #[test]
+    fn every_feature_field_is_read_through_its_feature() {
+        for feature in Feature::ALL {
+            let features: Features =
+                serde_json::from_value(serde_json::json!({ feature.field(): false }))
+                    .expect("every field parses");
+            for other in Feature::ALL {
+                let want = (other == feature).then_some(false);
+                assert_eq!(
+                    features.get(other),
+                    want,
+                    "{} read as {other:?}",
+                    feature.field()
+                );
+            }
+        }
+        let all: serde_json::Map<_, _> = Feature::ALL
+            .into_iter()
+            .map(|f| (f.field().to_owned(), serde_json::Value::Bool(true)))
+            .collect();
+        let features: Features =
+            serde_json::from_value(serde_json::Value::Object(all.clone())).expect("parses");
+        assert_eq!(
+            serde_json::to_value(features).expect("serialises"),
+            serde_json::Value::Object(all),
+            "the struct has exactly the table's fields"
+        );
+    }
 }

@@ -99,7 +99,7 @@ fn print_crd() -> anyhow::Result<()> {
 
 fn read_capabilities(
     file: Option<&std::path::Path>,
-) -> anyhow::Result<Option<plinth_driver::capabilities::Capabilities>> {
+) -> anyhow::Result<Option<plinth_api::capabilities::Capabilities>> {
     let Some(file) = file else {
         return Ok(None);
     };

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Component, Path};
 
-use plinth_driver::capabilities::{ControllerCapability, Sidecar};
+use plinth_api::Feature;
+use plinth_api::capabilities::{ControllerCapability, Sidecar};
 
 use crate::crd::{
     CsiDeployment, DriverPodOptions, EncryptionSpec, LifecycleMode, StorageClassSpec,
@@ -14,7 +15,7 @@ use crate::crd::{
 use crate::render::controller::{MIN_BUILTIN_TIMEOUT_MILLIS, go_duration_millis};
 use crate::render::images;
 use crate::render::names::MAX_CR_NAME;
-use crate::render::plan::{Feature, Plan};
+use crate::render::plan::Plan;
 use crate::render::{RenderEnv, classes, secrets};
 
 /// The StorageClass parameter naming the volumes' filesystem.
@@ -211,7 +212,7 @@ fn builtin_features(cr: &CsiDeployment, env: &RenderEnv, errors: &mut Errors) {
     let f = &cr.spec.features;
     let served = env.builtin_features.capabilities();
     for feature in Feature::ALL {
-        if feature.switch(f) != Some(true) || feature.served_by(&served) {
+        if f.get(feature) != Some(true) || feature.served_by(&served) {
             continue;
         }
         let message = match feature {
@@ -227,7 +228,7 @@ fn builtin_features(cr: &CsiDeployment, env: &RenderEnv, errors: &mut Errors) {
         };
         errors.add(format!("spec.features.{}", feature.field()), message);
     }
-    if f.topology == Some(false) {
+    if f.get(Feature::Topology) == Some(false) {
         errors.add(
             "spec.features.topology",
             "the built-in driver needs topology: each volume lives in one node's pool, so \
@@ -250,7 +251,7 @@ fn builtin_features(cr: &CsiDeployment, env: &RenderEnv, errors: &mut Errors) {
 
 fn features(cr: &CsiDeployment, env: &RenderEnv, errors: &mut Errors) {
     let f = &cr.spec.features;
-    if f.group_snapshots == Some(true) && f.snapshots == Some(false) {
+    if f.get(Feature::GroupSnapshots) == Some(true) && f.get(Feature::Snapshots) == Some(false) {
         errors.add(
             "spec.features.groupSnapshots",
             "group snapshots need snapshots: set features.snapshots to true or unset it",
@@ -270,7 +271,7 @@ fn features(cr: &CsiDeployment, env: &RenderEnv, errors: &mut Errors) {
         return;
     };
     for feature in Feature::ALL {
-        if feature.switch(f) == Some(true) && !feature.served_by(&caps) {
+        if f.get(feature) == Some(true) && !feature.served_by(&caps) {
             errors.add(
                 format!("spec.features.{}", feature.field()),
                 format!(
@@ -334,10 +335,10 @@ fn inline_volumes(cr: &CsiDeployment, errors: &mut Errors) {
         );
         return;
     }
-    let defaults = plinth_driver::storage::ephemeral::Limits::default();
+    let defaults = plinth_api::ephemeral::Limits::default();
     let size = |field: &str, value: &Option<String>, default: u64, errors: &mut Errors| match value
         .as_deref()
-        .map(plinth_driver::config::parse_size)
+        .map(plinth_api::parse_size)
     {
         None => Some(default),
         Some(Ok(bytes)) if bytes > 0 => Some(bytes),
@@ -744,7 +745,7 @@ fn per_node(cr: &CsiDeployment, plan: &Plan, errors: &mut Errors) {
              that attaches",
         );
     }
-    if cr.spec.features.resize == Some(true) {
+    if cr.spec.features.get(Feature::Expansion) == Some(true) {
         errors.add(
             "spec.features.resize",
             "true, but external-resizer has no per-node mode \

@@ -12,7 +12,7 @@ use generated_support::{read, repo_root, yaml};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use plinth_driver::capabilities::{DriverFeatures, Sidecar};
+use plinth_api::capabilities::{DriverFeatures, Sidecar};
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::generate::{self, bundle, manager, policy, rbac, samples::SAMPLES};
 use plinth_operator::render::{self, ManagedKind, RenderEnv, images};

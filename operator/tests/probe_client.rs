@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use plinth_api::Feature;
+use plinth_api::capabilities::{DriverFeatures, PluginCapability};
 use plinth_csi_proto::v1;
-use plinth_driver::capabilities::{DriverFeatures, PluginCapability};
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::probe::{Endpoints, Limits, ProbeError, probe};
 use plinth_operator::render::{self, RenderEnv};
@@ -120,7 +121,7 @@ fn limits(socket_wait: u64, call: u64) -> Limits {
 }
 
 /// A third-party CR rendered with `caps` as its probe's answer.
-fn controller_containers(caps: &plinth_driver::capabilities::Capabilities) -> Vec<String> {
+fn controller_containers(caps: &plinth_api::capabilities::Capabilities) -> Vec<String> {
     let cr: CsiDeployment = serde_json::from_value(json!({
         "apiVersion": "plinth.dev/v1alpha1", "kind": "CsiDeployment",
         "metadata": {"name": "probed"},
@@ -169,15 +170,10 @@ async fn each_disable_set_is_probed_exactly_and_decides_the_sidecars() {
             .await
             .unwrap_or_else(|e| panic!("probe with --disable {disable:?}: {e}\n{}", driver.log()));
         // What the driver's own capability model says it advertises with these switches.
-        let mut features =
-            plinth_driver::config::served_features_in(plinth_driver::config::Mode::AllInOne);
+        let mut features = plinth_api::served_features_all_in_one();
         for d in disable {
-            match *d {
-                "snapshots" => features.snapshots = false,
-                "expansion" => features.expansion = false,
-                "group-snapshots" => features.group_snapshots = false,
-                other => panic!("case uses {other}"),
-            }
+            let feature = Feature::from_switch(d).unwrap_or_else(|| panic!("case uses {d}"));
+            features.set(feature, false);
         }
         let mut want = features.capabilities();
         want.lifecycle_modes.clear();

@@ -18,8 +18,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
+use plinth_api::capabilities::DriverFeatures;
 use plinth_apistub::{ApiStub, Fault, Recorded as Req, Running};
-use plinth_driver::capabilities::DriverFeatures;
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::metrics::Metrics;
 use plinth_operator::reconcile::{self, Context, Error, FINALIZER};
@@ -1317,7 +1317,7 @@ async fn a_per_node_deployment_is_ready_without_a_controller_statefulset() {
 
 mod probing {
     use super::*;
-    use plinth_driver::capabilities::Capabilities;
+    use plinth_api::capabilities::Capabilities;
     use plinth_operator::probe::{ProbeAnswer, ProbeResult};
     use plinth_operator::reconcile::probe::{FAILED_RECHECK, PROBE_POLL};
     use plinth_operator::render::probe as probe_job;

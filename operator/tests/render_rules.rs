@@ -4,13 +4,12 @@
 
 mod common;
 
-use clap::Parser;
 use common::*;
 use k8s_openapi::api::core::v1::PodSpec;
-use plinth_driver::capabilities::{DriverFeatures, Sidecar};
+use plinth_api::capabilities::Sidecar;
 use plinth_operator::crd::{CsiDeployment, Features, StorageClassSpec};
 use plinth_operator::labels;
-use plinth_operator::render::{ManagedKind, ManagedObject, RenderEnv, render};
+use plinth_operator::render::{ManagedKind, ManagedObject, RenderEnv};
 
 fn features(f: Features) -> CsiDeployment {
     let mut cr = fixture("minimal");
@@ -491,90 +490,6 @@ fn kubelet_dir_moves_every_kubelet_path() {
 }
 
 #[test]
-fn the_real_driver_cli_accepts_the_rendered_arguments() {
-    for name in ["minimal", "bare", "full", "k0s", "air-gapped"] {
-        for served in [
-            DriverFeatures::default(),
-            plinth_driver::config::served_features(),
-        ] {
-            let env = RenderEnv {
-                builtin_features: served,
-                ..full_env()
-            };
-            let cr = fixture(name);
-            let Ok(r) = render(&cr, &env) else {
-                // full.yaml asks for features this release may not serve yet.
-                continue;
-            };
-            for (mode, pod) in [("controller", controller_pod(&r)), ("node", node_pod(&r))] {
-                let driver = container(pod, "plinth-driver").unwrap();
-                let argv = std::iter::once("plinth-driver").chain(args(driver));
-                let cli = plinth_driver::config::Cli::try_parse_from(argv)
-                    .unwrap_or_else(|e| panic!("{name} {mode}: {e}"));
-                let config = plinth_driver::config::Config::from_cli(cli, Some("worker-1".into()))
-                    .unwrap_or_else(|e| panic!("{name} {mode}: {e}"));
-                assert_eq!(config.driver_name, cr.spec.driver.name);
-                assert_eq!(config.mode.serves_controller(), mode == "controller");
-                if mode == "controller" {
-                    let half = plinth_operator::render::controller::go_duration_millis(
-                        &cr.spec.controller.timeout,
-                    )
-                    .unwrap()
-                        / 2;
-                    assert_eq!(
-                        config.handoff_timeout.as_millis(),
-                        u128::from(half),
-                        "{name}"
-                    );
-                }
-                let planned = plinth_operator::render::Plan::new(&cr, &env)
-                    .builtin
-                    .unwrap();
-                // The node is told only the switches the node side serves (the others
-                // are the controller's business: toggling them must not roll the node).
-                let node_side = |f: DriverFeatures| [f.expansion, f.ephemeral, f.topology];
-                if served == plinth_driver::config::served_features() {
-                    // The driver serves exactly the features the operator deployed for.
-                    if mode == "controller" {
-                        assert_eq!(config.features, planned, "{name} {mode}");
-                    } else {
-                        assert_eq!(
-                            node_side(config.features),
-                            node_side(planned),
-                            "{name} {mode}"
-                        );
-                    }
-                } else {
-                    // Whatever the build serves, a switched-off feature stays off.
-                    let on = |f: DriverFeatures| {
-                        [
-                            f.snapshots,
-                            f.expansion,
-                            f.clones,
-                            f.ephemeral,
-                            f.capacity,
-                            f.topology,
-                            f.group_snapshots,
-                        ]
-                    };
-                    let pairs: Vec<(bool, bool)> = if mode == "controller" {
-                        on(config.features).into_iter().zip(on(planned)).collect()
-                    } else {
-                        node_side(config.features)
-                            .into_iter()
-                            .zip(node_side(planned))
-                            .collect()
-                    };
-                    for (got, want) in pairs {
-                        assert!(want || !got, "{name} {mode}");
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[test]
 fn every_object_is_labelled_and_owned_when_the_cr_has_a_uid() {
     let mut cr = fixture("full");
     cr.metadata.uid = Some("2f1c9b4e-0000-4000-8000-000000000001".into());
@@ -988,7 +903,7 @@ fn only_the_builtin_node_driver_container_carries_an_api_token() {
 
 #[test]
 fn features_the_release_does_not_serve_are_left_out_not_crash_looped() {
-    let served = plinth_driver::config::served_features();
+    let served = plinth_api::served_features();
     let env = RenderEnv {
         builtin_features: served,
         ..full_env()

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use plinth_driver::capabilities::DriverFeatures;
+use plinth_api::capabilities::DriverFeatures;
 use plinth_operator::crd::{
     CsiDeployment, LifecycleMode, StorageClassSpec, VolumeSnapshotClassSpec,
 };

@@ -43,7 +43,7 @@ use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, StorageClass};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use plinth_driver::config::served_features;
+use plinth_api::served_features;
 use plinth_e2e::{
     Operator, TEST_MANAGER, connect, ensure_namespace, install_crd, none_left, percentile, wait_for,
 };
@@ -315,7 +315,7 @@ async fn remove_deployment(client: &Client, cr: &str) -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let pools: Api<plinth_driver::cluster::crd::PoolNode> = Api::all(client.clone());
+    let pools: Api<plinth_api::cluster::crd::PoolNode> = Api::all(client.clone());
     for pool in pools.list(&ListParams::default()).await?.items {
         if pool.spec.driver == driver {
             workloads::delete_if_present(&pools, &pool.name_any()).await?;

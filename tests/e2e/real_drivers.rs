@@ -103,9 +103,10 @@ async fn hostpath_deploys_per_node_from_what_it_advertises_and_provisions() -> a
         ensure!(
             caps.source == plinth_operator::crd::CapabilitySource::Probe
                 && caps.driver_name.as_deref() == Some("hostpath.csi.k8s.io")
-                && caps.advertised.controller.contains(
-                    &plinth_driver::capabilities::ControllerCapability::CreateDeleteVolume
-                ),
+                && caps
+                    .advertised
+                    .controller
+                    .contains(&plinth_api::capabilities::ControllerCapability::CreateDeleteVolume),
             "status.capabilities is not host-path's probed answer: {caps:#?}"
         );
         read_back_through_a_claim(&client, &id, &class, None).await

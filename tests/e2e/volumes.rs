@@ -15,11 +15,12 @@ use kube::api::{
 };
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use plinth_driver::cluster::crd::{
+use plinth_api::cluster::crd::{
     self, FINALIZER, Phase, PoolNode, PoolNodeStatus, PoolSnapshot, PoolVolume,
 };
-use plinth_driver::cluster::ids;
-use plinth_driver::config::{DEFAULT_TOPOLOGY_KEY, served_features};
+use plinth_api::cluster::ids;
+use plinth_api::served_features;
+use plinth_driver::config::DEFAULT_TOPOLOGY_KEY;
 use plinth_e2e::timeline::Timeline;
 use plinth_e2e::{install_pool_crds, none_left, percentile, wait_for};
 use plinth_operator::render::ManagedKind;

@@ -16,10 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use plinth_csi_proto::v1;
 use tracing::Span;
 
-use super::crd::{
-    self, ContentSourceSpec, Operation, Phase, PoolNode, PoolSnapshot, PoolSnapshotSpec,
-    PoolVolume, PoolVolumeSpec, Record, WorkError,
-};
+use super::convert::content_source;
 use super::placement::{self, Room};
 use super::{Cluster, ClusterError, ids, is_transient, parse_code, watch};
 use crate::csi::snapshot as snapshot_rpc;
@@ -29,6 +26,10 @@ use crate::storage::pool::{CapacityRange, ContentSource, VolumeAccess, VolumeId,
 use crate::storage::restore;
 use crate::storage::snapshot::SnapshotId;
 use crate::storage::spec::{Capability, Capacity};
+use plinth_api::cluster::crd::{
+    self, ContentSourceSpec, Operation, Phase, PoolNode, PoolSnapshot, PoolSnapshotSpec,
+    PoolVolume, PoolVolumeSpec, Record, WorkError,
+};
 
 /// A piece of work handed to a node: a PoolVolume or a PoolSnapshot.
 trait Work: Record {
@@ -487,12 +488,7 @@ fn check_compatible(cluster: &Cluster, volume: &PoolVolume, new: &NewVolume) -> 
         Some("access type")
     } else if spec.parameters != new.parameters {
         Some("parameters")
-    } else if spec
-        .content_source
-        .as_ref()
-        .and_then(ContentSourceSpec::content)
-        != new.source
-    {
+    } else if spec.content_source.as_ref().and_then(content_source) != new.source {
         Some("content source")
     } else if !placement::allows(new.requirement.as_ref(), &cluster.topology_key, &spec.node) {
         Some("node (the accessibility requirements exclude it)")
@@ -523,7 +519,7 @@ fn volume_proto(cluster: &Cluster, volume: &PoolVolume) -> v1::Volume {
             .spec
             .content_source
             .as_ref()
-            .and_then(ContentSourceSpec::content)
+            .and_then(content_source)
             .as_ref()
             .map(restore::to_proto),
         accessible_topology: vec![validate::node_topology(

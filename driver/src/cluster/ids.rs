@@ -1,67 +1,39 @@
-//! IDs of cluster-mode volumes and snapshots, derived from their CSI names.
-//!
-//! The controller keeps no state of its own: a retried CreateVolume must find the work
-//! the first attempt started, so the ID (and the name of the custom resource that
-//! records it) is a function of the driver and the CSI name. 128 bits of SHA-256 keep
-//! the IDs in the same `[0-9a-f]{32}` shape the pool validates, so nothing downstream
-//! changes, and a node name never has to fit into a 128-byte CSI ID.
+//! The cluster-mode IDs ([`plinth_api::cluster::ids`], where the derivation lives) as the
+//! pool's validated ID types.
 
-use sha2::{Digest, Sha256};
+use plinth_api::cluster::ids;
 
-use crate::pool::VolumeId;
-use crate::snapshot::SnapshotId;
-
-fn digest_hex(kind: &str, driver: &str, name: &str) -> String {
-    let mut hasher = Sha256::new();
-    for part in [kind, driver, name] {
-        hasher.update(part.as_bytes());
-        // A separator that cannot occur in a driver name keeps ("a", "bc") and
-        // ("ab", "c") apart.
-        hasher.update([0]);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::storage::pool::VolumeId;
+use crate::storage::snapshot::SnapshotId;
 
 /// The ID of the volume `driver` provisions for CSI name `name`.
 pub fn volume_id(driver: &str, name: &str) -> VolumeId {
-    let hex = digest_hex("volume", driver, name);
     // 32 lowercase hex characters: always a valid ID.
-    VolumeId::parse(&hex).unwrap_or_else(|_| unreachable!("sha256 hex is a volume id"))
+    VolumeId::parse(&ids::volume_id(driver, name))
+        .unwrap_or_else(|_| unreachable!("sha256 hex is a volume id"))
 }
 
 /// The ID of the snapshot `driver` cuts for CSI name `name`.
 pub fn snapshot_id(driver: &str, name: &str) -> SnapshotId {
-    let id = format!(
-        "{}{}",
-        SnapshotId::PREFIX,
-        digest_hex("snapshot", driver, name)
-    );
-    SnapshotId::parse(&id).unwrap_or_else(|_| unreachable!("sha256 hex is a snapshot id"))
+    SnapshotId::parse(&ids::snapshot_id(driver, name))
+        .unwrap_or_else(|_| unreachable!("sha256 hex is a snapshot id"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The typed IDs are the shared derivation's, and the prefixes agree.
     #[test]
-    fn ids_are_stable_and_distinct_per_driver_kind_and_name() {
-        let a = volume_id("local.csi.plinth.dev", "pvc-1");
-        assert_eq!(a, volume_id("local.csi.plinth.dev", "pvc-1"));
-        assert_ne!(a, volume_id("local.csi.plinth.dev", "pvc-2"));
-        assert_ne!(a, volume_id("other.csi.plinth.dev", "pvc-1"));
-        assert_ne!(volume_id("ab", "c"), volume_id("a", "bc"));
-        let s = snapshot_id("local.csi.plinth.dev", "pvc-1");
-        assert!(s.as_str().starts_with("snap-"));
-        assert_ne!(&s.as_str()[5..], a.as_str(), "kinds must not share IDs");
-        // Pinned: IDs are recorded in PVs; changing the derivation orphans volumes.
+    fn typed_ids_are_the_shared_derivation() {
+        assert_eq!(SnapshotId::PREFIX, ids::SNAPSHOT_PREFIX);
         assert_eq!(
             volume_id("local.csi.plinth.dev", "pvc-1").as_str(),
             "b3713cbe2921f0c950476af15ae43729"
+        );
+        assert_eq!(
+            snapshot_id("d", "s").as_str(),
+            ids::snapshot_id("d", "s").as_str()
         );
     }
 }

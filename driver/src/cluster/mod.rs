@@ -12,7 +12,7 @@
 //!   pool, report in status, publish capacity.
 
 pub mod agent;
-pub mod crd;
+pub mod convert;
 pub mod handoff;
 pub mod ids;
 pub mod placement;
@@ -21,6 +21,7 @@ pub mod watch;
 use std::fmt;
 use std::time::Duration;
 
+use plinth_api::cluster::crd;
 use tonic::Code;
 
 use crate::config::Config;

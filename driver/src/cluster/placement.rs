@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use plinth_csi_proto::v1;
 
-use super::crd::PoolNode;
+use plinth_api::cluster::crd::PoolNode;
 
 /// A node as placement sees it: its name and the room its plugin published (`None`
 /// when it has not published any: no PoolNode, or one without status).

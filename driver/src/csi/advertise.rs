@@ -1,4 +1,4 @@
-//! The one translation from the capability model ([`crate::capabilities`]) to the CSI
+//! The one translation from the capability model ([`plinth_api::capabilities`]) to the CSI
 //! protobuf messages the Identity, Controller and Node services advertise.
 
 use plinth_csi_proto::v1;
@@ -8,7 +8,7 @@ use v1::node_service_capability::rpc::Type as ProtoNode;
 use v1::plugin_capability::service::Type as ProtoService;
 use v1::plugin_capability::volume_expansion::Type as ProtoExpansion;
 
-use crate::capabilities::{
+use plinth_api::capabilities::{
     Capabilities, ControllerCapability, GroupControllerCapability, NodeCapability, PluginCapability,
 };
 
@@ -114,7 +114,7 @@ pub fn group_controller_capabilities(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capabilities::DriverFeatures;
+    use plinth_api::capabilities::DriverFeatures;
 
     /// The proto enum names are the serde names of the model: a mapping slip (say,
     /// LIST_SNAPSHOTS sent for LIST_VOLUMES) shows up as a name mismatch.

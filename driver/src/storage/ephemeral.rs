@@ -18,9 +18,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use plinth_api::ephemeral::Limits;
+use plinth_api::parse_size;
 use plinth_csi_proto::v1;
 
-use crate::config::parse_size;
 use crate::csi::validate;
 use crate::error::Error;
 use crate::mount::{FsType, mountinfo};
@@ -42,31 +43,6 @@ pub const PARAMETER: &str = "plinth.dev/ephemeral";
 /// Parameter recording an inline volume's target path (its only mount), so that a start
 /// after a crash can tell a volume whose pod is gone.
 pub const TARGET_PARAMETER: &str = "plinth.dev/ephemeral-target";
-
-/// What inline volumes may take: per volume, and on the whole node. Any pod spec can
-/// ask for inline volumes without a claim or a quota, so the node bounds them all.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Size of an inline volume whose attributes name none.
-    pub default_bytes: u64,
-    /// Largest inline volume: a pod spec alone must not be able to fill the pool.
-    pub max_bytes: u64,
-    /// Bytes all inline volumes of the node together may have.
-    pub node_max_bytes: u64,
-    /// How many inline volumes the node may hold at once.
-    pub node_max_volumes: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            default_bytes: 1 << 30,
-            max_bytes: 16 << 30,
-            node_max_bytes: 64 << 30,
-            node_max_volumes: 32,
-        }
-    }
-}
 
 /// Serialises "count the node's inline volumes, then create one": publishes of different
 /// inline volumes run concurrently, and two must not both take the last place.

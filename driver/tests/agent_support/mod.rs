@@ -8,14 +8,13 @@ use std::sync::Arc;
 
 use clap::Parser;
 use kube::api::ObjectMeta;
-use plinth_driver::cluster::agent::Agent;
-use plinth_driver::cluster::crd::{
+use plinth_api::cluster::crd::{
     self, AccessSpec, ContentSourceSpec, PoolSnapshot, PoolSnapshotSpec, PoolVolume,
     PoolVolumeSpec, VolumeMode,
 };
+use plinth_driver::cluster::agent::Agent;
 use plinth_driver::cluster::{Cluster, ids};
 use plinth_driver::config::{Cli, Config};
-use plinth_driver::mount::FsType;
 use plinth_driver::state::Driver;
 use plinth_driver::storage::pool::{Pool, VolumeId};
 use plinth_driver::storage::snapshot::{SnapshotId, SnapshotStore};
@@ -173,7 +172,7 @@ fn meta(name: &str) -> ObjectMeta {
 pub fn ext4() -> AccessSpec {
     AccessSpec {
         volume_mode: VolumeMode::Filesystem,
-        fs_type: Some(FsType::Ext4),
+        fs_type: Some(crd::FsType::Ext4),
     }
 }
 

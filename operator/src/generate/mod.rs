@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use plinth_driver::cluster::crd::{PoolNode, PoolSnapshot, PoolVolume};
+use plinth_api::cluster::crd::{PoolNode, PoolSnapshot, PoolVolume};
 use serde::Serialize;
 
 use crate::crd::CsiDeployment;

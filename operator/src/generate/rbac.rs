@@ -12,7 +12,7 @@ use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use plinth_driver::capabilities::Sidecar;
+use plinth_api::capabilities::Sidecar;
 
 use super::policy::{merge, rule};
 use super::{NAMESPACE, SERVICE_ACCOUNT, manager};

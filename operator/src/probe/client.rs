@@ -4,8 +4,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use plinth_api::capabilities::{Capabilities, PluginCapability};
 use plinth_csi_proto::v1;
-use plinth_driver::capabilities::{Capabilities, PluginCapability};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use v1::controller_client::ControllerClient;

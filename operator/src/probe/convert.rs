@@ -1,13 +1,14 @@
 //! From the CSI messages a driver answers with to the capability model. The inverse of
-//! `plinth_driver::csi::advertise` (a test holds them to that). Values the model does not know
-//! (`UNKNOWN`, the alpha VOLUME_CONDITION that spec v1.13 removes, SNAPSHOT_METADATA_SERVICE)
-//! are skipped: no sidecar the operator deploys depends on them.
+//! `plinth_driver::csi::advertise` (`tests/contract.rs` in the e2e crate, which links both,
+//! holds them to that). Values the model does not know (`UNKNOWN`, the alpha
+//! VOLUME_CONDITION that spec v1.13 removes, SNAPSHOT_METADATA_SERVICE) are skipped: no
+//! sidecar the operator deploys depends on them.
 
-use plinth_csi_proto::v1;
-use plinth_driver::capabilities::{
+use plinth_api::capabilities::{
     Capabilities, ControllerCapability as C, GroupControllerCapability, NodeCapability,
     PluginCapability,
 };
+use plinth_csi_proto::v1;
 use v1::controller_service_capability::rpc::Type as ProtoController;
 use v1::group_controller_service_capability::rpc::Type as ProtoGroup;
 use v1::node_service_capability::rpc::Type as ProtoNode;
@@ -100,30 +101,6 @@ pub fn group_controller(caps: &[v1::GroupControllerServiceCapability], into: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plinth_driver::capabilities::DriverFeatures;
-    use plinth_driver::csi::advertise;
-
-    /// Every capability the model knows survives advertise -> convert unchanged.
-    #[test]
-    fn converting_is_the_inverse_of_what_the_driver_advertises() {
-        let mut all = DriverFeatures::default().capabilities();
-        all.plugin.insert(PluginCapability::OfflineExpansion);
-        all.controller.extend([
-            C::PublishUnpublishVolume,
-            C::PublishReadonly,
-            C::ListVolumesPublishedNodes,
-            C::ModifyVolume,
-        ]);
-        all.node.insert(NodeCapability::VolumeMountGroup);
-        let mut back = Capabilities::default();
-        plugin(&advertise::plugin_capabilities(&all, true), &mut back);
-        controller(&advertise::controller_capabilities(&all), &mut back);
-        node(&advertise::node_capabilities(&all), &mut back);
-        group_controller(&advertise::group_controller_capabilities(&all), &mut back);
-        // Lifecycle modes are no CSI message: never probed.
-        all.lifecycle_modes.clear();
-        assert_eq!(back, all);
-    }
 
     #[test]
     fn values_the_model_does_not_know_are_skipped() {

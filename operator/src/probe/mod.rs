@@ -7,12 +7,12 @@
 //! the 4096 bytes kubelet keeps.
 
 pub mod client;
-mod convert;
+pub mod convert;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plinth_driver::capabilities::Capabilities;
+use plinth_api::capabilities::Capabilities;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Endpoints, Limits, probe};

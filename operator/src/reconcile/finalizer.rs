@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
-use plinth_driver::cluster::crd::{PoolNode, driver_selector};
+use plinth_api::cluster::crd::{PoolNode, driver_selector};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 

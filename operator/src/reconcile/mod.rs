@@ -109,7 +109,7 @@ impl Context {
     #[must_use]
     pub fn with_builtin_features(
         mut self,
-        features: plinth_driver::capabilities::DriverFeatures,
+        features: plinth_api::capabilities::DriverFeatures,
     ) -> Self {
         self.base_env.builtin_features = features;
         self

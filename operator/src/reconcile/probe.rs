@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PropagationPolicy};
 use kube::{Client, ResourceExt};
-use plinth_driver::capabilities::Capabilities;
+use plinth_api::capabilities::Capabilities;
 use serde::Serialize;
 use tracing::{info, instrument};
 
@@ -682,9 +682,7 @@ async fn report(cr: &CsiDeployment, ctx: &Context, verdicts: Vec<Verdict>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plinth_driver::capabilities::{
-        ControllerCapability as C, NodeCapability, PluginCapability,
-    };
+    use plinth_api::capabilities::{ControllerCapability as C, NodeCapability, PluginCapability};
 
     fn probed(caps: Capabilities, node_asked: bool) -> ProbeResult {
         ProbeResult {

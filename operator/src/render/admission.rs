@@ -14,7 +14,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicySpec, Validation, Variable,
 };
 use kube::Resource;
-use plinth_driver::cluster::crd::{GROUP, NODE_LABEL, PoolNode, PoolSnapshot, PoolVolume};
+use plinth_api::cluster::crd::{GROUP, NODE_LABEL, PoolNode, PoolSnapshot, PoolVolume};
 
 use super::{ManagedObject, names};
 use crate::crd::CsiDeployment;

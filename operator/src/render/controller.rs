@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use plinth_driver::capabilities::{DriverFeatures, PluginCapability, Sidecar};
+use plinth_api::capabilities::{DriverFeatures, PluginCapability, Sidecar};
 
 use super::pod::{self, PodKind, SOCKET_VOLUME};
 use super::{Plan, names, plan};

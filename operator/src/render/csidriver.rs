@@ -1,7 +1,7 @@
 //! The cluster-scoped CSIDriver object: how kubelet and the scheduler treat the driver.
 
 use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec};
-use plinth_driver::capabilities::VolumeLifecycleMode;
+use plinth_api::capabilities::VolumeLifecycleMode;
 
 use super::Plan;
 use crate::crd::{CsiDeployment, FsGroupPolicy, LifecycleMode};

@@ -2,7 +2,7 @@
 //!
 //! Public for the bundle generator, which lists every image as `relatedImages`.
 
-use plinth_driver::capabilities::Sidecar;
+use plinth_api::capabilities::Sidecar;
 
 use crate::crd::ImagesSpec;
 

@@ -19,7 +19,7 @@ pub mod rbac;
 pub mod secrets;
 pub mod yaml;
 
-use plinth_driver::capabilities::{DriverFeatures, SidecarNeed};
+use plinth_api::capabilities::{DriverFeatures, SidecarNeed};
 
 pub use objects::{ManagedKind, ManagedObject, VolumeSnapshotClass};
 pub use plan::Plan;
@@ -45,7 +45,7 @@ pub struct RenderEnv {
     pub builtin_features: DriverFeatures,
     /// What a third-party driver advertised when probed (lifecycle modes from its
     /// declaration): used instead of the declaration. `None`: not probed (yet).
-    pub driver_capabilities: Option<plinth_driver::capabilities::Capabilities>,
+    pub driver_capabilities: Option<plinth_api::capabilities::Capabilities>,
 }
 
 impl Default for RenderEnv {
@@ -53,7 +53,7 @@ impl Default for RenderEnv {
         Self {
             snapshot_crds_present: false,
             group_snapshot_crds_present: false,
-            builtin_features: plinth_driver::config::served_features(),
+            builtin_features: plinth_api::served_features(),
             driver_capabilities: None,
         }
     }

@@ -2,7 +2,7 @@
 //! CR is cluster-scoped, so its name is unique and so are these, and the prefix keeps them
 //! clear of other software's cluster-wide roles.
 
-use plinth_driver::capabilities::Sidecar;
+use plinth_api::capabilities::Sidecar;
 
 use crate::crd::CsiDeployment;
 

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
     ServiceAccountTokenProjection, Toleration, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use plinth_driver::capabilities::{DriverFeatures, Sidecar};
+use plinth_api::capabilities::{DriverFeatures, Sidecar};
 
 use super::pod::{self, PodKind, SOCKET_DIR, SOCKET_VOLUME};
 use super::{Plan, controller, names, plan};

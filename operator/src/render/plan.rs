@@ -5,9 +5,9 @@
 //! and its sidecars cannot disagree. Third-party driver: the declared capabilities, minus
 //! what the switches turn off.
 
-use plinth_driver::capabilities::{
-    Capabilities, ControllerCapability as C, DriverFeatures, GroupControllerCapability,
-    NodeCapability, PluginCapability, Sidecar, SidecarNeed, VolumeLifecycleMode,
+use plinth_api::Feature;
+use plinth_api::capabilities::{
+    Capabilities, DriverFeatures, Sidecar, SidecarNeed, VolumeLifecycleMode,
 };
 
 use super::RenderEnv;
@@ -79,7 +79,7 @@ impl Plan {
         let mut snapshots = capabilities.can_snapshot();
         if snapshots && !env.snapshot_crds_present {
             say(
-                spec.features.snapshots,
+                spec.features.get(Feature::Snapshots),
                 "the VolumeSnapshot CRDs (snapshot.storage.k8s.io) are not installed: \
                  csi-snapshotter and VolumeSnapshotClasses are left out until they are"
                     .to_owned(),
@@ -89,7 +89,7 @@ impl Plan {
         let mut group_snapshots = snapshots && capabilities.can_group_snapshot();
         if group_snapshots && spec.is_per_node() {
             say(
-                spec.features.group_snapshots,
+                spec.features.get(Feature::GroupSnapshots),
                 "group snapshots are left out: with per-node provisioning each node's \
                  snapshotter sees only its own volumes, and no point in time spans nodes"
                     .to_owned(),
@@ -98,7 +98,7 @@ impl Plan {
         }
         if group_snapshots && !env.group_snapshot_crds_present {
             say(
-                spec.features.group_snapshots,
+                spec.features.get(Feature::GroupSnapshots),
                 "the VolumeGroupSnapshot CRDs (groupsnapshot.storage.k8s.io) are not \
                  installed: the snapshotter runs without its CSIVolumeGroupSnapshot feature \
                  gate until they are"
@@ -117,7 +117,7 @@ impl Plan {
         let (controller_sidecars, node_sidecars) = if per_node {
             if capabilities.can_expand() {
                 say(
-                    spec.features.resize,
+                    spec.features.get(Feature::Expansion),
                     "csi-resizer is left out: external-resizer has no per-node mode \
                      (driver.thirdParty.provisioning: PerNode), so volumes of this driver \
                      cannot be expanded"
@@ -158,7 +158,7 @@ impl Plan {
         };
         // Deployed because of `cap`; or left out: switched off by `field`, or not
         // advertised by the driver.
-        let optional = |sidecar: Sidecar, cap: &str, switch: Option<(&str, Option<bool>)>| {
+        let optional = |sidecar: Sidecar, cap: &str, switch: Option<Feature>| {
             let deployed = self.has_sidecar(sidecar);
             let reason = if deployed && self.per_node {
                 format!(
@@ -174,8 +174,8 @@ impl Plan {
                 )
             } else if deployed {
                 format!("the driver advertises {cap}")
-            } else if let Some((field, Some(false))) = switch {
-                format!("switched off: features.{field} is false")
+            } else if let Some(feature) = switch.filter(|f| features.get(*f) == Some(false)) {
+                format!("switched off: features.{} is false", feature.field())
             } else {
                 format!("the driver does not advertise {cap}")
             };
@@ -186,7 +186,8 @@ impl Plan {
             optional(Sidecar::Attacher, "PUBLISH_UNPUBLISH_VOLUME", None),
         ];
         out.push(
-            if self.per_node && caps.can_expand() && features.resize != Some(false) {
+            if self.per_node && caps.can_expand() && features.get(Feature::Expansion) != Some(false)
+            {
                 line(
                     Sidecar::Resizer,
                     PodKind::Node,
@@ -196,11 +197,7 @@ impl Plan {
                         .to_owned(),
                 )
             } else {
-                optional(
-                    Sidecar::Resizer,
-                    "EXPAND_VOLUME",
-                    Some(("resize", features.resize)),
-                )
+                optional(Sidecar::Resizer, "EXPAND_VOLUME", Some(Feature::Expansion))
             },
         );
         out.push(if caps.can_snapshot() && !self.snapshots {
@@ -216,7 +213,7 @@ impl Plan {
             optional(
                 Sidecar::Snapshotter,
                 "CREATE_DELETE_SNAPSHOT",
-                Some(("snapshots", features.snapshots)),
+                Some(Feature::Snapshots),
             )
         });
         out.push(line(
@@ -289,129 +286,17 @@ impl Plan {
     }
 }
 
-/// The built-in driver's switches: everything on unless switched off, except group
-/// snapshots, which need extra CRDs and are on only when asked for.
+/// The built-in driver's switches: what the CR sets, and for what it leaves unset
+/// [`Feature::on_when_unset`] (everything but group snapshots, which need extra CRDs).
 pub fn builtin_features(f: &Features) -> DriverFeatures {
-    let all = DriverFeatures::default();
-    DriverFeatures {
-        snapshots: f.snapshots.unwrap_or(all.snapshots),
-        expansion: f.resize.unwrap_or(all.expansion),
-        clones: f.clones.unwrap_or(all.clones),
-        ephemeral: f.ephemeral.unwrap_or(all.ephemeral),
-        capacity: f.capacity_tracking.unwrap_or(all.capacity),
-        topology: f.topology.unwrap_or(all.topology),
-        group_snapshots: f.group_snapshots.unwrap_or(false),
-    }
-}
-
-/// A feature switch and what it means in capabilities, for both directions: checking that
-/// a third-party driver can serve a requested feature, and removing a switched-off one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Feature {
-    Snapshots,
-    Resize,
-    Clones,
-    Ephemeral,
-    CapacityTracking,
-    Topology,
-    GroupSnapshots,
-}
-
-impl Feature {
-    pub const ALL: [Feature; 7] = [
-        Self::Snapshots,
-        Self::Resize,
-        Self::Clones,
-        Self::Ephemeral,
-        Self::CapacityTracking,
-        Self::Topology,
-        Self::GroupSnapshots,
-    ];
-
-    /// The field name under `spec.features`.
-    pub fn field(self) -> &'static str {
-        match self {
-            Self::Snapshots => "snapshots",
-            Self::Resize => "resize",
-            Self::Clones => "clones",
-            Self::Ephemeral => "ephemeral",
-            Self::CapacityTracking => "capacityTracking",
-            Self::Topology => "topology",
-            Self::GroupSnapshots => "groupSnapshots",
-        }
-    }
-
-    pub fn switch(self, f: &Features) -> Option<bool> {
-        match self {
-            Self::Snapshots => f.snapshots,
-            Self::Resize => f.resize,
-            Self::Clones => f.clones,
-            Self::Ephemeral => f.ephemeral,
-            Self::CapacityTracking => f.capacity_tracking,
-            Self::Topology => f.topology,
-            Self::GroupSnapshots => f.group_snapshots,
-        }
-    }
-
-    /// The capability names (CSI spec) a driver must declare to serve the feature.
-    pub fn required_capability(self) -> &'static str {
-        match self {
-            Self::Snapshots => "controller: CREATE_DELETE_SNAPSHOT",
-            Self::Resize => "controller or node: EXPAND_VOLUME",
-            Self::Clones => "controller: CLONE_VOLUME",
-            Self::Ephemeral => "lifecycleModes: Ephemeral",
-            Self::CapacityTracking => "controller: GET_CAPACITY",
-            Self::Topology => "plugin: VOLUME_ACCESSIBILITY_CONSTRAINTS",
-            Self::GroupSnapshots => "groupController: CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT",
-        }
-    }
-
-    pub fn served_by(self, caps: &Capabilities) -> bool {
-        match self {
-            Self::Snapshots => caps.can_snapshot(),
-            Self::Resize => caps.can_expand(),
-            Self::Clones => caps.controller.contains(&C::CloneVolume),
-            Self::Ephemeral => caps
-                .lifecycle_modes
-                .contains(&VolumeLifecycleMode::Ephemeral),
-            Self::CapacityTracking => caps.can_report_capacity(),
-            Self::Topology => caps.has_topology(),
-            Self::GroupSnapshots => caps.can_group_snapshot(),
-        }
-    }
-
-    fn remove_from(self, caps: &mut Capabilities) {
-        match self {
-            Self::Snapshots => {
-                for c in [C::CreateDeleteSnapshot, C::ListSnapshots, C::GetSnapshot] {
-                    caps.controller.remove(&c);
-                }
-            }
-            Self::Resize => {
-                caps.controller.remove(&C::ExpandVolume);
-                caps.node.remove(&NodeCapability::ExpandVolume);
-                caps.plugin.remove(&PluginCapability::OnlineExpansion);
-                caps.plugin.remove(&PluginCapability::OfflineExpansion);
-            }
-            Self::Clones => {
-                caps.controller.remove(&C::CloneVolume);
-            }
-            Self::Ephemeral => {
-                caps.lifecycle_modes.remove(&VolumeLifecycleMode::Ephemeral);
-            }
-            Self::CapacityTracking => {
-                caps.controller.remove(&C::GetCapacity);
-            }
-            Self::Topology => {
-                caps.plugin
-                    .remove(&PluginCapability::VolumeAccessibilityConstraints);
-            }
-            Self::GroupSnapshots => {
-                caps.group_controller
-                    .remove(&GroupControllerCapability::CreateDeleteGetVolumeGroupSnapshot);
-            }
-        }
-    }
+    Feature::ALL
+        .into_iter()
+        .fold(DriverFeatures::default(), |features, feature| {
+            features.with(
+                feature,
+                f.get(feature).unwrap_or_else(|| feature.on_when_unset()),
+            )
+        })
 }
 
 /// What a third-party driver is rendered from: the probed capabilities when there are
@@ -430,7 +315,7 @@ pub fn third_party_capabilities(
 pub fn restrict(declared: &Capabilities, f: &Features) -> Capabilities {
     let mut caps = declared.clone();
     for feature in Feature::ALL {
-        if feature.switch(f) == Some(false) {
+        if f.get(feature) == Some(false) {
             feature.remove_from(&mut caps);
         }
     }
@@ -438,37 +323,17 @@ pub fn restrict(declared: &Capabilities, f: &Features) -> Capabilities {
 }
 
 /// The built-in node plugin's `--disable` values: only the switches that change what
-/// the node side serves. Expansion is NodeExpandVolume and the node's EXPAND_VOLUME
-/// capability, ephemeral is NodePublishVolume of inline volumes, topology is
-/// NodeGetInfo's segment. Snapshots, clones, capacity and group snapshots are the
-/// controller's business (it refuses what is off before any work reaches a node), so
-/// toggling them does not roll the node DaemonSet.
+/// the node side serves ([`Feature::changes_node`]), so that toggling a controller-only
+/// feature does not roll the node DaemonSet.
 pub fn node_disabled_switches(f: &DriverFeatures) -> Vec<&'static str> {
-    [
-        (f.expansion, "expansion"),
-        (f.ephemeral, "ephemeral"),
-        (f.topology, "topology"),
-    ]
-    .into_iter()
-    .filter(|(on, _)| !on)
-    .map(|(_, name)| name)
-    .collect()
+    f.disabled()
+        .filter(|feature| feature.changes_node())
+        .map(Feature::switch)
+        .collect()
 }
 
 /// The built-in driver's `--disable` values for the switches that are off, in the
-/// driver's own spelling (`plinth-driver --disable`).
+/// driver's own spelling ([`Feature::switch`]).
 pub fn disabled_switches(f: &DriverFeatures) -> Vec<&'static str> {
-    [
-        (f.snapshots, "snapshots"),
-        (f.expansion, "expansion"),
-        (f.clones, "clones"),
-        (f.ephemeral, "ephemeral"),
-        (f.capacity, "capacity"),
-        (f.topology, "topology"),
-        (f.group_snapshots, "group-snapshots"),
-    ]
-    .into_iter()
-    .filter(|(on, _)| !on)
-    .map(|(_, name)| name)
-    .collect()
+    f.disabled().map(Feature::switch).collect()
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use plinth_driver::capabilities::{DriverFeatures, Sidecar};
+use plinth_api::capabilities::{DriverFeatures, Sidecar};
 
 use super::images;
 use crate::crd::{CsiDeployment, DriverPodOptions};

@@ -6,7 +6,7 @@
 //! PUBLISH_UNPUBLISH_VOLUME, no CSIStorageCapacity without capacity tracking.
 //!
 //! The built-in driver's controller and node plugins hand work to each other through the
-//! driver's custom resources (`plinth_driver::cluster::crd`): each plugin gets a ClusterRole
+//! driver's custom resources (`plinth_api::cluster::crd`): each plugin gets a ClusterRole
 //! for exactly its side of that exchange. A third-party driver gets no driver roles; its
 //! node ServiceAccount no roles at all.
 
@@ -15,8 +15,8 @@ use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use kube::Resource;
-use plinth_driver::capabilities::{PluginCapability, Sidecar};
-use plinth_driver::cluster::crd::{GROUP, PoolNode, PoolSnapshot, PoolVolume};
+use plinth_api::capabilities::{PluginCapability, Sidecar};
+use plinth_api::cluster::crd::{GROUP, PoolNode, PoolSnapshot, PoolVolume};
 
 use super::pod::PodKind;
 use super::secrets::{self, SecretScope};

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use plinth_driver::capabilities::Sidecar;
+use plinth_api::capabilities::Sidecar;
 
 /// The ClusterRole (shipped in config/rbac and the bundle) granting `get` on Secrets; the
 /// operator holds `bind` on it and nothing else about Secrets.

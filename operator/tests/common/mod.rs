@@ -7,9 +7,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
-use plinth_driver::capabilities::{
-    ControllerCapability, GroupControllerCapability, PluginCapability,
-};
+use plinth_api::capabilities::{ControllerCapability, GroupControllerCapability, PluginCapability};
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::render::{self, ManagedObject, RenderEnv, Rendered, VolumeSnapshotClass};
 
@@ -41,7 +39,7 @@ pub fn full_env() -> RenderEnv {
     RenderEnv {
         snapshot_crds_present: true,
         group_snapshot_crds_present: true,
-        builtin_features: plinth_driver::config::served_features(),
+        builtin_features: plinth_api::served_features(),
         driver_capabilities: None,
     }
 }
@@ -49,7 +47,7 @@ pub fn full_env() -> RenderEnv {
 /// What the fixture's driver advertises when probed (`fixtures/advertised/<name>.yaml`):
 /// fixtures without a declaration (csi-driver-host-path) render from it, as the operator
 /// does once its probe answered.
-pub fn advertised(name: &str) -> Option<plinth_driver::capabilities::Capabilities> {
+pub fn advertised(name: &str) -> Option<plinth_api::capabilities::Capabilities> {
     let path = fixtures_dir()
         .join("advertised")
         .join(format!("{name}.yaml"));

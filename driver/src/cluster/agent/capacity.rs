@@ -11,9 +11,9 @@ use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 
 use super::{Agent, AgentError};
-use crate::cluster::crd::{self, PoolNode, PoolNodeSpec, PoolNodeStatus};
 use crate::error::{Error, chain};
 use crate::state::{Driver, blocking};
+use plinth_api::cluster::crd::{self, PoolNode, PoolNodeSpec, PoolNodeStatus};
 
 /// Publishes until aborted.
 pub async fn run(agent: Arc<Agent>) {

@@ -30,11 +30,11 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::cluster::crd::{self, Operation, Record, WorkError};
 use crate::cluster::watch::WatchBackoff;
 use crate::cluster::{parse_code, work_error};
 use crate::error::{Error, chain};
 use crate::state::Driver;
+use plinth_api::cluster::crd::{self, Operation, Record, WorkError};
 
 use self::retry::{Attempt, Retries};
 

@@ -45,7 +45,7 @@ impl Attempt {
             deleting: object.meta().deletion_timestamp.is_some(),
             retry: object
                 .annotations()
-                .get(crate::cluster::crd::RETRY_ANNOTATION)
+                .get(plinth_api::cluster::crd::RETRY_ANNOTATION)
                 .cloned(),
         }
     }

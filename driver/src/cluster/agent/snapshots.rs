@@ -7,14 +7,14 @@ use kube::ResourceExt;
 use tracing::Instrument;
 
 use super::{Failure, Outcome, Work, answered, generation, malformed};
-use crate::cluster::crd::{
-    AccessSpec, Operation, Phase, PoolSnapshot, PoolSnapshotStatus, WorkError,
-};
 use crate::error::Error;
 use crate::state::Driver;
 use crate::storage::local;
 use crate::storage::pool::VolumeId;
 use crate::storage::snapshot::{self, SnapshotId};
+use plinth_api::cluster::crd::{
+    AccessSpec, Operation, Phase, PoolSnapshot, PoolSnapshotStatus, WorkError,
+};
 
 impl Work for PoolSnapshot {
     type Status = PoolSnapshotStatus;

@@ -8,14 +8,15 @@ use kube::ResourceExt;
 use tracing::Instrument;
 
 use super::{Failure, Outcome, Work, answered, generation, malformed};
-use crate::cluster::crd::{
-    ContentSourceSpec, Operation, Phase, PoolVolume, PoolVolumeSpec, PoolVolumeStatus, WorkError,
-};
+use crate::cluster::convert::content_source;
 use crate::error::Error;
 use crate::state::{Driver, blocking};
 use crate::storage::local;
 use crate::storage::pool::{self, CapacityRange, ContentSource, Created, VolumeId};
 use crate::storage::restore;
+use plinth_api::cluster::crd::{
+    ContentSourceSpec, Operation, Phase, PoolVolume, PoolVolumeSpec, PoolVolumeStatus, WorkError,
+};
 
 impl Work for PoolVolume {
     type Status = PoolVolumeStatus;
@@ -131,7 +132,7 @@ async fn create(
 }
 
 fn content(spec: &ContentSourceSpec) -> Result<ContentSource, Error> {
-    spec.content().ok_or_else(|| Error::InvalidArgument {
+    content_source(spec).ok_or_else(|| Error::InvalidArgument {
         field: "spec.contentSource",
         reason: "must name exactly one of snapshotId and volumeId".to_owned(),
     })

@@ -14,6 +14,8 @@ use std::collections::BTreeSet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::Feature;
+
 /// `PluginCapability` (Identity service).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
@@ -275,62 +277,82 @@ impl Default for DriverFeatures {
 }
 
 impl DriverFeatures {
-    /// The features on in both: what was asked for, limited to what a build serves.
-    pub fn intersection(self, other: Self) -> Self {
-        Self {
-            snapshots: self.snapshots && other.snapshots,
-            expansion: self.expansion && other.expansion,
-            clones: self.clones && other.clones,
-            ephemeral: self.ephemeral && other.ephemeral,
-            capacity: self.capacity && other.capacity,
-            topology: self.topology && other.topology,
-            group_snapshots: self.group_snapshots && other.group_snapshots,
+    fn slot(&mut self, feature: Feature) -> &mut bool {
+        match feature {
+            Feature::Snapshots => &mut self.snapshots,
+            Feature::Expansion => &mut self.expansion,
+            Feature::Clones => &mut self.clones,
+            Feature::Ephemeral => &mut self.ephemeral,
+            Feature::Capacity => &mut self.capacity,
+            Feature::Topology => &mut self.topology,
+            Feature::GroupSnapshots => &mut self.group_snapshots,
         }
     }
 
-    /// What the built-in driver advertises with these switches.
+    /// Whether `feature` is on.
+    pub fn get(mut self, feature: Feature) -> bool {
+        *self.slot(feature)
+    }
+
+    pub fn set(&mut self, feature: Feature, on: bool) {
+        *self.slot(feature) = on;
+    }
+
+    /// These switches with `feature` set to `on`.
+    pub fn with(mut self, feature: Feature, on: bool) -> Self {
+        self.set(feature, on);
+        self
+    }
+
+    /// The features that are off, in [`Feature::ALL`] order.
+    pub fn disabled(self) -> impl Iterator<Item = Feature> {
+        Feature::ALL.into_iter().filter(move |f| !self.get(*f))
+    }
+
+    /// The features on in both: what was asked for, limited to what a build serves.
+    pub fn intersection(self, other: Self) -> Self {
+        Feature::ALL.into_iter().fold(self, |features, feature| {
+            features.with(feature, self.get(feature) && other.get(feature))
+        })
+    }
+
+    /// What the built-in driver advertises with these switches: everything it can do,
+    /// minus what each switched-off feature removes ([`Feature::remove_from`]).
     pub fn capabilities(&self) -> Capabilities {
         use ControllerCapability as C;
         let mut caps = Capabilities::default();
-        caps.plugin.insert(PluginCapability::ControllerService);
-        if self.topology {
-            caps.plugin
-                .insert(PluginCapability::VolumeAccessibilityConstraints);
-        }
+        caps.plugin.extend([
+            PluginCapability::ControllerService,
+            PluginCapability::VolumeAccessibilityConstraints,
+            PluginCapability::OnlineExpansion,
+            PluginCapability::GroupControllerService,
+        ]);
         caps.controller.extend([
             C::CreateDeleteVolume,
             C::ListVolumes,
             C::GetVolume,
             C::SingleNodeMultiWriter,
+            C::GetCapacity,
+            C::CreateDeleteSnapshot,
+            C::ListSnapshots,
+            C::GetSnapshot,
+            C::CloneVolume,
+            C::ExpandVolume,
         ]);
         caps.node.extend([
             NodeCapability::StageUnstageVolume,
             NodeCapability::GetVolumeStats,
             NodeCapability::SingleNodeMultiWriter,
+            NodeCapability::ExpandVolume,
         ]);
-        if self.capacity {
-            caps.controller.insert(C::GetCapacity);
-        }
-        if self.snapshots {
-            caps.controller
-                .extend([C::CreateDeleteSnapshot, C::ListSnapshots, C::GetSnapshot]);
-        }
-        if self.clones {
-            caps.controller.insert(C::CloneVolume);
-        }
-        if self.expansion {
-            caps.plugin.insert(PluginCapability::OnlineExpansion);
-            caps.controller.insert(C::ExpandVolume);
-            caps.node.insert(NodeCapability::ExpandVolume);
-        }
-        if self.group_snapshots {
-            caps.plugin.insert(PluginCapability::GroupControllerService);
-            caps.group_controller
-                .insert(GroupControllerCapability::CreateDeleteGetVolumeGroupSnapshot);
-        }
-        caps.lifecycle_modes.insert(VolumeLifecycleMode::Persistent);
-        if self.ephemeral {
-            caps.lifecycle_modes.insert(VolumeLifecycleMode::Ephemeral);
+        caps.group_controller
+            .insert(GroupControllerCapability::CreateDeleteGetVolumeGroupSnapshot);
+        caps.lifecycle_modes.extend([
+            VolumeLifecycleMode::Persistent,
+            VolumeLifecycleMode::Ephemeral,
+        ]);
+        for feature in self.disabled() {
+            feature.remove_from(&mut caps);
         }
         caps
     }

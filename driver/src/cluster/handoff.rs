@@ -31,7 +31,7 @@ use crate::storage::snapshot::SnapshotId;
 use crate::storage::spec::{Capability, Capacity};
 
 /// A piece of work handed to a node: a PoolVolume or a PoolSnapshot.
-trait Work: Record {
+trait HandedOff: Record {
     /// "volume" or "snapshot", for messages.
     const WHAT: &'static str;
     fn driver(&self) -> &str;
@@ -44,9 +44,9 @@ trait Work: Record {
 }
 
 /// Both kinds carry the same spec fields and status shape under other type names.
-macro_rules! work {
+macro_rules! handed_off {
     ($kind:ty, $what:literal) => {
-        impl Work for $kind {
+        impl HandedOff for $kind {
             const WHAT: &'static str = $what;
             fn driver(&self) -> &str {
                 &self.spec.driver
@@ -68,8 +68,8 @@ macro_rules! work {
     };
 }
 
-work!(PoolVolume, "volume");
-work!(PoolSnapshot, "snapshot");
+handed_off!(PoolVolume, "volume");
+handed_off!(PoolSnapshot, "snapshot");
 
 /// Where a piece of work stands for the operation waiting on it.
 enum Settled<K> {
@@ -79,7 +79,7 @@ enum Settled<K> {
 }
 
 /// The node's answer to `operation` on `object`, if it has given one.
-fn settled<K: Work>(object: &K, operation: Operation) -> Option<Settled<K>> {
+fn settled<K: HandedOff>(object: &K, operation: Operation) -> Option<Settled<K>> {
     // A creation is answered once the object is made, whatever came after it.
     if operation == Operation::Create && object.made() {
         return Some(Settled::Ready(object.clone()));
@@ -106,13 +106,13 @@ fn is_deleting<K: Resource>(object: &K) -> bool {
     object.meta().deletion_timestamp.is_some()
 }
 
-fn resources<K: Work>(cluster: &Cluster) -> Api<K> {
+fn resources<K: HandedOff>(cluster: &Cluster) -> Api<K> {
     Api::all(cluster.client.clone())
 }
 
 /// The object `name` when it belongs to this driver (an ID of another driver on the
 /// same cluster names nothing of ours).
-async fn get_ours<K: Work>(cluster: &Cluster, name: &str) -> Result<Option<K>, Error> {
+async fn get_ours<K: HandedOff>(cluster: &Cluster, name: &str) -> Result<Option<K>, Error> {
     Ok(resources::<K>(cluster)
         .get_opt(name)
         .await
@@ -130,7 +130,7 @@ async fn find_or_write<K, F>(
     plan: impl FnOnce() -> F,
 ) -> Result<K, Error>
 where
-    K: Work,
+    K: HandedOff,
     F: Future<Output = Result<K, Error>>,
 {
     let object = match get_ours::<K>(cluster, name).await? {
@@ -164,7 +164,7 @@ fn deleting(what: &str) -> Error {
 
 /// Waits for the node to create `object`: the ready object, or the failure it
 /// recorded (the failed object is deleted so that the CO's retry starts afresh).
-async fn created<K: Work>(cluster: &Cluster, object: K, what: &str) -> Result<K, Error> {
+async fn created<K: HandedOff>(cluster: &Cluster, object: K, what: &str) -> Result<K, Error> {
     let api = resources::<K>(cluster);
     match wait(cluster, &api, object, Operation::Create).await? {
         Settled::Ready(object) => {
@@ -197,7 +197,7 @@ fn post_params() -> PostParams {
 
 /// Waits (bounded by the hand-off timeout) until the node has answered `operation` on
 /// `current`, or the object is gone.
-async fn wait<K: Work>(
+async fn wait<K: HandedOff>(
     cluster: &Cluster,
     api: &Api<K>,
     current: K,
@@ -246,7 +246,7 @@ fn recorded(node: &str, error: WorkError) -> Error {
 /// (instead of when its own backoff ends) and answer with the failure it recorded; the
 /// CO's next retry finds the new outcome. A failure to ask is only logged: the node
 /// retries on its own anyway.
-async fn retry_failed<K: Work>(api: &Api<K>, object: &K, error: WorkError) -> Error {
+async fn retry_failed<K: HandedOff>(api: &Api<K>, object: &K, error: WorkError) -> Error {
     // Any new value is a new request; the resourceVersion the object had is one.
     let request = object.resource_version().unwrap_or_default();
     let patch = serde_json::json!({
@@ -269,7 +269,7 @@ async fn retry_failed<K: Work>(api: &Api<K>, object: &K, error: WorkError) -> Er
 }
 
 /// A deletion of exactly `object`: not of another object written under its name since.
-fn delete_params<K: Work>(object: &K) -> DeleteParams {
+fn delete_params<K: HandedOff>(object: &K) -> DeleteParams {
     DeleteParams {
         preconditions: Some(Preconditions {
             uid: object.uid(),
@@ -280,7 +280,7 @@ fn delete_params<K: Work>(object: &K) -> DeleteParams {
 }
 
 /// Deletes a failed creation so that the CO's retry starts afresh; not waited for.
-async fn discard<K: Work>(api: &Api<K>, object: &K) {
+async fn discard<K: HandedOff>(api: &Api<K>, object: &K) {
     if let Err(error) = api.delete(&object.name_any(), &delete_params(object)).await
         && !is_status(&error, 404)
     {
@@ -290,7 +290,7 @@ async fn discard<K: Work>(api: &Api<K>, object: &K) {
 
 /// Deletes `name` and waits until the node has removed its image and the object is
 /// gone. A name with no object is deleted already.
-async fn delete_work<K: Work>(cluster: &Cluster, name: &str) -> Result<(), Error> {
+async fn delete_work<K: HandedOff>(cluster: &Cluster, name: &str) -> Result<(), Error> {
     let api = resources::<K>(cluster);
     let Some(object) = get_ours::<K>(cluster, name).await? else {
         return Ok(());
@@ -354,7 +354,7 @@ struct Source {
 
 /// The object `name` when it exists, is not being deleted and is ready: NOT_FOUND when
 /// it is missing or going, ABORTED while its node has not made it yet.
-async fn ready_source<K: Work>(cluster: &Cluster, name: &str, what: &str) -> Result<K, Error> {
+async fn ready_source<K: HandedOff>(cluster: &Cluster, name: &str, what: &str) -> Result<K, Error> {
     let object = get_ours::<K>(cluster, name)
         .await?
         .filter(|o| !is_deleting(o))
@@ -409,7 +409,7 @@ async fn resolve_source(cluster: &Cluster, content: &ContentSource) -> Result<So
 
 /// What every new object carries: the labels that select it, and the finalizer that
 /// keeps it until its node has removed the image.
-fn label<K: Work>(object: &mut K, cluster: &Cluster, node: &str) {
+fn label<K: HandedOff>(object: &mut K, cluster: &Cluster, node: &str) {
     let meta = object.meta_mut();
     meta.labels = Some(crd::labels(&cluster.driver, node));
     meta.finalizers = Some(vec![crd::FINALIZER.to_owned()]);
@@ -535,7 +535,7 @@ fn volume_proto(cluster: &Cluster, volume: &PoolVolume) -> v1::Volume {
 
 /// The object stands for a volume or snapshot that exists, as far as the CO is
 /// concerned: made by its node, and not being deleted.
-fn is_live<K: Work>(object: &K) -> bool {
+fn is_live<K: HandedOff>(object: &K) -> bool {
     !is_deleting(object) && object.made()
 }
 
@@ -630,7 +630,7 @@ pub async fn get_volume(cluster: &Cluster, id: &VolumeId) -> Result<v1::Volume, 
 }
 
 /// The ready objects of this driver, ordered by name.
-async fn list_ready<K: Work>(cluster: &Cluster) -> Result<Vec<K>, Error> {
+async fn list_ready<K: HandedOff>(cluster: &Cluster) -> Result<Vec<K>, Error> {
     let list = resources::<K>(cluster)
         .list(&ListParams::default().labels(&crd::driver_selector(&cluster.driver)))
         .await

@@ -12,3 +12,27 @@ pub mod restore;
 pub mod snapshot;
 pub mod spec;
 pub mod volume;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A file operation that failed, with the operation and the path it was on. The storage
+/// errors wrap this one shape so an I/O failure reads the same whichever layer met it.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct IoFailure {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// For `map_err`: the [`IoFailure`] of `op` on `path`; `?` lifts it into the caller's
+/// error.
+pub fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IoFailure + 'a {
+    move |source| IoFailure {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -15,6 +15,7 @@ use v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource
 use crate::csi::validate::existing_id;
 use crate::error::Error;
 use crate::state::Driver;
+use crate::storage::IoFailure;
 use crate::storage::crypt;
 use crate::storage::freeze;
 use crate::storage::pool::{
@@ -172,21 +173,21 @@ pub fn populate(pool: &Pool, source: &Source, dest: &Path) -> Result<u64, PoolEr
         let key = dest.with_extension("key");
         crypt::wrap::copy(&source.key, &key).map_err(|e| {
             let _ = std::fs::remove_file(&key);
-            PoolError::Io {
+            PoolError::from(IoFailure {
                 op: "copy the wrapped key of",
                 path: source.key.clone(),
                 source: std::io::Error::other(e.to_string()),
-            }
+            })
         })?;
     }
     if !quiesced.is_intact() {
-        return Err(PoolError::Io {
+        return Err(PoolError::from(IoFailure {
             op: "copy",
             path: dest.to_path_buf(),
             source: std::io::Error::other(
                 "the driver is shutting down: the source was thawed before the copy finished",
             ),
-        });
+        }));
     }
     drop(quiesced);
     tracing::info!(?method, source = ?source.content, "volume content copied");

@@ -1,5 +1,6 @@
 //! Volumes and snapshots on this node: the pool of image files, what a volume is asked
-//! to be, copies, restore, growth, freeze, encryption and the node's volume layer.
+//! to be, copies, restore, growth, freeze, encryption, the node's volume layer, and what
+//! the controller reports of volumes and snapshots.
 
 pub mod crypt;
 pub mod ephemeral;
@@ -8,6 +9,7 @@ pub mod grow;
 pub mod inflight;
 pub mod local;
 pub mod pool;
+pub mod report;
 pub mod restore;
 pub mod snapshot;
 pub mod spec;

@@ -9,10 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use plinth_csi_proto::v1;
-use v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
-
-use crate::csi::validate::existing_id;
 use crate::error::Error;
 use crate::state::Driver;
 use crate::storage::IoFailure;
@@ -22,7 +18,7 @@ use crate::storage::pool::{
     self, CapacityRange, ContentSource, Pool, PoolError, VolumeAccess, VolumeId,
 };
 use crate::storage::snapshot::{SnapshotError, SnapshotId};
-use crate::storage::spec::{Capability, Capacity};
+use crate::storage::spec::{Capability, Capacity, existing_id};
 
 /// A content source resolved to the image to copy.
 #[derive(Clone, Debug)]
@@ -36,39 +32,6 @@ pub struct Source {
     /// The source is encrypted; its wrapped data key (if it has one yet) is at `key`.
     pub encrypted: bool,
     pub key: PathBuf,
-}
-
-/// Resolve a request's `volume_content_source`. Sources of a switched-off feature are
-/// INVALID_ARGUMENT (the spec's "unsupported source"); a missing source is NOT_FOUND.
-pub fn resolve(driver: &Driver, source: &v1::VolumeContentSource) -> Result<Source, Error> {
-    resolve_content(driver, &requested(driver, source)?)
-}
-
-/// The content source a request names, if its feature is on.
-pub fn requested(
-    driver: &Driver,
-    source: &v1::VolumeContentSource,
-) -> Result<ContentSource, Error> {
-    let features = driver.config.features;
-    match &source.r#type {
-        Some(SourceType::Snapshot(SnapshotSource { snapshot_id })) => {
-            if !features.snapshots {
-                return Err(unsupported("restoring snapshots is switched off"));
-            }
-            Ok(ContentSource::Snapshot {
-                snapshot_id: snapshot_id.clone(),
-            })
-        }
-        Some(SourceType::Volume(VolumeSource { volume_id })) => {
-            if !features.clones {
-                return Err(unsupported("cloning volumes is switched off"));
-            }
-            Ok(ContentSource::Volume {
-                volume_id: volume_id.clone(),
-            })
-        }
-        None => Err(Error::MissingField("volume_content_source.type")),
-    }
 }
 
 /// Find `content` in this node's pool (a missing source is NOT_FOUND).
@@ -116,13 +79,6 @@ impl Source {
             ContentSource::Snapshot { snapshot_id } => snapshot_id.clone(),
             ContentSource::Volume { volume_id } => volume_id.clone(),
         }
-    }
-}
-
-fn unsupported(reason: &str) -> Error {
-    Error::InvalidArgument {
-        field: "volume_content_source",
-        reason: reason.to_owned(),
     }
 }
 
@@ -201,19 +157,4 @@ pub fn create(
     source: &Source,
 ) -> Result<(pool::Volume, pool::Created), Error> {
     Ok(pool.create_volume_from(request, &|dest: &Path| populate(pool, source, dest))?)
-}
-
-/// The `content_source` a created volume reports.
-pub fn to_proto(content: &ContentSource) -> v1::VolumeContentSource {
-    let r#type = match content {
-        ContentSource::Snapshot { snapshot_id } => SourceType::Snapshot(SnapshotSource {
-            snapshot_id: snapshot_id.clone(),
-        }),
-        ContentSource::Volume { volume_id } => SourceType::Volume(VolumeSource {
-            volume_id: volume_id.clone(),
-        }),
-    };
-    v1::VolumeContentSource {
-        r#type: Some(r#type),
-    }
 }

@@ -107,7 +107,7 @@ fn pool_code(e: &PoolError) -> Code {
         PoolError::Host(e) => mount_code(e),
         PoolError::UnsupportedFormat { .. }
         | PoolError::Busy { .. }
-        | PoolError::Io { .. }
+        | PoolError::Io(_)
         | PoolError::Metadata { .. } => Code::Internal,
     }
 }
@@ -144,14 +144,14 @@ fn snapshot_code(e: &SnapshotError) -> Code {
         SnapshotError::Pool(e) => pool_code(e),
         SnapshotError::Host(e) => mount_code(e),
         SnapshotError::UnsupportedFormat { .. }
-        | SnapshotError::Io { .. }
+        | SnapshotError::Io(_)
         | SnapshotError::Metadata { .. } => Code::Internal,
     }
 }
 
 fn grow_code(e: &GrowError) -> Code {
     match e {
-        GrowError::VolumeNotFound(_) | GrowError::NotAtPath { .. } => Code::NotFound,
+        GrowError::NotAtPath { .. } => Code::NotFound,
         // Spec (NodeExpandVolume): a filesystem that cannot grow while staged or
         // published is FAILED_PRECONDITION, as is a volume not staged here at all.
         GrowError::NotAttached(_)
@@ -166,9 +166,7 @@ fn grow_code(e: &GrowError) -> Code {
 fn volume_code(e: &VolumeError) -> Code {
     match e {
         VolumeError::InvalidPath { .. } | VolumeError::InvalidRequest(_) => Code::InvalidArgument,
-        VolumeError::VolumeNotFound(_)
-        | VolumeError::NotOurs { .. }
-        | VolumeError::NotAtPath { .. } => Code::NotFound,
+        VolumeError::NotOurs { .. } | VolumeError::NotAtPath { .. } => Code::NotFound,
         // Spec (NodePublishVolume): publishing before staging is FAILED_PRECONDITION, as
         // is a capability the volume cannot serve (another filesystem, foreign data).
         VolumeError::NotStaged { .. }

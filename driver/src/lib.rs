@@ -1,8 +1,10 @@
 //! Plinth's CSI driver: real local volumes (sparse image files in a per-node pool,
 //! attached through loop devices, formatted ext4/xfs or handed out as raw block).
 //!
-//! Imports run one way: `csi` → `storage` / `cluster` → `mount`.
+//! Imports run one way: `csi` → `backend` → `storage` / `cluster` → `mount`.
 
+/// Where the controller's volume and snapshot work is done: the local pool or the cluster.
+pub mod backend;
 /// Cluster mode: the controller hands volume and snapshot work to the node holding the pool.
 pub mod cluster;
 /// Command line and environment: how the driver is run.

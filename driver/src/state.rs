@@ -82,14 +82,6 @@ impl Driver {
         self.cluster.get()
     }
 
-    /// The cluster context of a controller-mode driver, which hands every volume call
-    /// to a node; `None` when this process serves from its own pool.
-    pub fn handoff(&self) -> Option<&Cluster> {
-        (self.config.mode == Mode::Controller)
-            .then(|| self.cluster.get())
-            .flatten()
-    }
-
     pub fn snapshots(&self) -> Result<Arc<SnapshotStore>, Error> {
         self.snapshots.get().cloned().ok_or(Error::NotReady)
     }

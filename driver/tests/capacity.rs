@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use plinth_driver::storage::IoFailure;
 use plinth_driver::storage::pool::{ContentSource, GRANULARITY, Pool, PoolError, VolumeAccess};
 use plinth_driver::storage::snapshot::SnapshotStore;
 use snapshot_support::*;
@@ -113,10 +114,12 @@ fn a_copy_books_its_bytes_first_and_does_not_hold_the_pool_while_it_runs() {
                 snapshot_id: "snap-0123456789abcdef0123456789abcdef".to_owned(),
             });
             pool.create_volume_from(&req, &|dest: &Path| {
-                std::fs::write(dest, b"restored content").map_err(|e| PoolError::Io {
-                    op: "write",
-                    path: dest.to_path_buf(),
-                    source: e,
+                std::fs::write(dest, b"restored content").map_err(|e| {
+                    PoolError::from(IoFailure {
+                        op: "write",
+                        path: dest.to_path_buf(),
+                        source: e,
+                    })
                 })?;
                 started_tx.send(()).unwrap();
                 finish_rx.recv().unwrap();

@@ -1,4 +1,5 @@
-//! The CSI Controller service: volumes in the local pool.
+//! The CSI Controller service: requests checked and answered here, the volumes
+//! themselves kept by the [`Backend`] (this process's pool, or the nodes' in cluster mode).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -6,15 +7,18 @@ use std::sync::Arc;
 use plinth_csi_proto::v1;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::handoff;
+use v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
+
+use crate::backend::Backend;
 use crate::csi::validate::{self, existing_id};
 use crate::csi::{advertise, expand, page, snapshot};
 use crate::error::Error;
 use crate::mount::FsType;
-use crate::state::{Driver, blocking};
-use crate::storage::pool::{self, GRANULARITY, VolumeAccess, VolumeId};
-use crate::storage::spec::{self, Access};
-use crate::storage::{crypt, local, restore};
+use crate::state::Driver;
+use crate::storage::crypt;
+use crate::storage::pool::{ContentSource, GRANULARITY, VolumeAccess, VolumeId};
+use crate::storage::report::VolumeInfo;
+use crate::storage::spec::{self, Access, NewVolume};
 
 #[derive(Debug, Clone)]
 pub struct ControllerService {
@@ -26,26 +30,21 @@ impl ControllerService {
         Self { driver }
     }
 
-    /// The segment every volume of this driver is accessible from, when topology is on.
-    fn topology(&self) -> Vec<v1::Topology> {
-        let config = &self.driver.config;
-        if config.features.topology {
-            vec![validate::node_topology(
-                &config.topology_key,
-                &config.node_id,
-            )]
-        } else {
-            Vec::new()
-        }
+    fn backend(&self) -> Backend<'_> {
+        Backend::of(&self.driver)
     }
 
-    fn to_proto(&self, volume: &pool::Volume) -> v1::Volume {
+    fn to_proto(&self, volume: &VolumeInfo) -> v1::Volume {
         v1::Volume {
             capacity_bytes: i64::try_from(volume.size_bytes).unwrap_or(i64::MAX),
-            volume_id: volume.id.to_string(),
+            volume_id: volume.id.clone(),
             volume_context: Default::default(),
-            content_source: volume.content_source.as_ref().map(restore::to_proto),
-            accessible_topology: self.topology(),
+            content_source: volume.content_source.as_ref().map(content_source_proto),
+            accessible_topology: volume
+                .node
+                .iter()
+                .map(|node| validate::node_topology(&self.driver.config.topology_key, node))
+                .collect(),
         }
     }
 
@@ -57,59 +56,23 @@ impl ControllerService {
         let caps = validate::capabilities("volume_capabilities", &req.volume_capabilities)?;
         let capacity = validate::capacity(req.capacity_range.as_ref())?;
         check_encryption(&req.parameters, &caps)?;
-        if let Some(cluster) = self.driver.handoff() {
-            let source = req
-                .volume_content_source
-                .as_ref()
-                .map(|s| restore::requested(&self.driver, s))
-                .transpose()?;
-            let new = handoff::NewVolume {
-                name,
-                caps,
-                capacity,
-                requirement: req.accessibility_requirements,
-                parameters: req.parameters.into_iter().collect(),
-                source,
-            };
-            let volume = handoff::create_volume(cluster, new).await?;
-            tracing::Span::current().record("volume_id", volume.volume_id.as_str());
-            return Ok(v1::CreateVolumeResponse {
-                volume: Some(volume),
-            });
-        }
-        let config = &self.driver.config;
-        if config.features.topology {
-            validate::accessibility(
-                req.accessibility_requirements.as_ref(),
-                &config.topology_key,
-                &config.node_id,
-            )?;
-        }
+        let backend = self.backend();
+        backend.admits(req.accessibility_requirements.as_ref())?;
         let source = req
             .volume_content_source
             .as_ref()
-            .map(|s| restore::resolve(&self.driver, s))
+            .map(|s| content_source(&self.driver, s))
             .transpose()?;
-        let (access, capacity) = match &source {
-            Some(source) => restore::plan(source.access, source.size_bytes, &caps, capacity)?,
-            None => (
-                caps.first()
-                    .map(|c| c.access.volume_access())
-                    .ok_or(Error::MissingField("volume_capabilities"))?,
-                pool::CapacityRange::new(capacity.required, capacity.limit),
-            ),
-        };
-        let request = pool::CreateVolumeRequest {
+        let new = NewVolume {
             name,
-            id: None,
+            caps,
             capacity,
-            access,
+            requirement: req.accessibility_requirements,
             parameters: req.parameters.into_iter().collect::<BTreeMap<_, _>>(),
-            content_source: source.as_ref().map(|s| s.content.clone()),
+            source,
         };
-        let (volume, created) = local::create_volume(&self.driver, request, source).await?;
+        let volume = backend.create_volume(new).await?;
         tracing::Span::current().record("volume_id", volume.id.as_str());
-        tracing::info!(?created, size = volume.size_bytes, "CreateVolume done");
         Ok(v1::CreateVolumeResponse {
             volume: Some(self.to_proto(&volume)),
         })
@@ -124,10 +87,7 @@ impl ControllerService {
         let Ok(id) = VolumeId::parse(&req.volume_id) else {
             return Ok(v1::DeleteVolumeResponse {});
         };
-        match self.driver.handoff() {
-            Some(cluster) => handoff::delete_volume(cluster, &id).await?,
-            None => local::delete_volume(&self.driver, id).await?,
-        }
+        self.backend().delete_volume(id).await?;
         Ok(v1::DeleteVolumeResponse {})
     }
 
@@ -141,13 +101,7 @@ impl ControllerService {
             return Err(Error::MissingField("volume_capabilities"));
         }
         let id = id.lookup()?;
-        let (access, parameters) = match self.driver.handoff() {
-            Some(cluster) => handoff::volume_shape(cluster, &id).await?,
-            None => {
-                let volume = self.driver.pool()?.get(&id)?;
-                (volume.access, volume.parameters)
-            }
-        };
+        let (access, parameters) = self.backend().volume_shape(&id).await?;
         Ok(confirm(&id, access, &parameters, req))
     }
 
@@ -156,18 +110,12 @@ impl ControllerService {
     async fn list(&self, req: &v1::ListVolumesRequest) -> Result<v1::ListVolumesResponse, Error> {
         let size = page::page_size(req.max_entries)?;
         let start = page::start(&req.starting_token, VolumeId::parse)?.map(|id| id.to_string());
-        let volumes = match self.driver.handoff() {
-            Some(cluster) => handoff::list_volumes(cluster).await?,
-            None => {
-                let volumes = self.driver.pool()?.list();
-                volumes.iter().map(|v| self.to_proto(v)).collect()
-            }
-        };
-        let (entries, next_token) = page::page(&volumes, |v| &v.volume_id, start.as_ref(), size);
+        let volumes = self.backend().list_volumes().await?;
+        let (entries, next_token) = page::page(&volumes, |v| &v.id, start.as_ref(), size);
         let entries = entries
             .iter()
             .map(|v| v1::list_volumes_response::Entry {
-                volume: Some(v.clone()),
+                volume: Some(self.to_proto(v)),
                 status: None,
             })
             .collect();
@@ -202,19 +150,9 @@ impl ControllerService {
                 Err(_) => return Ok(none),
             }
         }
-        let available = match self.driver.handoff() {
-            Some(cluster) => handoff::available(cluster, req.accessible_topology.as_ref()).await?,
-            None => {
-                if config.features.topology
-                    && req.accessible_topology.as_ref().is_some_and(|t| {
-                        !validate::is_this_node(t, &config.topology_key, &config.node_id)
-                    })
-                {
-                    return Ok(none);
-                }
-                let pool = self.driver.pool()?;
-                blocking(move || pool.available().map_err(Error::from)).await?
-            }
+        let segments = req.accessible_topology.as_ref().map(|t| &t.segments);
+        let Some(available) = self.backend().available(segments).await? else {
+            return Ok(none);
         };
         let available = i64::try_from(available).unwrap_or(i64::MAX);
         Ok(v1::GetCapacityResponse {
@@ -229,14 +167,61 @@ impl ControllerService {
         req: &v1::ControllerGetVolumeRequest,
     ) -> Result<v1::ControllerGetVolumeResponse, Error> {
         let id = existing_id(&req.volume_id)?;
-        let volume = match self.driver.handoff() {
-            Some(cluster) => handoff::get_volume(cluster, &id).await?,
-            None => self.to_proto(&self.driver.pool()?.get(&id)?),
-        };
+        let volume = self.backend().get_volume(&id).await?;
         Ok(v1::ControllerGetVolumeResponse {
-            volume: Some(volume),
+            volume: Some(self.to_proto(&volume)),
             status: Some(Default::default()),
         })
+    }
+}
+
+/// The content source a request names, if its feature is on. Sources of a switched-off
+/// feature are INVALID_ARGUMENT (the spec's "unsupported source").
+fn content_source(
+    driver: &Driver,
+    source: &v1::VolumeContentSource,
+) -> Result<ContentSource, Error> {
+    let features = driver.config.features;
+    match &source.r#type {
+        Some(SourceType::Snapshot(SnapshotSource { snapshot_id })) => {
+            if !features.snapshots {
+                return Err(unsupported_source("restoring snapshots is switched off"));
+            }
+            Ok(ContentSource::Snapshot {
+                snapshot_id: snapshot_id.clone(),
+            })
+        }
+        Some(SourceType::Volume(VolumeSource { volume_id })) => {
+            if !features.clones {
+                return Err(unsupported_source("cloning volumes is switched off"));
+            }
+            Ok(ContentSource::Volume {
+                volume_id: volume_id.clone(),
+            })
+        }
+        None => Err(Error::MissingField("volume_content_source.type")),
+    }
+}
+
+fn unsupported_source(reason: &str) -> Error {
+    Error::InvalidArgument {
+        field: "volume_content_source",
+        reason: reason.to_owned(),
+    }
+}
+
+/// The `content_source` a created volume reports.
+fn content_source_proto(content: &ContentSource) -> v1::VolumeContentSource {
+    let r#type = match content {
+        ContentSource::Snapshot { snapshot_id } => SourceType::Snapshot(SnapshotSource {
+            snapshot_id: snapshot_id.clone(),
+        }),
+        ContentSource::Volume { volume_id } => SourceType::Volume(VolumeSource {
+            volume_id: volume_id.clone(),
+        }),
+    };
+    v1::VolumeContentSource {
+        r#type: Some(r#type),
     }
 }
 

@@ -7,11 +7,10 @@
 
 use plinth_csi_proto::v1;
 
-use crate::cluster::handoff;
+use crate::backend::Backend;
 use crate::csi::validate;
 use crate::error::Error;
 use crate::state::Driver;
-use crate::storage::local;
 use crate::storage::pool::{CapacityRange, GRANULARITY, image_size};
 
 fn require_feature(driver: &Driver, rpc: &'static str) -> Result<(), Error> {
@@ -51,10 +50,7 @@ pub async fn controller_expand(
         validate::required_capability("volume_capability", Some(cap))?;
     }
     let id = id.lookup()?;
-    let size = match driver.handoff() {
-        Some(cluster) => handoff::expand_volume(cluster, &id, wanted).await?,
-        None => local::expand_volume(driver, id, wanted).await?,
-    };
+    let size = Backend::of(driver).expand_volume(id, wanted).await?;
     if capacity.limit != 0 && size > capacity.limit {
         // Only possible when the volume was already larger than the limit.
         return Err(Error::OutOfRange(format!(

@@ -1,18 +1,19 @@
 //! The Controller service's snapshot RPCs: CreateSnapshot, DeleteSnapshot,
-//! ListSnapshots and GetSnapshot, over the pool's [`crate::storage::snapshot::SnapshotStore`].
+//! ListSnapshots and GetSnapshot, over the [`Backend`]'s snapshots (this pool's
+//! [`crate::storage::snapshot::SnapshotStore`], or the nodes' in cluster mode).
 //!
-//! Each function validates the request, claims the names and IDs it works on (a
-//! concurrent call for the same ones answers ABORTED), and runs the store off the async
-//! threads. Switched-off snapshots answer UNIMPLEMENTED.
+//! Each function validates the request and builds the answer; the backend claims the
+//! names and IDs it works on (a concurrent call for the same ones answers ABORTED).
+//! Switched-off snapshots answer UNIMPLEMENTED.
 
 use plinth_csi_proto::v1;
 
-use crate::cluster::handoff;
+use crate::backend::Backend;
 use crate::csi::page;
 use crate::csi::validate::{self, existing_id};
 use crate::error::Error;
 use crate::state::Driver;
-use crate::storage::local;
+use crate::storage::report::SnapshotInfo;
 use crate::storage::snapshot::{Snapshot, SnapshotError, SnapshotId};
 
 fn require_feature(driver: &Driver, rpc: &'static str) -> Result<(), Error> {
@@ -23,20 +24,20 @@ fn require_feature(driver: &Driver, rpc: &'static str) -> Result<(), Error> {
     }
 }
 
-/// The CSI view of a snapshot. Copies are complete when the record is committed, so
-/// every snapshot this driver reports is ready to use.
+/// The CSI view of a snapshot of this node's store.
 pub fn to_proto(snapshot: &Snapshot) -> v1::Snapshot {
+    info_proto(&SnapshotInfo::from(snapshot))
+}
+
+/// The CSI view of a snapshot, wherever it is kept.
+pub fn info_proto(snapshot: &SnapshotInfo) -> v1::Snapshot {
     v1::Snapshot {
         size_bytes: i64::try_from(snapshot.size_bytes).unwrap_or(i64::MAX),
-        snapshot_id: snapshot.id.to_string(),
-        source_volume_id: snapshot.source_volume_id.to_string(),
-        creation_time: Some(timestamp(snapshot.created_unix_nanos)),
-        ready_to_use: true,
-        group_snapshot_id: snapshot
-            .group_id
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        snapshot_id: snapshot.id.clone(),
+        source_volume_id: snapshot.source_volume_id.clone(),
+        creation_time: snapshot.created_unix_nanos.map(timestamp),
+        ready_to_use: snapshot.ready,
+        group_snapshot_id: snapshot.group_id.clone().unwrap_or_default(),
     }
 }
 
@@ -59,18 +60,10 @@ pub async fn create(
     validate::required("source_volume_id", &req.source_volume_id)?;
     let source = existing_id(&req.source_volume_id)?;
     tracing::Span::current().record("source_volume_id", source.as_str());
-    if let Some(cluster) = driver.handoff() {
-        let snapshot = handoff::create_snapshot(cluster, &name, &source).await?;
-        tracing::Span::current().record("snapshot_id", snapshot.snapshot_id.as_str());
-        return Ok(v1::CreateSnapshotResponse {
-            snapshot: Some(snapshot),
-        });
-    }
-    let (snapshot, created) = local::create_snapshot(driver, name, source, None).await?;
+    let snapshot = Backend::of(driver).create_snapshot(name, source).await?;
     tracing::Span::current().record("snapshot_id", snapshot.id.as_str());
-    tracing::info!(?created, method = %snapshot.copy_method, "CreateSnapshot done");
     Ok(v1::CreateSnapshotResponse {
-        snapshot: Some(to_proto(&snapshot)),
+        snapshot: Some(info_proto(&snapshot)),
     })
 }
 
@@ -84,10 +77,7 @@ pub async fn delete(
     let Ok(id) = SnapshotId::parse(&req.snapshot_id) else {
         return Ok(v1::DeleteSnapshotResponse {});
     };
-    match driver.handoff() {
-        Some(cluster) => handoff::delete_snapshot(cluster, &id).await?,
-        None => local::delete_snapshot(driver, id).await?,
-    }
+    Backend::of(driver).delete_snapshot(id).await?;
     Ok(v1::DeleteSnapshotResponse {})
 }
 
@@ -98,12 +88,9 @@ pub async fn get(
     require_feature(driver, "GetSnapshot")?;
     validate::volume_id("snapshot_id", &req.snapshot_id)?;
     let id = SnapshotId::parse(&req.snapshot_id).map_err(SnapshotError::from)?;
-    let snapshot = match driver.handoff() {
-        Some(cluster) => handoff::get_snapshot(cluster, &id).await?,
-        None => to_proto(&driver.snapshots()?.get(&id)?),
-    };
+    let snapshot = Backend::of(driver).get_snapshot(&id).await?;
     Ok(v1::GetSnapshotResponse {
-        snapshot: Some(snapshot),
+        snapshot: Some(info_proto(&snapshot)),
     })
 }
 
@@ -117,20 +104,18 @@ pub async fn list(
     require_feature(driver, "ListSnapshots")?;
     let size = page::page_size(req.max_entries)?;
     let start = page::start(&req.starting_token, SnapshotId::parse)?.map(|id| id.to_string());
-    let all = match driver.handoff() {
-        Some(cluster) => handoff::list_snapshots(cluster).await?,
-        None => driver.snapshots()?.list().iter().map(to_proto).collect(),
-    };
-    let matching: Vec<v1::Snapshot> = all
+    let matching: Vec<SnapshotInfo> = Backend::of(driver)
+        .list_snapshots()
+        .await?
         .into_iter()
-        .filter(|s| req.snapshot_id.is_empty() || s.snapshot_id == req.snapshot_id)
+        .filter(|s| req.snapshot_id.is_empty() || s.id == req.snapshot_id)
         .filter(|s| req.source_volume_id.is_empty() || s.source_volume_id == req.source_volume_id)
         .collect();
-    let (entries, next_token) = page::page(&matching, |s| &s.snapshot_id, start.as_ref(), size);
+    let (entries, next_token) = page::page(&matching, |s| &s.id, start.as_ref(), size);
     let entries = entries
         .iter()
         .map(|s| v1::list_snapshots_response::Entry {
-            snapshot: Some(s.clone()),
+            snapshot: Some(info_proto(s)),
         })
         .collect();
     Ok(v1::ListSnapshotsResponse {

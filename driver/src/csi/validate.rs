@@ -10,69 +10,14 @@ use v1::volume_capability::{AccessType, access_mode::Mode as ProtoMode};
 
 use crate::error::Error;
 use crate::mount::{FsType, MountOptions};
-use crate::storage::pool::VolumeId;
-use crate::storage::spec::{Access, AccessMode, Capability, Capacity, same_kind};
+use crate::storage::spec::{Access, AccessMode, Capability, Capacity, same_kind, too_long};
+// Content sources name volumes too, so storage and cluster code check IDs the same way.
+pub use crate::storage::spec::{
+    MAX_ID_BYTES, VolumeRef, existing_id, required, volume_id, volume_ref,
+};
 
-/// The spec's general size limit for IDs and names.
-pub const MAX_ID_BYTES: usize = 128;
 /// Paths are exempt from the 128-byte limit; the kernel's PATH_MAX bounds them.
 const MAX_PATH_BYTES: usize = 4096;
-
-/// A required string field.
-pub fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
-    if value.is_empty() {
-        Err(Error::MissingField(field))
-    } else {
-        Ok(value)
-    }
-}
-
-/// A plugin-generated volume ID: it names files in the pool, so only a conservative
-/// alphabet is accepted and nothing that could walk out of the pool directory.
-pub fn volume_id<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
-    required(field, value)?;
-    if value.len() > MAX_ID_BYTES {
-        return Err(too_long(field, value.len()));
-    }
-    let safe = value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !value.starts_with('.');
-    if !safe {
-        return Err(Error::InvalidArgument {
-            field,
-            reason: format!("{value:?} is not a volume ID of this driver"),
-        });
-    }
-    Ok(value)
-}
-
-/// A volume ID that must name an existing volume: malformed-but-harmless IDs cannot
-/// exist, so they are NOT_FOUND; IDs that try to escape are INVALID_ARGUMENT.
-pub fn existing_id(raw: &str) -> Result<VolumeId, Error> {
-    volume_ref(raw)?.lookup()
-}
-
-/// A `volume_id` checked for presence and form, not yet looked up.
-///
-/// Handlers check every argument first and look the volume up afterwards: a request
-/// missing a required field is INVALID_ARGUMENT even when it names a volume that does
-/// not exist (the spec's order, which csi-sanity checks with IDs like `fake-vol-id-…`).
-#[derive(Clone, Debug)]
-pub struct VolumeRef(String);
-
-impl VolumeRef {
-    /// The lookup step: an ID of a form this driver never issues names no volume.
-    pub fn lookup(&self) -> Result<VolumeId, Error> {
-        VolumeId::parse(&self.0).map_err(|_| Error::VolumeNotFound(self.0.clone()))
-    }
-}
-
-/// The argument step for `volume_id`: required, and nothing that could escape the pool.
-pub fn volume_ref(raw: &str) -> Result<VolumeRef, Error> {
-    volume_id("volume_id", raw)?;
-    Ok(VolumeRef(raw.to_owned()))
-}
 
 /// A CO-chosen volume name (CreateVolume): any printable text up to 128 bytes.
 pub fn name<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
@@ -87,13 +32,6 @@ pub fn name<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
         });
     }
     Ok(value)
-}
-
-fn too_long(field: &'static str, len: usize) -> Error {
-    Error::InvalidArgument {
-        field,
-        reason: format!("is {len} bytes long, the limit is {MAX_ID_BYTES}"),
-    }
 }
 
 /// A staging or target path from the CO: absolute, no `..`, no NUL, strictly below the
@@ -281,38 +219,6 @@ pub fn node_topology(key: &str, node_id: &str) -> v1::Topology {
     }
 }
 
-/// Whether `topology` names this node. A topology without our key does not constrain
-/// it, but neither does it place the volume here: only an explicit match counts.
-pub fn is_this_node(topology: &v1::Topology, key: &str, node_id: &str) -> bool {
-    topology.segments.get(key).is_some_and(|v| v == node_id)
-}
-
-/// A local volume can only be made where this driver runs. When the CO constrains the
-/// placement and this node is not among the places it names, the spec's answer is
-/// RESOURCE_EXHAUSTED.
-pub fn accessibility(
-    requirement: Option<&v1::TopologyRequirement>,
-    key: &str,
-    node_id: &str,
-) -> Result<(), Error> {
-    let Some(requirement) = requirement else {
-        return Ok(());
-    };
-    let mut named = requirement
-        .requisite
-        .iter()
-        .chain(&requirement.preferred)
-        .peekable();
-    if named.peek().is_none() {
-        return Ok(());
-    }
-    if named.any(|t| is_this_node(t, key, node_id)) {
-        Ok(())
-    } else {
-        Err(Error::TopologyUnsatisfiable(node_id.to_owned()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,32 +388,5 @@ mod tests {
                 limit: 0
             }
         );
-    }
-
-    #[test]
-    fn topology_requirements_must_name_this_node() {
-        let key = "topology.local.csi.plinth.dev/node";
-        let here = node_topology(key, "n1");
-        let there = node_topology(key, "n2");
-        let req =
-            |requisite: Vec<v1::Topology>, preferred: Vec<v1::Topology>| v1::TopologyRequirement {
-                requisite,
-                preferred,
-            };
-        assert!(accessibility(None, key, "n1").is_ok());
-        assert!(accessibility(Some(&req(vec![], vec![])), key, "n1").is_ok());
-        assert!(
-            accessibility(
-                Some(&req(vec![there.clone(), here.clone()], vec![there.clone()])),
-                key,
-                "n1"
-            )
-            .is_ok()
-        );
-        assert!(matches!(
-            accessibility(Some(&req(vec![there.clone()], vec![])), key, "n1"),
-            Err(Error::TopologyUnsatisfiable(_))
-        ));
-        assert!(accessibility(Some(&req(vec![], vec![there])), key, "n1").is_err());
     }
 }

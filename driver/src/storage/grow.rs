@@ -21,9 +21,6 @@ use crate::storage::pool::{Pool, PoolError, VolumeId};
 /// Errors of node-side expansion. Suggested gRPC codes in brackets.
 #[derive(Debug, thiserror::Error)]
 pub enum GrowError {
-    /// [NotFound]
-    #[error("volume {0} not found")]
-    VolumeNotFound(VolumeId),
     /// The volume is not staged on this node. [FailedPrecondition]
     #[error("volume {0} is not staged or published on this node")]
     NotAttached(VolumeId),
@@ -56,20 +53,10 @@ pub enum GrowError {
     },
     /// [by variant]
     #[error(transparent)]
-    Pool(PoolError),
+    Pool(#[from] PoolError),
     /// [Internal]
     #[error(transparent)]
     Host(#[from] MountError),
-}
-
-impl From<PoolError> for GrowError {
-    fn from(e: PoolError) -> Self {
-        match e {
-            PoolError::NotFound(id) => Self::VolumeNotFound(id),
-            PoolError::Host(h) => Self::Host(h),
-            other => Self::Pool(other),
-        }
-    }
 }
 
 /// What [`grow`] did.

@@ -9,19 +9,16 @@
 
 use std::path::{Path, PathBuf};
 
-use plinth_csi_proto::v1;
-use v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
-
-use crate::csi::validate::existing_id;
 use crate::error::Error;
 use crate::state::Driver;
+use crate::storage::IoFailure;
 use crate::storage::crypt;
 use crate::storage::freeze;
 use crate::storage::pool::{
     self, CapacityRange, ContentSource, Pool, PoolError, VolumeAccess, VolumeId,
 };
 use crate::storage::snapshot::{SnapshotError, SnapshotId};
-use crate::storage::spec::{Capability, Capacity};
+use crate::storage::spec::{Capability, Capacity, existing_id};
 
 /// A content source resolved to the image to copy.
 #[derive(Clone, Debug)]
@@ -35,39 +32,6 @@ pub struct Source {
     /// The source is encrypted; its wrapped data key (if it has one yet) is at `key`.
     pub encrypted: bool,
     pub key: PathBuf,
-}
-
-/// Resolve a request's `volume_content_source`. Sources of a switched-off feature are
-/// INVALID_ARGUMENT (the spec's "unsupported source"); a missing source is NOT_FOUND.
-pub fn resolve(driver: &Driver, source: &v1::VolumeContentSource) -> Result<Source, Error> {
-    resolve_content(driver, &requested(driver, source)?)
-}
-
-/// The content source a request names, if its feature is on.
-pub fn requested(
-    driver: &Driver,
-    source: &v1::VolumeContentSource,
-) -> Result<ContentSource, Error> {
-    let features = driver.config.features;
-    match &source.r#type {
-        Some(SourceType::Snapshot(SnapshotSource { snapshot_id })) => {
-            if !features.snapshots {
-                return Err(unsupported("restoring snapshots is switched off"));
-            }
-            Ok(ContentSource::Snapshot {
-                snapshot_id: snapshot_id.clone(),
-            })
-        }
-        Some(SourceType::Volume(VolumeSource { volume_id })) => {
-            if !features.clones {
-                return Err(unsupported("cloning volumes is switched off"));
-            }
-            Ok(ContentSource::Volume {
-                volume_id: volume_id.clone(),
-            })
-        }
-        None => Err(Error::MissingField("volume_content_source.type")),
-    }
 }
 
 /// Find `content` in this node's pool (a missing source is NOT_FOUND).
@@ -118,13 +82,6 @@ impl Source {
     }
 }
 
-fn unsupported(reason: &str) -> Error {
-    Error::InvalidArgument {
-        field: "volume_content_source",
-        reason: reason.to_owned(),
-    }
-}
-
 /// The new volume's access and capacity: the source's access type (every requested
 /// capability must fit it: data is never reinterpreted as another filesystem or as
 /// raw blocks), and at least the source's size.
@@ -172,21 +129,21 @@ pub fn populate(pool: &Pool, source: &Source, dest: &Path) -> Result<u64, PoolEr
         let key = dest.with_extension("key");
         crypt::wrap::copy(&source.key, &key).map_err(|e| {
             let _ = std::fs::remove_file(&key);
-            PoolError::Io {
+            PoolError::from(IoFailure {
                 op: "copy the wrapped key of",
                 path: source.key.clone(),
                 source: std::io::Error::other(e.to_string()),
-            }
+            })
         })?;
     }
     if !quiesced.is_intact() {
-        return Err(PoolError::Io {
+        return Err(PoolError::from(IoFailure {
             op: "copy",
             path: dest.to_path_buf(),
             source: std::io::Error::other(
                 "the driver is shutting down: the source was thawed before the copy finished",
             ),
-        });
+        }));
     }
     drop(quiesced);
     tracing::info!(?method, source = ?source.content, "volume content copied");
@@ -200,19 +157,4 @@ pub fn create(
     source: &Source,
 ) -> Result<(pool::Volume, pool::Created), Error> {
     Ok(pool.create_volume_from(request, &|dest: &Path| populate(pool, source, dest))?)
-}
-
-/// The `content_source` a created volume reports.
-pub fn to_proto(content: &ContentSource) -> v1::VolumeContentSource {
-    let r#type = match content {
-        ContentSource::Snapshot { snapshot_id } => SourceType::Snapshot(SnapshotSource {
-            snapshot_id: snapshot_id.clone(),
-        }),
-        ContentSource::Volume { volume_id } => SourceType::Volume(VolumeSource {
-            volume_id: volume_id.clone(),
-        }),
-    };
-    v1::VolumeContentSource {
-        r#type: Some(r#type),
-    }
 }

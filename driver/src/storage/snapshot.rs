@@ -40,6 +40,7 @@ use crate::storage::pool::{
     self, CopyMethod, Pool, PoolError, Reservation, SnapshotShares, VolumeAccess, VolumeId,
     sync_dir, write_atomic,
 };
+use crate::storage::{IoFailure, io_err};
 
 /// Version of the snapshot records this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -220,13 +221,8 @@ pub enum SnapshotError {
     #[error("snapshot format version {found} is newer than this driver's {FORMAT_VERSION}")]
     UnsupportedFormat { found: u32 },
     /// [Internal]
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoFailure),
     /// [Internal]
     #[error("snapshot record {path}: {source}")]
     Metadata {
@@ -236,28 +232,10 @@ pub enum SnapshotError {
     },
     /// [by variant]
     #[error(transparent)]
-    Pool(PoolError),
+    Pool(#[from] PoolError),
     /// [Internal]
     #[error(transparent)]
     Host(#[from] MountError),
-}
-
-impl From<PoolError> for SnapshotError {
-    fn from(e: PoolError) -> Self {
-        match e {
-            PoolError::NotFound(id) => Self::SourceNotFound(id),
-            PoolError::Host(h) => Self::Host(h),
-            other => Self::Pool(other),
-        }
-    }
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
-    move |source| SnapshotError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 #[derive(Default)]
@@ -454,7 +432,11 @@ impl SnapshotStore {
         let mut planned = Vec::with_capacity(sources.len());
         let mut needed: u64 = 0;
         for source in sources {
-            let volume = pool.get(source)?;
+            // The pool's "volume not found" is, to a snapshot, the source it was asked for.
+            let volume = pool.get(source).map_err(|e| match e {
+                PoolError::NotFound(id) => SnapshotError::SourceNotFound(id),
+                other => other.into(),
+            })?;
             let id = next_id().map_err(io_err("generate id", Path::new("/dev/urandom")))?;
             needed = needed.saturating_add(self.copy_cost(&pool.image_path(source))?);
             let image = self.image_path(&id);
@@ -493,10 +475,12 @@ impl SnapshotStore {
                             &pool.key_path(&p.volume.id),
                             &self.key_path(&p.id),
                         )
-                        .map_err(|e| SnapshotError::Io {
-                            op: "copy the wrapped key of",
-                            path: pool.key_path(&p.volume.id),
-                            source: io::Error::other(e.to_string()),
+                        .map_err(|e| {
+                            SnapshotError::from(IoFailure {
+                                op: "copy the wrapped key of",
+                                path: pool.key_path(&p.volume.id),
+                                source: io::Error::other(e.to_string()),
+                            })
                         })?;
                     }
                     Ok(method)
@@ -575,15 +559,15 @@ impl SnapshotStore {
             path: path.clone(),
             source,
         })?;
-        write_atomic(&path, &json).map_err(io_err("write", &path))
+        Ok(write_atomic(&path, &json).map_err(io_err("write", &path))?)
     }
 
     fn remove_record(&self, id: &str) -> Result<(), SnapshotError> {
         let path = self.record_path(id);
         match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir).map_err(io_err("sync", &self.dir)),
+            Ok(()) => Ok(sync_dir(&self.dir).map_err(io_err("sync", &self.dir))?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &path)(e)),
+            Err(e) => Err(io_err("remove", &path)(e).into()),
         }
     }
 
@@ -593,7 +577,7 @@ impl SnapshotStore {
             match fs::remove_file(&file) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove", &file)(e)),
+                Err(e) => return Err(io_err("remove", &file)(e).into()),
             }
         }
         Ok(())

@@ -1,9 +1,16 @@
 //! What a volume is asked to be, in the driver's own terms: how the workload sees it
 //! (block or a filesystem), its access mode, and the size range. `csi::validate` builds
-//! these from requests; storage and cluster code take them.
+//! these from requests; storage and cluster code take them. Also the checks on volume
+//! IDs: a request names volumes in its content source as well as in its own fields, and
+//! storage and cluster code resolve those.
 
+use std::collections::BTreeMap;
+
+use plinth_csi_proto::v1;
+
+use crate::error::Error;
 use crate::mount::FsType;
-use crate::storage::pool::VolumeAccess;
+use crate::storage::pool::{ContentSource, VolumeAccess, VolumeId};
 use crate::storage::volume::NodeAccess;
 
 /// How the workload sees the volume.
@@ -98,4 +105,81 @@ pub fn same_kind(a: &Access, b: &Access) -> bool {
 pub struct Capacity {
     pub required: u64,
     pub limit: u64,
+}
+
+/// A CreateVolume request, validated.
+#[derive(Clone, Debug)]
+pub struct NewVolume {
+    pub name: String,
+    pub caps: Vec<Capability>,
+    pub capacity: Capacity,
+    pub requirement: Option<v1::TopologyRequirement>,
+    pub parameters: BTreeMap<String, String>,
+    pub source: Option<ContentSource>,
+}
+
+/// The spec's general size limit for IDs and names.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// A required string field.
+pub fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
+    if value.is_empty() {
+        Err(Error::MissingField(field))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A plugin-generated volume ID: it names files in the pool, so only a conservative
+/// alphabet is accepted and nothing that could walk out of the pool directory.
+pub fn volume_id<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
+    required(field, value)?;
+    if value.len() > MAX_ID_BYTES {
+        return Err(too_long(field, value.len()));
+    }
+    let safe = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !value.starts_with('.');
+    if !safe {
+        return Err(Error::InvalidArgument {
+            field,
+            reason: format!("{value:?} is not a volume ID of this driver"),
+        });
+    }
+    Ok(value)
+}
+
+/// A volume ID that must name an existing volume: malformed-but-harmless IDs cannot
+/// exist, so they are NOT_FOUND; IDs that try to escape are INVALID_ARGUMENT.
+pub fn existing_id(raw: &str) -> Result<VolumeId, Error> {
+    volume_ref(raw)?.lookup()
+}
+
+/// A `volume_id` checked for presence and form, not yet looked up.
+///
+/// Handlers check every argument first and look the volume up afterwards: a request
+/// missing a required field is INVALID_ARGUMENT even when it names a volume that does
+/// not exist (the spec's order, which csi-sanity checks with IDs like `fake-vol-id-…`).
+#[derive(Clone, Debug)]
+pub struct VolumeRef(String);
+
+impl VolumeRef {
+    /// The lookup step: an ID of a form this driver never issues names no volume.
+    pub fn lookup(&self) -> Result<VolumeId, Error> {
+        VolumeId::parse(&self.0).map_err(|_| Error::VolumeNotFound(self.0.clone()))
+    }
+}
+
+/// The argument step for `volume_id`: required, and nothing that could escape the pool.
+pub fn volume_ref(raw: &str) -> Result<VolumeRef, Error> {
+    volume_id("volume_id", raw)?;
+    Ok(VolumeRef(raw.to_owned()))
+}
+
+pub fn too_long(field: &'static str, len: usize) -> Error {
+    Error::InvalidArgument {
+        field,
+        reason: format!("is {len} bytes long, the limit is {MAX_ID_BYTES}"),
+    }
 }

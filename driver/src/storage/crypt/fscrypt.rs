@@ -16,6 +16,7 @@ use super::wrap::DataKey;
 use super::{CryptError, DATA_DIR};
 use crate::mount::ioctl;
 use crate::mount::mountinfo::MountEntry;
+use crate::storage::IoFailure;
 use crate::storage::pool::{Pool, VolumeId};
 
 /// A key's identifier: what a v2 policy names.
@@ -201,10 +202,12 @@ pub fn recover(pool: &Pool, mounts: &[MountEntry]) -> Result<Vec<VolumeId>, Cryp
         if !super::is_encrypted(&volume.parameters) {
             continue;
         }
-        let Some(dev) = pool.attachment(&volume.id).map_err(|e| CryptError::Io {
-            op: "find loop device of",
-            path: pool.image_path(&volume.id),
-            source: std::io::Error::other(e.to_string()),
+        let Some(dev) = pool.attachment(&volume.id).map_err(|e| {
+            CryptError::from(IoFailure {
+                op: "find loop device of",
+                path: pool.image_path(&volume.id),
+                source: std::io::Error::other(e.to_string()),
+            })
         })?
         else {
             continue;

@@ -41,6 +41,8 @@ use std::path::{Path, PathBuf};
 
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::storage::IoFailure;
+
 /// The StorageClass parameter that makes a volume encrypted.
 pub const PARAMETER: &str = "encryption";
 /// Its one value: ext4 encryption with a v2 policy.
@@ -284,13 +286,8 @@ pub enum CryptError {
     #[error("volume {id}: {reason}")]
     Layout { id: String, reason: String },
     /// [Internal]
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoFailure),
     /// [Internal]
     #[error("{op} {path}: {source}")]
     Kernel {
@@ -305,17 +302,6 @@ pub enum CryptError {
 }
 
 impl CryptError {
-    pub(crate) fn io<'a>(
-        op: &'static str,
-        path: &'a Path,
-    ) -> impl FnOnce(std::io::Error) -> Self + 'a {
-        move |source| Self::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
     pub(crate) fn kernel<'a>(
         op: &'static str,
         path: &'a Path,
@@ -341,7 +327,7 @@ impl CryptError {
             // message in the pod's events; FAILED_PRECONDITION would blame the volume.
             Self::WrongKey(..) => Code::PermissionDenied,
             Self::KeyLost(_) | Self::Layout { .. } => Code::FailedPrecondition,
-            Self::Io { .. } | Self::Kernel { .. } | Self::Record { .. } => Code::Internal,
+            Self::Io(_) | Self::Kernel { .. } | Self::Record { .. } => Code::Internal,
         }
     }
 }

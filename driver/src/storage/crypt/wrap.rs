@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 
 use super::{CryptError, Material};
 use crate::mount::ioctl::FSCRYPT_MAX_KEY_SIZE;
+use crate::storage::io_err;
 
 /// Version of the wrapped-key file.
 pub const FORMAT_VERSION: u32 = 1;
@@ -77,7 +78,7 @@ fn random(buf: &mut [u8]) -> Result<(), CryptError> {
     let path = Path::new("/dev/urandom");
     fs::File::open(path)
         .and_then(|mut f| f.read_exact(buf))
-        .map_err(CryptError::io("read", path))
+        .map_err(|e| io_err("read", path)(e).into())
 }
 
 fn kek(material: &Material, salt: &[u8], volume: &str) -> Zeroizing<[u8; 32]> {
@@ -187,7 +188,7 @@ pub fn read(path: &Path) -> Result<Option<WrappedKey>, CryptError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(CryptError::io("read", path)(e)),
+        Err(e) => return Err(io_err("read", path)(e).into()),
     };
     serde_json::from_slice(&bytes)
         .map(Some)
@@ -203,7 +204,7 @@ pub fn write(path: &Path, key: &WrappedKey) -> Result<(), CryptError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    write_private(path, &json).map_err(CryptError::io("write", path))
+    write_private(path, &json).map_err(|e| io_err("write", path)(e).into())
 }
 
 /// Copy a wrapped-key file (a snapshot of, or a volume restored from, an encrypted
@@ -220,7 +221,7 @@ pub fn remove(path: &Path) -> Result<(), CryptError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CryptError::io("remove", path)(e)),
+        Err(e) => Err(io_err("remove", path)(e).into()),
     }
 }
 

@@ -61,6 +61,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mount::loopdev::{self, LoopDevice};
 use crate::mount::{FsType, MountError, mountinfo};
+use crate::storage::{IoFailure, io_err};
 
 pub use copy::{CopyMethod, copy_image, reflink_supported};
 pub use id::{InvalidId, VolumeId};
@@ -241,13 +242,8 @@ pub enum PoolError {
         dir.display()
     )]
     Busy { dir: PathBuf },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoFailure),
     #[error("metadata {path}: {source}")]
     Metadata {
         path: PathBuf,
@@ -256,14 +252,6 @@ pub enum PoolError {
     },
     #[error(transparent)]
     Host(#[from] MountError),
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PoolError + 'a {
-    move |source| PoolError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 struct Index {
@@ -374,10 +362,12 @@ impl Pool {
         let probe = self.root.join(".probe.tmp");
         fs::write(&probe, b"ok").map_err(io_err("write", &probe))?;
         fs::remove_file(&probe).map_err(io_err("remove", &probe))?;
-        nix::sys::statvfs::statvfs(&self.root).map_err(|e| PoolError::Io {
-            op: "statvfs",
-            path: self.root.clone(),
-            source: e.into(),
+        nix::sys::statvfs::statvfs(&self.root).map_err(|e| {
+            PoolError::from(IoFailure {
+                op: "statvfs",
+                path: self.root.clone(),
+                source: e.into(),
+            })
         })?;
         Ok(())
     }
@@ -557,7 +547,7 @@ impl Pool {
         if result.is_err() {
             let _ = fs::remove_file(image);
         }
-        result
+        Ok(result?)
     }
 
     fn write_record(&self, volume: &Volume) -> Result<(), PoolError> {
@@ -570,7 +560,7 @@ impl Pool {
             path: path.clone(),
             source,
         })?;
-        meta::write_atomic(&path, &json).map_err(io_err("write", &path))
+        Ok(meta::write_atomic(&path, &json).map_err(io_err("write", &path))?)
     }
 
     /// Delete a volume. Unknown IDs succeed (idempotent); a volume whose image is
@@ -592,7 +582,7 @@ impl Pool {
         match fs::remove_file(&meta) {
             Ok(()) => meta::sync_dir(&volumes).map_err(io_err("sync", &volumes))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove", &meta)(e)),
+            Err(e) => return Err(io_err("remove", &meta)(e).into()),
         }
         // The wrapped key goes with the record (a crash in between leaves a key file
         // without record, which the next open removes).
@@ -600,19 +590,21 @@ impl Pool {
         match fs::remove_file(&key) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove", &key)(e)),
+            Err(e) => return Err(io_err("remove", &key)(e).into()),
         }
         // The volume is gone now; freeing the image's blocks is left to the reaper (see
         // `reaper`). The rename keeps the image name free and the file an orphan.
-        let trash = reaper::trash_path(&image).ok_or_else(|| PoolError::Io {
-            op: "rename",
-            path: image.clone(),
-            source: io::Error::other("image path without a file name"),
+        let trash = reaper::trash_path(&image).ok_or_else(|| {
+            PoolError::from(IoFailure {
+                op: "rename",
+                path: image.clone(),
+                source: io::Error::other("image path without a file name"),
+            })
         })?;
         match fs::rename(&image, &trash) {
             Ok(()) => self.reaper.remove(trash),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("rename", &image)(e)),
+            Err(e) => return Err(io_err("rename", &image)(e).into()),
         }
         if let Some(volume) = index.by_id.remove(id) {
             index.by_name.remove(&volume.name);
@@ -679,10 +671,12 @@ impl Pool {
     }
 
     fn statvfs(&self) -> Result<nix::sys::statvfs::Statvfs, PoolError> {
-        nix::sys::statvfs::statvfs(&self.root).map_err(|e| PoolError::Io {
-            op: "statvfs",
-            path: self.root.clone(),
-            source: e.into(),
+        nix::sys::statvfs::statvfs(&self.root).map_err(|e| {
+            PoolError::from(IoFailure {
+                op: "statvfs",
+                path: self.root.clone(),
+                source: e.into(),
+            })
         })
     }
 
@@ -696,7 +690,7 @@ impl Pool {
                 Ok(m) => m.blocks().saturating_mul(512),
                 // A missing image owes nothing and holds nothing.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => volume.size_bytes,
-                Err(e) => return Err(io_err("stat", &image)(e)),
+                Err(e) => return Err(io_err("stat", &image)(e).into()),
             };
             let own = allocated.saturating_sub(volume.shared_bytes);
             owed = owed.saturating_add(volume.size_bytes.saturating_sub(own));
@@ -777,7 +771,7 @@ impl Pool {
                 match fs::remove_file(&path) {
                     Ok(()) => recovery.removed_orphan_images.push(path),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io_err("remove", &path)(e)),
+                    Err(e) => return Err(io_err("remove", &path)(e).into()),
                 }
                 continue;
             }
@@ -845,7 +839,7 @@ impl Pool {
                     tracing::error!(volume_id = %id, "metadata without image");
                     recovery.missing_images.push(id.clone());
                 }
-                Err(e) => return Err(io_err("stat", &image)(e)),
+                Err(e) => return Err(io_err("stat", &image)(e).into()),
             }
         }
         self.recover_loops(&records, &mut recovery)?;
@@ -902,7 +896,7 @@ fn lock_owner(root: &Path) -> Result<Flock<fs::File>, PoolError> {
         nix::errno::Errno::EWOULDBLOCK => PoolError::Busy {
             dir: root.to_path_buf(),
         },
-        other => io_err("flock", root)(io::Error::from(other)),
+        other => io_err("flock", root)(io::Error::from(other)).into(),
     })
 }
 
@@ -991,7 +985,8 @@ fn fill_image(image: &Path, size: u64, fill: Populate<'_>) -> Result<u64, PoolEr
             // Truncating would cut the source's data: the caller sized the volume wrong.
             return Err(io_err("fill", image)(io::Error::other(format!(
                 "source of {len} bytes does not fit a volume of {size} bytes"
-            ))));
+            )))
+            .into());
         }
         file.set_len(size)
             .and_then(|()| file.sync_all())
@@ -1043,9 +1038,9 @@ fn check_format(root: &Path) -> Result<(), PoolError> {
                 path: path.clone(),
                 source,
             })?;
-            meta::write_atomic(&path, &json).map_err(io_err("write", &path))
+            Ok(meta::write_atomic(&path, &json).map_err(io_err("write", &path))?)
         }
-        Err(e) => Err(io_err("read", &path)(e)),
+        Err(e) => Err(io_err("read", &path)(e).into()),
     }
 }
 

@@ -90,9 +90,6 @@ pub enum VolumeError {
     /// Bad mount flags or filesystem type. [InvalidArgument]
     #[error("invalid request: {0}")]
     InvalidRequest(#[source] MountError),
-    /// [NotFound]
-    #[error("volume {0} not found")]
-    VolumeNotFound(VolumeId),
     /// Publish before stage. [FailedPrecondition]
     #[error("volume {id} is not staged at {staging:?}")]
     NotStaged { id: VolumeId, staging: PathBuf },
@@ -127,23 +124,13 @@ pub enum VolumeError {
     UnknownData { id: VolumeId },
     /// [by variant: see `PoolError`]
     #[error(transparent)]
-    Pool(PoolError),
+    Pool(#[from] PoolError),
     /// A host operation failed. [Internal]
     #[error(transparent)]
     Host(#[from] MountError),
     /// [by variant: see `CryptError::code`]
     #[error(transparent)]
     Crypt(#[from] CryptError),
-}
-
-impl From<PoolError> for VolumeError {
-    fn from(e: PoolError) -> Self {
-        match e {
-            PoolError::NotFound(id) => Self::VolumeNotFound(id),
-            PoolError::Host(h) => Self::Host(h),
-            other => Self::Pool(other),
-        }
-    }
 }
 
 /// The node's volume operations over one pool.

@@ -98,7 +98,9 @@ pub use crate::{
     error::StartError,
     fault::{Fault, WatchInfo},
     log::Recorded,
-    testing::{BUILT_IN_IMMUTABLE_FIELDS, WAIT, path_of},
+    testing::{
+        BUILT_IN_IMMUTABLE_FIELDS, SNAPSHOT_GROUP, SNAPSHOT_KINDS, WAIT, path_of, snapshot_crds,
+    },
     writes::{Verb, WriteCounts},
 };
 use crate::{

@@ -62,6 +62,36 @@ pub const BUILT_IN_IMMUTABLE_FIELDS: &[(&str, &str, &[&str])] = &[
     ("batch", "jobs", &["/spec/selector", "/spec/template"]),
 ];
 
+/// The group of external-snapshotter's CRDs, which clusters may or may not have.
+pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
+
+/// external-snapshotter's CRDs as (plural, kind, scope).
+pub const SNAPSHOT_KINDS: [(&str, &str, &str); 3] = [
+    ("volumesnapshots", "VolumeSnapshot", "Namespaced"),
+    ("volumesnapshotcontents", "VolumeSnapshotContent", "Cluster"),
+    ("volumesnapshotclasses", "VolumeSnapshotClass", "Cluster"),
+];
+
+/// external-snapshotter's CRDs as the cluster would serve them (schema-less, v1 served
+/// and stored), in the order of [`SNAPSHOT_KINDS`]: to create through the API or to
+/// seed with [`Running::insert`].
+pub fn snapshot_crds() -> impl Iterator<Item = Value> {
+    SNAPSHOT_KINDS.into_iter().map(|(plural, kind, scope)| {
+        serde_json::json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.{SNAPSHOT_GROUP}")},
+            "spec": {
+                "group": SNAPSHOT_GROUP,
+                "scope": scope,
+                "names": {"plural": plural, "kind": kind},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                              "schema": {"openAPIV3Schema": {"type": "object"}}}],
+            },
+        })
+    })
+}
+
 /// The REST path of the object `name` of kind `K` (`namespace` for namespaced kinds).
 pub fn path_of<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &str) -> String {
     format!("{}/{name}", K::url_path(&(), namespace))

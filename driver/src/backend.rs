@@ -11,7 +11,7 @@ use crate::cluster::{Cluster, handoff};
 use crate::config::Mode;
 use crate::error::Error;
 use crate::state::{Driver, blocking};
-use crate::storage::pool::{self, CapacityRange, VolumeAccess, VolumeId};
+use crate::storage::pool::{self, VolumeAccess, VolumeId};
 use crate::storage::report::{SnapshotInfo, VolumeInfo};
 use crate::storage::snapshot::SnapshotId;
 use crate::storage::spec::NewVolume;
@@ -66,13 +66,7 @@ impl<'a> Backend<'a> {
             Some(source) => {
                 restore::plan(source.access, source.size_bytes, &new.caps, new.capacity)?
             }
-            None => (
-                new.caps
-                    .first()
-                    .map(|c| c.access.volume_access())
-                    .ok_or(Error::MissingField("volume_capabilities"))?,
-                CapacityRange::new(new.capacity.required, new.capacity.limit),
-            ),
+            None => new.blank_shape()?,
         };
         let request = pool::CreateVolumeRequest {
             name: new.name,

@@ -261,24 +261,8 @@ async fn snapshot_crds_installed_after_start_bring_the_snapshotter() {
 
     // external-snapshotter's CRDs arrive; nothing else changes.
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (plural, kind) in [
-        ("volumesnapshots", "VolumeSnapshot"),
-        ("volumesnapshotcontents", "VolumeSnapshotContent"),
-        ("volumesnapshotclasses", "VolumeSnapshotClass"),
-    ] {
-        let crd: CustomResourceDefinition = serde_json::from_value(json!({
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("{plural}.snapshot.storage.k8s.io")},
-            "spec": {
-                "group": "snapshot.storage.k8s.io",
-                "scope": if plural == "volumesnapshots" { "Namespaced" } else { "Cluster" },
-                "names": {"plural": plural, "kind": kind},
-                "versions": [{"name": "v1", "served": true, "storage": true,
-                              "schema": {"openAPIV3Schema": {"type": "object"}}}],
-            },
-        }))
-        .unwrap();
+    for crd in plinth_apistub::snapshot_crds() {
+        let crd: CustomResourceDefinition = serde_json::from_value(crd).unwrap();
         crd_api.create(&PostParams::default(), &crd).await.unwrap();
     }
     eventually("the snapshotter sidecar deployed", SOON, || async {

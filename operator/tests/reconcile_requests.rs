@@ -225,24 +225,8 @@ fn minimal_cr() -> CsiDeployment {
 /// external-snapshotter's CRDs, as most clusters have them: every managed kind is served.
 async fn install_snapshot_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (plural, kind) in [
-        ("volumesnapshots", "VolumeSnapshot"),
-        ("volumesnapshotcontents", "VolumeSnapshotContent"),
-        ("volumesnapshotclasses", "VolumeSnapshotClass"),
-    ] {
-        let crd: CustomResourceDefinition = serde_json::from_value(json!({
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("{plural}.snapshot.storage.k8s.io")},
-            "spec": {
-                "group": "snapshot.storage.k8s.io",
-                "scope": if plural == "volumesnapshots" { "Namespaced" } else { "Cluster" },
-                "names": {"plural": plural, "kind": kind},
-                "versions": [{"name": "v1", "served": true, "storage": true,
-                              "schema": {"openAPIV3Schema": {"type": "object"}}}],
-            },
-        }))
-        .unwrap();
+    for crd in plinth_apistub::snapshot_crds() {
+        let crd: CustomResourceDefinition = serde_json::from_value(crd).unwrap();
         crds.create(&PostParams::default(), &crd).await.unwrap();
     }
 }

@@ -19,7 +19,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use plinth_api::capabilities::DriverFeatures;
-use plinth_apistub::{ApiStub, Fault, Recorded as Req, Running};
+use plinth_apistub::{ApiStub, Fault, Recorded as Req, Running, SNAPSHOT_GROUP, snapshot_crds};
 use plinth_operator::crd::CsiDeployment;
 use plinth_operator::metrics::Metrics;
 use plinth_operator::reconcile::{self, Context, Error, FINALIZER};
@@ -44,12 +44,6 @@ struct Harness {
 }
 
 const FIELD_MANAGER: &str = "plinth-operator";
-const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
-const SNAPSHOT_KINDS: [(&str, &str, &str); 3] = [
-    ("volumesnapshots", "VolumeSnapshot", "Namespaced"),
-    ("volumesnapshotcontents", "VolumeSnapshotContent", "Cluster"),
-    ("volumesnapshotclasses", "VolumeSnapshotClass", "Cluster"),
-];
 
 impl Harness {
     async fn new() -> Self {
@@ -91,20 +85,14 @@ impl Harness {
 
     /// Installs or removes the snapshot CRDs.
     fn set_snapshot_crds(&self, present: bool) {
-        for (plural, kind, scope) in SNAPSHOT_KINDS {
-            let name = format!("{plural}.{SNAPSHOT_GROUP}");
-            let path = format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}");
+        for crd in snapshot_crds() {
+            let path = format!(
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{}",
+                crd["metadata"]["name"].as_str().unwrap_or_default()
+            );
             match (present, self.fake.get(&path).is_some()) {
                 (true, false) => {
-                    self.fake.insert(
-                        &path,
-                        json!({"apiVersion": "apiextensions.k8s.io/v1",
-                               "kind": "CustomResourceDefinition",
-                               "metadata": {"name": name},
-                               "spec": {"group": SNAPSHOT_GROUP, "scope": scope,
-                                        "names": {"plural": plural, "kind": kind},
-                                        "versions": [{"name": "v1", "served": true}]}}),
-                    );
+                    self.fake.insert(&path, crd);
                 }
                 (false, true) => {
                     self.fake.remove(&path);

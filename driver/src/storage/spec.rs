@@ -10,7 +10,7 @@ use plinth_csi_proto::v1;
 
 use crate::error::Error;
 use crate::mount::FsType;
-use crate::storage::pool::{ContentSource, VolumeAccess, VolumeId};
+use crate::storage::pool::{CapacityRange, ContentSource, VolumeAccess, VolumeId};
 use crate::storage::volume::NodeAccess;
 
 /// How the workload sees the volume.
@@ -116,6 +116,23 @@ pub struct NewVolume {
     pub requirement: Option<v1::TopologyRequirement>,
     pub parameters: BTreeMap<String, String>,
     pub source: Option<ContentSource>,
+}
+
+impl NewVolume {
+    /// The access and size range of a volume made from nothing (no content source): the
+    /// first capability's access and the requested range. A restore or clone takes its
+    /// shape from the source instead (`restore::plan`).
+    pub fn blank_shape(&self) -> Result<(VolumeAccess, CapacityRange), Error> {
+        let access = self
+            .caps
+            .first()
+            .map(|c| c.access.volume_access())
+            .ok_or(Error::MissingField("volume_capabilities"))?;
+        Ok((
+            access,
+            CapacityRange::new(self.capacity.required, self.capacity.limit),
+        ))
+    }
 }
 
 /// The spec's general size limit for IDs and names.

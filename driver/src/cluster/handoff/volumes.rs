@@ -94,14 +94,10 @@ async fn plan_volume(
                 restore::plan(source.access, source.size_bytes, &new.caps, new.capacity)?;
             (access, range, Some(source.node))
         }
-        None => (
-            new.caps
-                .first()
-                .map(|c| c.access.volume_access())
-                .ok_or(Error::MissingField("volume_capabilities"))?,
-            CapacityRange::new(new.capacity.required, new.capacity.limit),
-            None,
-        ),
+        None => {
+            let (access, range) = new.blank_shape()?;
+            (access, range, None)
+        }
     };
     let size_bytes =
         image_size(range, access.min_size_bytes()).map_err(|e| Error::OutOfRange(e.to_string()))?;

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod expand;
 pub mod group;
 pub mod identity;
+pub mod inline;
 pub mod node;
 pub mod page;
 pub mod snapshot;

@@ -85,7 +85,7 @@ impl NodeService {
 
     async fn publish(&self, req: v1::NodePublishVolumeRequest) -> Result<(), Error> {
         if ephemeral::is_ephemeral(&req.volume_context) {
-            return ephemeral::node_publish(&self.driver, req).await;
+            return super::inline::node_publish(&self.driver, req).await;
         }
         let id = validate::volume_ref(&req.volume_id)?;
         let target = self.path("target_path", &req.target_path)?;
@@ -125,7 +125,7 @@ impl NodeService {
     }
 
     async fn unpublish(&self, req: v1::NodeUnpublishVolumeRequest) -> Result<(), Error> {
-        if ephemeral::node_unpublish(&self.driver, &req).await? {
+        if super::inline::node_unpublish(&self.driver, &req).await? {
             return Ok(());
         }
         let id = validate::volume_ref(&req.volume_id)?;

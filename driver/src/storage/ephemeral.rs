@@ -20,14 +20,10 @@ use std::path::Path;
 
 use plinth_api::ephemeral::Limits;
 use plinth_api::parse_size;
-use plinth_csi_proto::v1;
 
-use crate::csi::validate;
 use crate::error::Error;
 use crate::mount::{FsType, mountinfo};
-use crate::state::Driver;
 use crate::storage::pool::{self, CapacityRange, Created, Pool, VolumeAccess, VolumeId};
-use crate::storage::spec::Access;
 use crate::storage::volume::{NodeAccess, NodeVolumes};
 
 /// The volume-context key kubelet sets on inline volumes.
@@ -261,94 +257,11 @@ pub fn unpublish(volumes: &NodeVolumes, kubelet_id: &str, target: &Path) -> Resu
     Ok(true)
 }
 
-/// NodePublishVolume of an inline volume (the caller checked [`is_ephemeral`]).
-pub async fn node_publish(driver: &Driver, req: v1::NodePublishVolumeRequest) -> Result<(), Error> {
-    if !driver.config.features.ephemeral {
-        return Err(Error::InvalidArgument {
-            field: "volume_context",
-            reason: "inline (ephemeral) volumes are switched off on this driver".into(),
-        });
-    }
-    validate::volume_id("volume_id", &req.volume_id)?;
-    let target = validate::path(
-        "target_path",
-        &req.target_path,
-        &driver.config.pool,
-        &driver.config.kubelet_dir,
-    )?;
-    let cap = validate::required_capability("volume_capability", req.volume_capability.as_ref())?;
-    let Access::Mount { fs, flags } = cap.access else {
-        return Err(Error::InvalidArgument {
-            field: "volume_capability",
-            reason: "inline volumes are filesystems; block access is not offered for them".into(),
-        });
-    };
-    let mut spec = spec(&req.volume_context, driver.config.ephemeral)?;
-    // Kubelet passes the pod spec's `fsType` in the capability.
-    if let Some(fs) = fs {
-        if req.volume_context.contains_key(FS_TYPE_KEY) && fs != spec.fs {
-            return Err(Error::InvalidArgument {
-                field: "volume_capability",
-                reason: format!(
-                    "fs_type {fs} contradicts the {FS_TYPE_KEY} attribute {}",
-                    spec.fs
-                ),
-            });
-        }
-        spec.fs = fs;
-    }
-    let readonly = req.readonly || cap.mode.read_only();
-    let volumes = driver.volumes()?;
-    let kubelet_id = req.volume_id.clone();
-    let limits = driver.config.ephemeral;
-    driver
-        .exclusive(&req.volume_id, move || {
-            publish(
-                &volumes,
-                &kubelet_id,
-                &target,
-                spec,
-                limits,
-                flags,
-                readonly,
-            )
-            .map(drop)
-        })
-        .await
-}
-
-/// NodeUnpublishVolume when `volume_id` is an inline volume; `Ok(false)` leaves the
-/// request to the persistent-volume path.
-pub async fn node_unpublish(
-    driver: &Driver,
-    req: &v1::NodeUnpublishVolumeRequest,
-) -> Result<bool, Error> {
-    validate::volume_id("volume_id", &req.volume_id)?;
-    let target = validate::path(
-        "target_path",
-        &req.target_path,
-        &driver.config.pool,
-        &driver.config.kubelet_dir,
-    )?;
-    let volumes = driver.volumes()?;
-    let inline =
-        find(volumes.pool(), &req.volume_id).is_some() || is_kubelet_inline_id(&req.volume_id);
-    if !inline {
-        return Ok(false);
-    }
-    let kubelet_id = req.volume_id.clone();
-    driver
-        .exclusive(&req.volume_id, move || {
-            unpublish(&volumes, &kubelet_id, &target)
-        })
-        .await
-}
-
 /// Kubelet names inline volumes `csi-` and the hex SHA-256 of the pod and volume. An
 /// unknown ID of that form is an inline volume a previous unpublish already deleted (a
 /// retry must succeed, or the pod never finishes terminating); any other unknown ID is
 /// left to the persistent path, which answers NOT_FOUND.
-fn is_kubelet_inline_id(id: &str) -> bool {
+pub fn is_kubelet_inline_id(id: &str) -> bool {
     id.strip_prefix("csi-")
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }

@@ -162,13 +162,14 @@ pub enum Created {
     Existing,
 }
 
+/// What a snapshot's metadata file on disk holds (serde's `kind` tag tells which).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(
     tag = "kind",
     rename_all = "camelCase",
     rename_all_fields = "camelCase"
 )]
-enum Record {
+enum MetadataFile {
     Snapshot {
         format_version: u32,
         #[serde(flatten)]
@@ -546,14 +547,14 @@ impl SnapshotStore {
     fn commit_snapshot(&self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
         self.write_record(
             snapshot.id.as_str(),
-            &Record::Snapshot {
+            &MetadataFile::Snapshot {
                 format_version: FORMAT_VERSION,
                 snapshot: snapshot.clone(),
             },
         )
     }
 
-    fn write_record(&self, id: &str, record: &Record) -> Result<(), SnapshotError> {
+    fn write_record(&self, id: &str, record: &MetadataFile) -> Result<(), SnapshotError> {
         let path = self.record_path(id);
         let json = serde_json::to_vec_pretty(record).map_err(|source| SnapshotError::Metadata {
             path: path.clone(),
@@ -684,7 +685,7 @@ impl SnapshotStore {
         };
         let mut index = self.lock();
         // The group record is the commit point of the whole group.
-        let record = Record::Group {
+        let record = MetadataFile::Group {
             format_version: FORMAT_VERSION,
             group: group.clone(),
         };
@@ -846,10 +847,10 @@ fn recover(dir: &Path, recovery: &mut SnapshotRecovery) -> Result<Index, Snapsho
                 if SnapshotId::parse(stem).is_ok() || GroupId::parse(stem).is_ok() =>
             {
                 match read_record(&path)? {
-                    Record::Snapshot { snapshot, .. } => {
+                    MetadataFile::Snapshot { snapshot, .. } => {
                         snapshots.insert(snapshot.id.clone(), snapshot);
                     }
-                    Record::Group { group, .. } => {
+                    MetadataFile::Group { group, .. } => {
                         groups.insert(group.id.clone(), group);
                     }
                 }
@@ -897,14 +898,15 @@ fn recover(dir: &Path, recovery: &mut SnapshotRecovery) -> Result<Index, Snapsho
     Ok(index)
 }
 
-fn read_record(path: &Path) -> Result<Record, SnapshotError> {
+fn read_record(path: &Path) -> Result<MetadataFile, SnapshotError> {
     let bytes = fs::read(path).map_err(io_err("read", path))?;
-    let record: Record =
+    let record: MetadataFile =
         serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Metadata {
             path: path.to_path_buf(),
             source,
         })?;
-    let (Record::Snapshot { format_version, .. } | Record::Group { format_version, .. }) = &record;
+    let (MetadataFile::Snapshot { format_version, .. }
+    | MetadataFile::Group { format_version, .. }) = &record;
     if *format_version > FORMAT_VERSION {
         return Err(SnapshotError::UnsupportedFormat {
             found: *format_version,

@@ -33,7 +33,9 @@ use crate::mount::{
     Detected, Format, FsType, Host, LoopDevice, MountEntry, MountError, MountOptions, RealHost,
 };
 use crate::storage::crypt::{self, CryptError, Secrets};
-use crate::storage::pool::{Pool, PoolError, VolumeAccess, VolumeId};
+use crate::storage::grow::{self, GrowError};
+use crate::storage::pool::{Pool, PoolError, Volume, VolumeAccess, VolumeId};
+use crate::storage::spec::{Access, Capability};
 
 pub use paths::Beneath;
 pub use template::MAX_TEMPLATES;
@@ -48,6 +50,15 @@ pub enum NodeAccess {
     },
     /// The raw block device.
     Block,
+}
+
+/// A NodeStageVolume request, validated: what [`NodeVolumes::node_stage`] takes.
+#[derive(Debug)]
+pub struct NodeStage<'a> {
+    pub id: &'a VolumeId,
+    pub staging: &'a Path,
+    pub capability: &'a Capability,
+    pub secrets: &'a Secrets,
 }
 
 /// A loop device [`NodeVolumes::attach`] returned.
@@ -122,6 +133,14 @@ pub enum VolumeError {
     /// The volume holds data that is not a known filesystem. [FailedPrecondition]
     #[error("volume {id} holds unrecognised data; refusing to format it")]
     UnknownData { id: VolumeId },
+    /// Spec (NodeStage/NodePublish "exceeds capabilities"): a block volume cannot be
+    /// mounted, nor a filesystem volume handed out raw or as another filesystem.
+    /// [FailedPrecondition]
+    #[error("volume {id} was created as {access:?}; the requested capability does not fit it")]
+    DoesNotFit { id: VolumeId, access: VolumeAccess },
+    /// Growing a restored volume while staging it. [by variant: see `GrowError`]
+    #[error(transparent)]
+    Grow(#[from] GrowError),
     /// [by variant: see `PoolError`]
     #[error(transparent)]
     Pool(#[from] PoolError),
@@ -263,6 +282,29 @@ impl NodeVolumes {
         self.stage_with(id, staging, access, readonly, &Secrets::default())
     }
 
+    /// NodeStageVolume: the fit check, then [`NodeVolumes::stage_with`], then the growth
+    /// of a restored filesystem. The record is read once here and handed down, so every
+    /// step judges the same record (and the pool index is locked once, not four times).
+    #[tracing::instrument(skip_all, fields(volume_id = %req.id))]
+    pub fn node_stage(&self, req: &NodeStage<'_>) -> Result<Outcome, VolumeError> {
+        let volume = self.pool.get(req.id)?;
+        fits(&volume, req.capability)?;
+        let staging = self.path(req.staging)?;
+        let readonly = req.capability.mode.read_only();
+        let access = req.capability.access.node_access();
+        let outcome = self.stage_record(&volume, &staging, &access, readonly, req.secrets)?;
+        // A read-only mount cannot be grown, and a block volume has no filesystem to grow.
+        if matches!(req.capability.access, Access::Mount { .. }) && !readonly {
+            grow::grow_restored(&self.pool, &volume, &staging)?;
+        }
+        Ok(outcome)
+    }
+
+    /// The fit check of NodePublishVolume (see [`VolumeError::DoesNotFit`]).
+    pub fn check_fits(&self, id: &VolumeId, capability: &Capability) -> Result<(), VolumeError> {
+        fits(&self.pool.get(id)?, capability)
+    }
+
     /// Stage a volume at `staging`. Idempotent; staged with other options ->
     /// [`VolumeError::AlreadyExists`]. An encrypted volume's key is opened with
     /// `secrets` first, before anything is attached (see [`crate::storage::crypt`]); staged, its
@@ -278,6 +320,20 @@ impl NodeVolumes {
     ) -> Result<Outcome, VolumeError> {
         let staging = self.path(staging)?;
         let volume = self.pool.get(id)?;
+        self.stage_record(&volume, &staging, access, readonly, secrets)
+    }
+
+    /// [`NodeVolumes::stage_with`] for a record already read and a staging path already
+    /// resolved.
+    fn stage_record(
+        &self,
+        volume: &Volume,
+        staging: &Path,
+        access: &NodeAccess,
+        readonly: bool,
+        secrets: &Secrets,
+    ) -> Result<Outcome, VolumeError> {
+        let id = &volume.id;
         let opened = if crypt::is_encrypted(&volume.parameters) {
             Some(crypt::open(&self.pool.key_path(id), id.as_str(), secrets)?)
         } else {
@@ -303,7 +359,7 @@ impl NodeVolumes {
                     MsFlags::MS_RDONLY,
                     readonly || flags.contains(MsFlags::MS_RDONLY),
                 );
-                if let Some(entry) = find_mount_point(&mounts, &staging) {
+                if let Some(entry) = find_mount_point(&mounts, staging) {
                     let same = existing.as_ref().is_some_and(|d| d.dev == entry.dev)
                         && entry.fs_type == fs.as_str()
                         && flags_match(entry, flags);
@@ -311,30 +367,30 @@ impl NodeVolumes {
                         // A crash or a failed call may have stopped before the key was
                         // added: make sure, cheaply (both steps are idempotent).
                         if let Some(opened) = &opened {
-                            self.unlock(id, &staging, opened)?;
+                            self.unlock(id, staging, opened)?;
                         }
                         Ok(Outcome::AlreadyDone)
                     } else {
                         Err(already(
-                            &staging,
+                            staging,
                             "staged with another filesystem, flags or volume",
                         ))
                     };
                 }
                 if find_mount_point(&mounts, &device_file).is_some() {
-                    return Err(already(&staging, "staged as a block volume"));
+                    return Err(already(staging, "staged as a block volume"));
                 }
-                let dir = self.paths.create_dir_all(&staging)?;
+                let dir = self.paths.create_dir_all(staging)?;
                 let format = Format {
                     fs,
                     encrypt: opened.is_some(),
                 };
                 let attached = self.attach(id, existing, Some((format, volume.size_bytes)))?;
                 let result = self
-                    .format_and_mount(id, &attached, (&dir, &staging), format, flags, &options)
+                    .format_and_mount(id, &attached, (&dir, staging), format, flags, &options)
                     .and_then(|()| match &opened {
-                        Some(opened) => self.unlock(id, &staging, opened).inspect_err(|_| {
-                            if let Err(e) = self.host.unmount(&staging) {
+                        Some(opened) => self.unlock(id, staging, opened).inspect_err(|_| {
+                            if let Err(e) = self.host.unmount(staging) {
                                 tracing::warn!(error = %e, "unmounting after a failed unlock");
                             }
                         }),
@@ -351,10 +407,10 @@ impl NodeVolumes {
                         _ => Err(already(&device_file, "holds another device")),
                     };
                 }
-                if find_mount_point(&mounts, &staging).is_some() {
-                    return Err(already(&staging, "staged as a filesystem or mounted"));
+                if find_mount_point(&mounts, staging).is_some() {
+                    return Err(already(staging, "staged as a filesystem or mounted"));
                 }
-                self.paths.create_dir_all(&staging)?;
+                self.paths.create_dir_all(staging)?;
                 let file = self.paths.create_file(&device_file)?;
                 let Attached { dev, now, .. } = self.attach(id, existing, None)?;
                 // No nosuid/nodev here: this bind *is* a device node, and nodev would
@@ -746,6 +802,17 @@ impl NodeVolumes {
             }
         }
         Err(not_here())
+    }
+}
+
+fn fits(volume: &Volume, capability: &Capability) -> Result<(), VolumeError> {
+    if capability.access.fits(volume.access) {
+        Ok(())
+    } else {
+        Err(VolumeError::DoesNotFit {
+            id: volume.id.clone(),
+            access: volume.access,
+        })
     }
 }
 

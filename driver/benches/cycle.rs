@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plinth_driver::mount::{FsType, RealHost};
+use plinth_driver::mount::FsType;
 use plinth_driver::storage::pool::{CapacityRange, CreateVolumeRequest, Pool, VolumeAccess};
 use plinth_driver::storage::volume::{Formatting, NodeAccess, NodeVolumes};
 
@@ -44,7 +44,7 @@ fn main() {
 
 fn run(dir: &Path, formatting: Formatting) {
     let pool = Arc::new(Pool::open(dir.join("pool"), 0).expect("open pool"));
-    let node = NodeVolumes::with_host(pool.clone(), Arc::new(RealHost), formatting);
+    let node = NodeVolumes::with_formatting(pool.clone(), formatting);
     let access = NodeAccess::Mount {
         fs_type: Some(FsType::Ext4),
         mount_flags: vec![],

@@ -173,11 +173,13 @@ fn volume_code(e: &VolumeError) -> Code {
         | VolumeError::StillPublished { .. }
         | VolumeError::FsMismatch { .. }
         | VolumeError::UnknownData { .. }
-        | VolumeError::SelinuxUnavailable(_) => Code::FailedPrecondition,
+        | VolumeError::SelinuxUnavailable(_)
+        | VolumeError::DoesNotFit { .. } => Code::FailedPrecondition,
         VolumeError::AlreadyExists { .. } => Code::AlreadyExists,
         VolumeError::Pool(e) => pool_code(e),
         VolumeError::Host(e) => mount_code(e),
         VolumeError::Crypt(e) => e.code(),
+        VolumeError::Grow(e) => grow_code(e),
     }
 }
 

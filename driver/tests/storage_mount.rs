@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use nix::mount::MsFlags;
-use plinth_driver::mount::{Detected, FsType, Host, RealHost, fs as mfs, loopdev, mountinfo, sys};
+use plinth_driver::mount::{Detected, FsType, fs as mfs, loopdev, mountinfo, sys};
 use plinth_driver::storage::pool::{CopyMethod, copy_image};
 use storage_support::*;
 
@@ -104,10 +104,9 @@ fn blank_detection_and_mkfs_never_touch_data() {
 #[test]
 fn mount_bind_readonly_and_mountinfo() {
     let sb = Sandbox::new();
-    let host = RealHost;
     let image = sparse_image(&sb, "m.img", 64 * MIB);
-    let dev = host.attach_loop(&image).unwrap();
-    host.mkfs(FsType::Ext4.into(), &dev.path).unwrap();
+    let dev = loopdev::attach(&image).unwrap();
+    mfs::mkfs(FsType::Ext4, &dev.path).unwrap();
     // A mount point whose name needs mountinfo escaping.
     let stage = sb.join("stage dir\twith\\odd");
     let rw = sb.join("rw");
@@ -115,16 +114,15 @@ fn mount_bind_readonly_and_mountinfo() {
     for d in [&stage, &rw, &ro] {
         fs::create_dir_all(d).unwrap();
     }
-    host.mount(&dev.path, &stage, Some("ext4"), MsFlags::MS_NOATIME, None)
-        .unwrap();
+    sys::mount(&dev.path, &stage, Some("ext4"), MsFlags::MS_NOATIME, None).unwrap();
     let entries = mountinfo::read_self().unwrap();
     let e = mountinfo::find_mount_point(&entries, &stage).expect("escaped mount point found");
     assert_eq!(e.dev, dev.dev);
     assert_eq!(e.fs_type, "ext4");
     assert!(e.has_option("noatime"));
 
-    sys::bind(&host, &stage, &rw, MsFlags::empty()).unwrap();
-    sys::bind(&host, &stage, &ro, MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC).unwrap();
+    sys::bind(&stage, &rw, MsFlags::empty()).unwrap();
+    sys::bind(&stage, &ro, MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC).unwrap();
     fs::File::create(rw.join("file"))
         .unwrap()
         .write_all(b"hello")
@@ -140,13 +138,13 @@ fn mount_bind_readonly_and_mountinfo() {
 
     // A busy mount is not lazily detached: the error is real and the mount stays.
     let open = fs::File::open(rw.join("file")).unwrap();
-    let err = host.unmount(&rw).unwrap_err();
+    let err = sys::unmount(&rw).unwrap_err();
     assert!(err.to_string().contains("EBUSY"), "{err}");
     drop(open);
-    host.unmount(&ro).unwrap();
-    host.unmount(&rw).unwrap();
-    host.unmount(&stage).unwrap();
-    host.detach_loop(&dev).unwrap();
+    sys::unmount(&ro).unwrap();
+    sys::unmount(&rw).unwrap();
+    sys::unmount(&stage).unwrap();
+    loopdev::detach(&dev).unwrap();
     assert!(mountinfo::find_mount_point(&mountinfo::read_self().unwrap(), &stage).is_none());
 }
 

@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use plinth_driver::mount::{FsType, RealHost, mountinfo};
+use plinth_driver::mount::{FsType, mountinfo};
 use plinth_driver::storage::pool::{Pool, PoolError, Volume, VolumeAccess};
 use plinth_driver::storage::volume::{
     Formatting, NodeAccess, NodeVolumes, Outcome, VolumeError, VolumeStats,
@@ -17,7 +17,7 @@ use plinth_driver::storage::volume::{
 use storage_support::*;
 
 fn node(pool: &Arc<Pool>, formatting: Formatting) -> NodeVolumes {
-    NodeVolumes::with_host(pool.clone(), Arc::new(RealHost), formatting)
+    NodeVolumes::with_formatting(pool.clone(), formatting)
 }
 
 fn mount_access(fs: FsType) -> NodeAccess {

@@ -13,10 +13,9 @@ use crate::error::Error;
 use crate::mount::mountinfo;
 use crate::state::{Driver, blocking};
 use crate::storage::crypt::Secrets;
-use crate::storage::pool::{Pool, VolumeId};
-use crate::storage::spec::{Access, Capability};
-use crate::storage::volume::{self, NodeVolumes, VolumeStats};
-use crate::storage::{ephemeral, grow};
+use crate::storage::ephemeral;
+use crate::storage::pool::VolumeId;
+use crate::storage::volume::{self, NodeStage, NodeVolumes, VolumeStats};
 
 #[derive(Debug, Clone)]
 pub struct NodeService {
@@ -50,18 +49,12 @@ impl NodeService {
         let key = id.to_string();
         self.driver
             .exclusive(&key, move || {
-                check_fits(volumes.pool(), &id, &cap)?;
-                let outcome = volumes.stage_with(
-                    &id,
-                    &staging,
-                    &cap.access.node_access(),
-                    cap.mode.read_only(),
-                    &secrets,
-                )?;
-                if matches!(cap.access, Access::Mount { .. }) && !cap.mode.read_only() {
-                    let mounted = volumes.resolve(&staging)?;
-                    grow::grow_restored(volumes.pool(), &id, &mounted)?;
-                }
+                let outcome = volumes.node_stage(&NodeStage {
+                    id: &id,
+                    staging: &staging,
+                    capability: &cap,
+                    secrets: &secrets,
+                })?;
                 tracing::debug!(?outcome, "NodeStageVolume done");
                 Ok(())
             })
@@ -106,8 +99,7 @@ impl NodeService {
         let key = id.to_string();
         self.driver
             .exclusive(&key, move || {
-                let pool = volumes.pool();
-                check_fits(pool, &id, &cap)?;
+                volumes.check_fits(&id, &cap)?;
                 if !cap.mode.multi_publish()
                     && let Some(other) = other_publication(&volumes, &id, &staging, &target)?
                 {
@@ -184,20 +176,6 @@ impl NodeService {
                 .topology
                 .then(|| validate::node_topology(&config.topology_key, &config.node_id)),
         }
-    }
-}
-
-/// Spec (NodeStage/NodePublish "exceeds capabilities"): a block volume cannot be
-/// mounted, nor a filesystem volume handed out raw or as another filesystem.
-fn check_fits(pool: &Pool, id: &VolumeId, cap: &Capability) -> Result<(), Error> {
-    let volume = pool.get(id)?;
-    if cap.access.fits(volume.access) {
-        Ok(())
-    } else {
-        Err(Error::FailedPrecondition(format!(
-            "volume {id} was created as {:?}; the requested capability does not fit it",
-            volume.access
-        )))
     }
 }
 

@@ -1,10 +1,8 @@
 //! Host plumbing for volumes: loop devices, filesystem detection and mkfs, mount(2) and
 //! umount2(2), and `/proc/self/mountinfo`.
 //!
-//! Everything here is a thin, typed layer over the kernel. The [`Host`] trait gathers the
-//! operations that change host state so the volume logic above can be isolated in unit
-//! tests; [`RealHost`] is the only implementation the driver uses, and the integration
-//! tests run it for real.
+//! Everything here is a thin, typed layer over the kernel, called directly: the volume
+//! logic above is tested against the real kernel (loop devices, mounts), not a stand-in.
 
 pub mod fs;
 pub(crate) mod ioctl;
@@ -15,8 +13,6 @@ pub mod sys;
 
 use std::io;
 use std::path::{Path, PathBuf};
-
-use nix::mount::MsFlags;
 
 pub use fs::{Detected, Format, FsType};
 pub(crate) use ioctl::ficlone;
@@ -117,85 +113,5 @@ impl MountError {
             path: path.to_path_buf(),
             source,
         }
-    }
-}
-
-/// The host operations the volume layer performs, as one seam.
-pub trait Host: Send + Sync {
-    /// Attach `image` to a free loop device.
-    fn attach_loop(&self, image: &Path) -> Result<LoopDevice, MountError>;
-    /// Attach `image` to a free loop device that refuses writes.
-    fn attach_loop_read_only(&self, image: &Path) -> Result<LoopDevice, MountError>;
-    /// The read-write loop device currently backed by `image`, if any.
-    fn find_loop(&self, image: &Path) -> Result<Option<LoopDevice>, MountError>;
-    /// Every loop device backed by `image` (read-write and read-only).
-    fn loops_for(&self, image: &Path) -> Result<Vec<LoopDevice>, MountError>;
-    /// Detach a loop device (the kernel defers it while the device is still open).
-    fn detach_loop(&self, dev: &LoopDevice) -> Result<(), MountError>;
-    /// Refresh a loop device's size after its image grew.
-    fn refresh_loop_capacity(&self, dev: &LoopDevice) -> Result<(), MountError>;
-    /// What filesystem, if any, is on `path` (device or image).
-    fn detect(&self, path: &Path) -> Result<Detected, MountError>;
-    /// Format `path` as `format` says. Callers guarantee it is blank.
-    fn mkfs(&self, format: Format, path: &Path) -> Result<(), MountError>;
-    /// mount(2).
-    fn mount(
-        &self,
-        source: &Path,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> Result<(), MountError>;
-    /// umount2(2) without flags.
-    fn unmount(&self, target: &Path) -> Result<(), MountError>;
-    /// The current mount table of this process's namespace.
-    fn mountinfo(&self) -> Result<Vec<MountEntry>, MountError>;
-}
-
-/// The real host: ioctls, spawned mkfs, mount(2).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RealHost;
-
-impl Host for RealHost {
-    fn attach_loop(&self, image: &Path) -> Result<LoopDevice, MountError> {
-        loopdev::attach(image)
-    }
-    fn attach_loop_read_only(&self, image: &Path) -> Result<LoopDevice, MountError> {
-        loopdev::attach_read_only(image)
-    }
-    fn find_loop(&self, image: &Path) -> Result<Option<LoopDevice>, MountError> {
-        loopdev::find_loop_for(image)
-    }
-    fn loops_for(&self, image: &Path) -> Result<Vec<LoopDevice>, MountError> {
-        loopdev::loops_for(image)
-    }
-    fn detach_loop(&self, dev: &LoopDevice) -> Result<(), MountError> {
-        loopdev::detach(dev)
-    }
-    fn refresh_loop_capacity(&self, dev: &LoopDevice) -> Result<(), MountError> {
-        loopdev::refresh_capacity(dev)
-    }
-    fn detect(&self, path: &Path) -> Result<Detected, MountError> {
-        fs::detect(path)
-    }
-    fn mkfs(&self, format: Format, path: &Path) -> Result<(), MountError> {
-        fs::mkfs(format, path)
-    }
-    fn mount(
-        &self,
-        source: &Path,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> Result<(), MountError> {
-        sys::mount(source, target, fstype, flags, data)
-    }
-    fn unmount(&self, target: &Path) -> Result<(), MountError> {
-        sys::unmount(target)
-    }
-    fn mountinfo(&self) -> Result<Vec<MountEntry>, MountError> {
-        mountinfo::read_self()
     }
 }

@@ -28,19 +28,14 @@ pub fn mount(
 /// Bind `source` onto `target`; with `remount_flags` non-empty, remount the bind with them
 /// (a bind ignores most flags on the first call, so read-only etc. need the remount).
 /// On a failed remount the bind is undone so no half-configured mount stays behind.
-pub fn bind(
-    host: &dyn super::Host,
-    source: &Path,
-    target: &Path,
-    remount_flags: MsFlags,
-) -> Result<(), MountError> {
-    host.mount(source, target, None, MsFlags::MS_BIND, None)?;
+pub fn bind(source: &Path, target: &Path, remount_flags: MsFlags) -> Result<(), MountError> {
+    mount(source, target, None, MsFlags::MS_BIND, None)?;
     if remount_flags.is_empty() {
         return Ok(());
     }
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | remount_flags;
-    if let Err(e) = host.mount(source, target, None, flags, None) {
-        if let Err(undo) = host.unmount(target) {
+    if let Err(e) = mount(source, target, None, flags, None) {
+        if let Err(undo) = unmount(target) {
             tracing::warn!(target = %target.display(), error = %undo, "undoing bind after failed remount");
         }
         return Err(e);

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::mount::fs::run_tool;
 use crate::mount::mountinfo::{self, find_mount_point};
 use crate::mount::{FsType, LoopDevice, MountError, loopdev};
-use crate::storage::pool::{Pool, PoolError, VolumeId};
+use crate::storage::pool::{Pool, PoolError, Volume, VolumeId};
 
 /// Errors of node-side expansion. Suggested gRPC codes in brackets.
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +70,14 @@ pub struct Grown {
 
 /// Grow the volume `id`, staged or published at `volume_path` (already validated and
 /// resolved), to its image's size. Idempotent: a volume already at full size is done.
-#[tracing::instrument(skip(pool), fields(volume_id = %id, path = %volume_path.display()))]
 pub fn grow(pool: &Pool, id: &VolumeId, volume_path: &Path) -> Result<Grown, GrowError> {
     pool.get(id)?;
+    grow_attached(pool, id, volume_path)
+}
+
+/// [`grow`] for a volume whose record the caller has read.
+#[tracing::instrument(skip(pool), fields(volume_id = %id, path = %volume_path.display()))]
+fn grow_attached(pool: &Pool, id: &VolumeId, volume_path: &Path) -> Result<Grown, GrowError> {
     // The read-write device carries the filesystem; a read-only block publish has a
     // second, read-only device on the same image, which must follow too.
     let devices = loopdev::loops_for(&pool.image_path(id))?;
@@ -124,11 +129,12 @@ pub fn grow(pool: &Pool, id: &VolumeId, volume_path: &Path) -> Result<Grown, Gro
 /// size, and kubelet calls NodeExpandVolume only after a resize, so stage (with the
 /// filesystem mounted at `staging`, resolved) grows it. Where the kernel refuses online
 /// growth the volume still works at the source's size: that is logged, not failed.
-pub fn grow_restored(pool: &Pool, id: &VolumeId, staging: &Path) -> Result<(), GrowError> {
-    if pool.get(id)?.content_source.is_none() {
+pub fn grow_restored(pool: &Pool, volume: &Volume, staging: &Path) -> Result<(), GrowError> {
+    if volume.content_source.is_none() {
         return Ok(());
     }
-    match grow(pool, id, staging) {
+    let id = &volume.id;
+    match grow_attached(pool, id, staging) {
         Ok(_) => Ok(()),
         Err(e @ GrowError::NotPermitted { .. }) => {
             tracing::warn!(volume_id = %id, error = %e, "restored volume keeps its source's filesystem size");

@@ -706,7 +706,7 @@ impl Pool {
     /// Grow a volume's image to at least `new_size` bytes (rounded like create).
     /// Returns the new size. Shrinking is refused; an equal or smaller-but-satisfied
     /// request is a no-op. The caller refreshes an attached loop device
-    /// ([`crate::mount::Host::refresh_loop_capacity`]) and grows the filesystem.
+    /// ([`crate::mount::loopdev::refresh_capacity`]) and grows the filesystem.
     #[tracing::instrument(skip(self), fields(volume_id = %id))]
     pub fn expand_volume(&self, id: &VolumeId, new_size: u64) -> Result<u64, PoolError> {
         let mut index = self.lock();

@@ -30,10 +30,13 @@ use nix::mount::MsFlags;
 use crate::mount::mountinfo::find_mount_point;
 use crate::mount::options::{ALWAYS, REPORTED_FLAGS};
 use crate::mount::{
-    Detected, Format, FsType, Host, LoopDevice, MountEntry, MountError, MountOptions, RealHost,
+    self, Detected, Format, FsType, LoopDevice, MountEntry, MountError, MountOptions, loopdev,
+    mountinfo, sys,
 };
 use crate::storage::crypt::{self, CryptError, Secrets};
-use crate::storage::pool::{Pool, PoolError, VolumeAccess, VolumeId};
+use crate::storage::grow::{self, GrowError};
+use crate::storage::pool::{Pool, PoolError, Volume, VolumeAccess, VolumeId};
+use crate::storage::spec::{Access, Capability};
 
 pub use paths::Beneath;
 pub use template::MAX_TEMPLATES;
@@ -48,6 +51,15 @@ pub enum NodeAccess {
     },
     /// The raw block device.
     Block,
+}
+
+/// A NodeStageVolume request, validated: what [`NodeVolumes::node_stage`] takes.
+#[derive(Debug)]
+pub struct NodeStage<'a> {
+    pub id: &'a VolumeId,
+    pub staging: &'a Path,
+    pub capability: &'a Capability,
+    pub secrets: &'a Secrets,
 }
 
 /// A loop device [`NodeVolumes::attach`] returned.
@@ -122,6 +134,14 @@ pub enum VolumeError {
     /// The volume holds data that is not a known filesystem. [FailedPrecondition]
     #[error("volume {id} holds unrecognised data; refusing to format it")]
     UnknownData { id: VolumeId },
+    /// Spec (NodeStage/NodePublish "exceeds capabilities"): a block volume cannot be
+    /// mounted, nor a filesystem volume handed out raw or as another filesystem.
+    /// [FailedPrecondition]
+    #[error("volume {id} was created as {access:?}; the requested capability does not fit it")]
+    DoesNotFit { id: VolumeId, access: VolumeAccess },
+    /// Growing a restored volume while staging it. [by variant: see `GrowError`]
+    #[error(transparent)]
+    Grow(#[from] GrowError),
     /// [by variant: see `PoolError`]
     #[error(transparent)]
     Pool(#[from] PoolError),
@@ -136,7 +156,6 @@ pub enum VolumeError {
 /// The node's volume operations over one pool.
 pub struct NodeVolumes {
     pool: Arc<Pool>,
-    host: Arc<dyn Host>,
     templates: Option<template::Templates>,
     /// Where staging and target paths must lie; see [`paths`].
     paths: Beneath,
@@ -161,17 +180,16 @@ pub enum Formatting {
 }
 
 impl NodeVolumes {
-    /// Real host, template formatting.
+    /// Template formatting.
     pub fn new(pool: Arc<Pool>) -> Self {
-        Self::with_host(pool, Arc::new(RealHost), Formatting::Templates)
+        Self::with_formatting(pool, Formatting::Templates)
     }
 
-    pub fn with_host(pool: Arc<Pool>, host: Arc<dyn Host>, formatting: Formatting) -> Self {
+    pub fn with_formatting(pool: Arc<Pool>, formatting: Formatting) -> Self {
         let templates = (formatting == Formatting::Templates)
             .then(|| template::Templates::new(pool.templates_dir()));
         Self {
             pool,
-            host,
             templates,
             paths: Beneath::filesystem_root(),
         }
@@ -214,9 +232,7 @@ impl NodeVolumes {
         flags: MsFlags,
         data: Option<&str>,
     ) -> Result<(), MountError> {
-        self.host
-            .mount(source, &paths::fd_path(target), fstype, flags, data)
-            .map_err(|e| e.at(path))
+        sys::mount(source, &paths::fd_path(target), fstype, flags, data).map_err(|e| e.at(path))
     }
 
     /// Bind `source` onto what `target` holds, then remount the bind with `flags` (a
@@ -240,7 +256,7 @@ impl NodeVolumes {
             Ok(self.mount_at(source, &mounted, path, None, flags, None)?)
         });
         if let Err(e) = remount {
-            if let Err(undo) = self.host.unmount(path) {
+            if let Err(undo) = sys::unmount(path) {
                 tracing::warn!(target = %path.display(), error = %undo, "undoing bind after failed remount");
             }
             return Err(e);
@@ -249,7 +265,7 @@ impl NodeVolumes {
     }
 
     fn attached(&self, id: &VolumeId) -> Result<Option<LoopDevice>, VolumeError> {
-        Ok(self.host.find_loop(&self.pool.image_path(id))?)
+        Ok(loopdev::find_loop_for(&self.pool.image_path(id))?)
     }
 
     /// Stage a volume that needs no secrets (not encrypted) at `staging`.
@@ -261,6 +277,29 @@ impl NodeVolumes {
         readonly: bool,
     ) -> Result<Outcome, VolumeError> {
         self.stage_with(id, staging, access, readonly, &Secrets::default())
+    }
+
+    /// NodeStageVolume: the fit check, then [`NodeVolumes::stage_with`], then the growth
+    /// of a restored filesystem. The record is read once here and handed down, so every
+    /// step judges the same record (and the pool index is locked once, not four times).
+    #[tracing::instrument(skip_all, fields(volume_id = %req.id))]
+    pub fn node_stage(&self, req: &NodeStage<'_>) -> Result<Outcome, VolumeError> {
+        let volume = self.pool.get(req.id)?;
+        fits(&volume, req.capability)?;
+        let staging = self.path(req.staging)?;
+        let readonly = req.capability.mode.read_only();
+        let access = req.capability.access.node_access();
+        let outcome = self.stage_record(&volume, &staging, &access, readonly, req.secrets)?;
+        // A read-only mount cannot be grown, and a block volume has no filesystem to grow.
+        if matches!(req.capability.access, Access::Mount { .. }) && !readonly {
+            grow::grow_restored(&self.pool, &volume, &staging)?;
+        }
+        Ok(outcome)
+    }
+
+    /// The fit check of NodePublishVolume (see [`VolumeError::DoesNotFit`]).
+    pub fn check_fits(&self, id: &VolumeId, capability: &Capability) -> Result<(), VolumeError> {
+        fits(&self.pool.get(id)?, capability)
     }
 
     /// Stage a volume at `staging`. Idempotent; staged with other options ->
@@ -278,12 +317,26 @@ impl NodeVolumes {
     ) -> Result<Outcome, VolumeError> {
         let staging = self.path(staging)?;
         let volume = self.pool.get(id)?;
+        self.stage_record(&volume, &staging, access, readonly, secrets)
+    }
+
+    /// [`NodeVolumes::stage_with`] for a record already read and a staging path already
+    /// resolved.
+    fn stage_record(
+        &self,
+        volume: &Volume,
+        staging: &Path,
+        access: &NodeAccess,
+        readonly: bool,
+        secrets: &Secrets,
+    ) -> Result<Outcome, VolumeError> {
+        let id = &volume.id;
         let opened = if crypt::is_encrypted(&volume.parameters) {
             Some(crypt::open(&self.pool.key_path(id), id.as_str(), secrets)?)
         } else {
             None
         };
-        let mounts = self.host.mountinfo()?;
+        let mounts = mountinfo::read_self()?;
         let existing = self.attached(id)?;
         let device_file = staging.join(id.as_str());
 
@@ -303,7 +356,7 @@ impl NodeVolumes {
                     MsFlags::MS_RDONLY,
                     readonly || flags.contains(MsFlags::MS_RDONLY),
                 );
-                if let Some(entry) = find_mount_point(&mounts, &staging) {
+                if let Some(entry) = find_mount_point(&mounts, staging) {
                     let same = existing.as_ref().is_some_and(|d| d.dev == entry.dev)
                         && entry.fs_type == fs.as_str()
                         && flags_match(entry, flags);
@@ -311,30 +364,30 @@ impl NodeVolumes {
                         // A crash or a failed call may have stopped before the key was
                         // added: make sure, cheaply (both steps are idempotent).
                         if let Some(opened) = &opened {
-                            self.unlock(id, &staging, opened)?;
+                            self.unlock(id, staging, opened)?;
                         }
                         Ok(Outcome::AlreadyDone)
                     } else {
                         Err(already(
-                            &staging,
+                            staging,
                             "staged with another filesystem, flags or volume",
                         ))
                     };
                 }
                 if find_mount_point(&mounts, &device_file).is_some() {
-                    return Err(already(&staging, "staged as a block volume"));
+                    return Err(already(staging, "staged as a block volume"));
                 }
-                let dir = self.paths.create_dir_all(&staging)?;
+                let dir = self.paths.create_dir_all(staging)?;
                 let format = Format {
                     fs,
                     encrypt: opened.is_some(),
                 };
                 let attached = self.attach(id, existing, Some((format, volume.size_bytes)))?;
                 let result = self
-                    .format_and_mount(id, &attached, (&dir, &staging), format, flags, &options)
+                    .format_and_mount(id, &attached, (&dir, staging), format, flags, &options)
                     .and_then(|()| match &opened {
-                        Some(opened) => self.unlock(id, &staging, opened).inspect_err(|_| {
-                            if let Err(e) = self.host.unmount(&staging) {
+                        Some(opened) => self.unlock(id, staging, opened).inspect_err(|_| {
+                            if let Err(e) = sys::unmount(staging) {
                                 tracing::warn!(error = %e, "unmounting after a failed unlock");
                             }
                         }),
@@ -351,10 +404,10 @@ impl NodeVolumes {
                         _ => Err(already(&device_file, "holds another device")),
                     };
                 }
-                if find_mount_point(&mounts, &staging).is_some() {
-                    return Err(already(&staging, "staged as a filesystem or mounted"));
+                if find_mount_point(&mounts, staging).is_some() {
+                    return Err(already(staging, "staged as a filesystem or mounted"));
                 }
-                self.paths.create_dir_all(&staging)?;
+                self.paths.create_dir_all(staging)?;
                 let file = self.paths.create_file(&device_file)?;
                 let Attached { dev, now, .. } = self.attach(id, existing, None)?;
                 // No nosuid/nodev here: this bind *is* a device node, and nodev would
@@ -404,14 +457,14 @@ impl NodeVolumes {
         let image = self.pool.image_path(id);
         let mut content = None;
         if let (Some(templates), Some((format, size))) = (&self.templates, format)
-            && self.host.detect(&image)? == Detected::Blank
-            && let Some(method) = templates.fill(self.host.as_ref(), format, size, &image)?
+            && mount::fs::detect(&image)? == Detected::Blank
+            && let Some(method) = templates.fill(format, size, &image)?
         {
             tracing::debug!(?method, "formatted from template");
             content = Some(Detected::Fs(format.fs));
         }
         Ok(Attached {
-            dev: self.host.attach_loop(&image)?,
+            dev: loopdev::attach(&image)?,
             now: true,
             content,
         })
@@ -425,7 +478,7 @@ impl NodeVolumes {
     ) -> Result<(), VolumeError> {
         if result.is_err()
             && attached_now
-            && let Err(e) = self.host.detach_loop(dev)
+            && let Err(e) = loopdev::detach(dev)
         {
             tracing::warn!(dev = %dev.path.display(), error = %e, "detaching after failed stage");
         }
@@ -447,10 +500,10 @@ impl NodeVolumes {
         let dev = &attached.dev;
         let content = match attached.content {
             Some(known) => known,
-            None => self.host.detect(&dev.path)?,
+            None => mount::fs::detect(&dev.path)?,
         };
         match content {
-            Detected::Blank => self.host.mkfs(format, &dev.path)?,
+            Detected::Blank => mount::fs::mkfs(format, &dev.path)?,
             Detected::Fs(found) if found == fs => {}
             Detected::Fs(found) => {
                 return Err(VolumeError::FsMismatch {
@@ -483,13 +536,13 @@ impl NodeVolumes {
         let device_file = staging.join(id.as_str());
         // One scan answers both questions below: the staged (read-write) device, and any
         // read-only devices of read-only block publishes.
-        let loops = self.host.loops_for(&self.pool.image_path(id))?;
+        let loops = loopdev::loops_for(&self.pool.image_path(id))?;
         let Some(dev) = loops.iter().find(|d| !d.is_read_only()).cloned() else {
             // Nothing attached: at most an empty leftover file from a crashed stage.
             self.paths.remove_leftover(&device_file);
             return Ok(Outcome::AlreadyDone);
         };
-        let mounts = self.host.mountinfo()?;
+        let mounts = mountinfo::read_self()?;
         let users = dev.users();
         let ours = |m: &&MountEntry| users.contains(m);
         if let Some(other) = mounts
@@ -515,7 +568,7 @@ impl NodeVolumes {
                     mount_point: m.mount_point.clone(),
                 });
             }
-            self.host.detach_loop(&ro)?;
+            loopdev::detach(&ro)?;
         }
         let staged = find_mount_point(&mounts, &staging).filter(ours);
         if let Some(entry) = staged
@@ -527,11 +580,11 @@ impl NodeVolumes {
         }
         for point in [&staging, &device_file] {
             if find_mount_point(&mounts, point).filter(ours).is_some() {
-                self.host.unmount(point)?;
+                sys::unmount(point)?;
             }
         }
         self.paths.remove_leftover(&device_file);
-        self.host.detach_loop(&dev)?;
+        loopdev::detach(&dev)?;
         tracing::info!(dev = %dev.path.display(), "unstaged");
         Ok(Outcome::Done)
     }
@@ -555,7 +608,7 @@ impl NodeVolumes {
             staging: staging.clone(),
         };
         let dev = self.attached(id)?.ok_or_else(not_staged)?;
-        let mounts = self.host.mountinfo()?;
+        let mounts = mountinfo::read_self()?;
         match access {
             NodeAccess::Mount { mount_flags, .. } => {
                 let options =
@@ -608,7 +661,7 @@ impl NodeVolumes {
                     // read-only device of their own.
                     let published = device_rdev(&target);
                     let same = if readonly {
-                        let ro = self.host.loops_for(&self.pool.image_path(id))?;
+                        let ro = loopdev::loops_for(&self.pool.image_path(id))?;
                         ro.iter()
                             .any(|d| Some(d.dev) == published && d.is_read_only())
                     } else {
@@ -631,7 +684,7 @@ impl NodeVolumes {
                 // read-only access gets its own LO_FLAGS_READ_ONLY loop device.
                 let (source, own) = if readonly {
                     let image = self.pool.image_path(id);
-                    (self.host.attach_loop_read_only(&image)?, true)
+                    (loopdev::attach_read_only(&image)?, true)
                 } else {
                     (dev.clone(), false)
                 };
@@ -653,7 +706,7 @@ impl NodeVolumes {
     pub fn unpublish(&self, id: &VolumeId, target: &Path) -> Result<Outcome, VolumeError> {
         let target = self.path(target)?;
         self.pool.get(id)?;
-        let mounts = self.host.mountinfo()?;
+        let mounts = mountinfo::read_self()?;
         let Some(entry) = find_mount_point(&mounts, &target) else {
             self.paths.remove_leftover(&target);
             return Ok(Outcome::AlreadyDone);
@@ -664,7 +717,7 @@ impl NodeVolumes {
         // block ones, which have a device of their own: only those need the scan.
         let loops = match self.attached(id)?.filter(|d| ours(d)) {
             Some(rw) => vec![rw],
-            None => self.host.loops_for(&self.pool.image_path(id))?,
+            None => loopdev::loops_for(&self.pool.image_path(id))?,
         };
         let Some(dev) = loops.iter().find(|d| ours(d)) else {
             return Err(VolumeError::NotOurs {
@@ -672,11 +725,11 @@ impl NodeVolumes {
                 path: target,
             });
         };
-        self.host.unmount(&target)?;
+        sys::unmount(&target)?;
         self.paths.remove_leftover(&target);
         if bound == Some(dev.dev) && dev.is_read_only() {
             // The read-only device of a read-only block publish is this target's alone.
-            self.host.detach_loop(dev)?;
+            loopdev::detach(dev)?;
         }
         tracing::info!(target = %target.display(), "unpublished");
         Ok(Outcome::Done)
@@ -687,14 +740,12 @@ impl NodeVolumes {
     pub fn publications(&self, id: &VolumeId, staging: &Path) -> Result<Vec<PathBuf>, VolumeError> {
         let staging = self.path(staging)?;
         let device_file = staging.join(id.as_str());
-        let loops = self.host.loops_for(&self.pool.image_path(id))?;
+        let loops = loopdev::loops_for(&self.pool.image_path(id))?;
         if loops.is_empty() {
             return Ok(Vec::new());
         }
         let users: Vec<_> = loops.iter().map(LoopDevice::users).collect();
-        Ok(self
-            .host
-            .mountinfo()?
+        Ok(mountinfo::read_self()?
             .into_iter()
             .filter(|m| users.iter().any(|u| u.contains(m)))
             .map(|m| m.mount_point)
@@ -712,7 +763,7 @@ impl NodeVolumes {
             path: path.clone(),
         };
         let dev = self.attached(id)?.ok_or_else(not_here)?;
-        let mounts = self.host.mountinfo()?;
+        let mounts = mountinfo::read_self()?;
         let entry = find_mount_point(&mounts, &path).ok_or_else(not_here)?;
         if entry.dev == dev.dev {
             let st = nix::sys::statvfs::statvfs(&path)
@@ -738,7 +789,7 @@ impl NodeVolumes {
         }
         let bound = device_rdev(&path);
         if bound.is_some() {
-            let loops = self.host.loops_for(&self.pool.image_path(id))?;
+            let loops = loopdev::loops_for(&self.pool.image_path(id))?;
             if let Some(d) = loops.iter().find(|d| Some(d.dev) == bound) {
                 return Ok(VolumeStats::Block {
                     total_bytes: d.size_bytes()?,
@@ -746,6 +797,17 @@ impl NodeVolumes {
             }
         }
         Err(not_here())
+    }
+}
+
+fn fits(volume: &Volume, capability: &Capability) -> Result<(), VolumeError> {
+    if capability.access.fits(volume.access) {
+        Ok(())
+    } else {
+        Err(VolumeError::DoesNotFit {
+            id: volume.id.clone(),
+            access: volume.access,
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::mount::{Format, FsType, Host, MountError};
+use crate::mount::{Format, FsType, MountError};
 use crate::storage::pool::{CopyMethod, copy_image, reflink_supported};
 
 /// Template images kept at most.
@@ -67,7 +67,6 @@ impl Templates {
     /// when mkfs is the faster way for this filesystem on this pool.
     pub(super) fn fill(
         &self,
-        host: &dyn Host,
         format: Format,
         size: u64,
         image: &Path,
@@ -78,7 +77,7 @@ impl Templates {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let template = self.path(format, size);
         if !template.exists() {
-            self.build(host, format, size, &template)?;
+            self.build(format, size, &template)?;
         }
         let method = match copy_image(&template, image) {
             Ok(m) => m,
@@ -102,13 +101,7 @@ impl Templates {
         Ok(Some(method))
     }
 
-    fn build(
-        &self,
-        host: &dyn Host,
-        format: Format,
-        size: u64,
-        template: &Path,
-    ) -> Result<(), MountError> {
+    fn build(&self, format: Format, size: u64, template: &Path) -> Result<(), MountError> {
         let name = template
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -123,7 +116,7 @@ impl Templates {
                 .map_err(MountError::io("create", &temp))?;
             file.set_len(size)
                 .map_err(MountError::io("truncate", &temp))?;
-            host.mkfs(format, &temp)?;
+            crate::mount::fs::mkfs(format, &temp)?;
             file.sync_all().map_err(MountError::io("sync", &temp))?;
             fs::rename(&temp, template).map_err(MountError::io("rename", template))
         })();

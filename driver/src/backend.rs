@@ -60,7 +60,7 @@ impl<'a> Backend<'a> {
         let source = new
             .source
             .as_ref()
-            .map(|content| restore::resolve_content(driver, content))
+            .map(|content| restore::resolve_content(driver.storage(), content))
             .transpose()?;
         let (access, capacity) = match &source {
             Some(source) => {
@@ -76,7 +76,7 @@ impl<'a> Backend<'a> {
             parameters: new.parameters,
             content_source: source.as_ref().map(|s| s.content.clone()),
         };
-        let (volume, created) = local::create_volume(driver, request, source).await?;
+        let (volume, created) = local::create_volume(driver.storage(), request, source).await?;
         // The calling service's span: its log line carries the new ID.
         tracing::Span::current().record("volume_id", volume.id.as_str());
         tracing::info!(?created, size = volume.size_bytes, "CreateVolume done");
@@ -86,7 +86,7 @@ impl<'a> Backend<'a> {
     pub async fn delete_volume(&self, id: VolumeId) -> Result<(), Error> {
         match self {
             Self::Cluster(cluster) => handoff::delete_volume(cluster, &id).await,
-            Self::Local(driver) => local::delete_volume(driver, id).await,
+            Self::Local(driver) => local::delete_volume(driver.storage(), id).await,
         }
     }
 
@@ -152,7 +152,7 @@ impl<'a> Backend<'a> {
     pub async fn expand_volume(&self, id: VolumeId, wanted: u64) -> Result<u64, Error> {
         match self {
             Self::Cluster(cluster) => handoff::expand_volume(cluster, &id, wanted).await,
-            Self::Local(driver) => local::expand_volume(driver, id, wanted).await,
+            Self::Local(driver) => local::expand_volume(driver.storage(), id, wanted).await,
         }
     }
 
@@ -165,7 +165,7 @@ impl<'a> Backend<'a> {
             Self::Cluster(cluster) => handoff::create_snapshot(cluster, &name, &source).await,
             Self::Local(driver) => {
                 let (snapshot, created) =
-                    local::create_snapshot(driver, name, source, None).await?;
+                    local::create_snapshot(driver.storage(), name, source, None).await?;
                 // The calling service's span: its log line carries the new ID.
                 tracing::Span::current().record("snapshot_id", snapshot.id.as_str());
                 tracing::info!(?created, method = %snapshot.copy_method, "CreateSnapshot done");
@@ -177,7 +177,7 @@ impl<'a> Backend<'a> {
     pub async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), Error> {
         match self {
             Self::Cluster(cluster) => handoff::delete_snapshot(cluster, &id).await,
-            Self::Local(driver) => local::delete_snapshot(driver, id).await,
+            Self::Local(driver) => local::delete_snapshot(driver.storage(), id).await,
         }
     }
 

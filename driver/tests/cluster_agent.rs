@@ -287,7 +287,11 @@ async fn a_volume_still_attached_keeps_its_finalizer_and_the_refusal_is_recorded
     delete::<PoolVolume>(&client, id.as_str()).await;
     reconcile_stored::<PoolVolume>(&api, &node, id.as_str()).await;
     drop(attached);
-    let restarted = plinth_driver::cluster::agent::Agent::new(node.driver.clone()).unwrap();
+    let restarted = plinth_driver::cluster::agent::Agent::new(
+        node.driver.storage().clone(),
+        node.driver.cluster(),
+    )
+    .unwrap();
     restarted
         .reconcile(&fetch::<PoolVolume>(&api, id.as_str()))
         .await
@@ -621,7 +625,7 @@ async fn capacity_is_published_by_server_side_apply_only_when_it_changed() {
         parameters: Default::default(),
         content_source: None,
     };
-    local::create_volume(&node.driver, request, None)
+    local::create_volume(node.driver.storage(), request, None)
         .await
         .unwrap();
     assert!(publisher.publish(&node.agent).await.unwrap());

@@ -102,6 +102,7 @@ pub async fn node_expand(
     })?;
     let key = id.to_string();
     let grown = driver
+        .storage()
         .exclusive(&key, move || {
             let path = volumes.resolve(&path)?;
             Ok(crate::storage::grow::grow(volumes.pool(), &id, &path)?)

@@ -86,6 +86,7 @@ impl GroupControllerService {
         let store = self.driver.snapshots()?;
         let (group, members, created) = self
             .driver
+            .storage()
             .exclusive_all(&keys, move || {
                 Ok(store.create_group(&pool, &name, &sources)?)
             })
@@ -115,6 +116,7 @@ impl GroupControllerService {
         let store = self.driver.snapshots()?;
         let key = id.to_string();
         self.driver
+            .storage()
             .exclusive(&key, move || Ok(store.delete_group(&id, &ids)?))
             .await?;
         Ok(v1::DeleteVolumeGroupSnapshotResponse {})

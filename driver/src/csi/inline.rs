@@ -52,6 +52,7 @@ pub async fn node_publish(driver: &Driver, req: v1::NodePublishVolumeRequest) ->
     let kubelet_id = req.volume_id.clone();
     let limits = driver.config.ephemeral;
     driver
+        .storage()
         .exclusive(&req.volume_id, move || {
             publish(
                 &volumes,
@@ -88,6 +89,7 @@ pub async fn node_unpublish(
     }
     let kubelet_id = req.volume_id.clone();
     driver
+        .storage()
         .exclusive(&req.volume_id, move || {
             unpublish(&volumes, &kubelet_id, &target)
         })

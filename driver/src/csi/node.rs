@@ -48,6 +48,7 @@ impl NodeService {
         let volumes = self.driver.volumes()?;
         let key = id.to_string();
         self.driver
+            .storage()
             .exclusive(&key, move || {
                 let outcome = volumes.node_stage(&NodeStage {
                     id: &id,
@@ -68,6 +69,7 @@ impl NodeService {
         let volumes = self.driver.volumes()?;
         let key = id.to_string();
         self.driver
+            .storage()
             .exclusive(&key, move || {
                 let outcome = volumes.unstage(&id, &staging)?;
                 tracing::debug!(?outcome, "NodeUnstageVolume done");
@@ -98,6 +100,7 @@ impl NodeService {
         let volumes = self.driver.volumes()?;
         let key = id.to_string();
         self.driver
+            .storage()
             .exclusive(&key, move || {
                 volumes.check_fits(&id, &cap)?;
                 if !cap.mode.multi_publish()
@@ -126,6 +129,7 @@ impl NodeService {
         let volumes = self.driver.volumes()?;
         let key = id.to_string();
         self.driver
+            .storage()
             .exclusive(&key, move || {
                 let outcome = volumes.unpublish(&id, &target)?;
                 tracing::debug!(?outcome, "NodeUnpublishVolume done");

@@ -120,7 +120,7 @@ async fn background(driver: Arc<Driver>) -> Result<(), PoolError> {
         open_pool(driver.clone()).await?;
     }
     if mode == Mode::Node {
-        cluster::agent::run(driver).await;
+        cluster::agent::run(driver.storage().clone(), driver.cluster()).await;
     }
     Ok(())
 }

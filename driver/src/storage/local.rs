@@ -3,7 +3,7 @@
 //! functions, so both hold the same per-volume claims around the same pool calls.
 
 use crate::error::Error;
-use crate::state::Driver;
+use crate::storage::node::NodeStorage;
 use crate::storage::pool::{self, VolumeId};
 use crate::storage::snapshot::{self, Snapshot, SnapshotId};
 use crate::storage::{crypt, restore};
@@ -11,7 +11,7 @@ use crate::storage::{crypt, restore};
 /// Create the volume `request` describes, filled from `source` when given. The source is
 /// claimed too: it must not be deleted while it is copied.
 pub async fn create_volume(
-    driver: &Driver,
+    node: &NodeStorage,
     request: pool::CreateVolumeRequest,
     source: Option<restore::Source>,
 ) -> Result<(pool::Volume, pool::Created), Error> {
@@ -33,53 +33,49 @@ pub async fn create_volume(
         })
         .into());
     }
-    let pool = driver.pool()?;
+    let pool = node.pool()?;
     let mut keys = vec![format!("name:{}", request.name)];
     keys.extend(source.as_ref().map(restore::Source::key));
-    driver
-        .exclusive_all(&keys, move || match &source {
-            Some(source) => restore::create(&pool, &request, source),
-            None => Ok(pool.create_volume(&request)?),
-        })
-        .await
+    node.exclusive_all(&keys, move || match &source {
+        Some(source) => restore::create(&pool, &request, source),
+        None => Ok(pool.create_volume(&request)?),
+    })
+    .await
 }
 
-pub async fn delete_volume(driver: &Driver, id: VolumeId) -> Result<(), Error> {
-    let pool = driver.pool()?;
+pub async fn delete_volume(node: &NodeStorage, id: VolumeId) -> Result<(), Error> {
+    let pool = node.pool()?;
     let key = id.to_string();
-    driver
-        .exclusive(&key, move || Ok(pool.delete_volume(&id)?))
+    node.exclusive(&key, move || Ok(pool.delete_volume(&id)?))
         .await
 }
 
 /// Grow the image to `size` bytes; returns the size it has.
-pub async fn expand_volume(driver: &Driver, id: VolumeId, size: u64) -> Result<u64, Error> {
-    let pool = driver.pool()?;
+pub async fn expand_volume(node: &NodeStorage, id: VolumeId, size: u64) -> Result<u64, Error> {
+    let pool = node.pool()?;
     let key = id.to_string();
-    driver
-        .exclusive(&key, move || Ok(pool.expand_volume(&id, size)?))
+    node.exclusive(&key, move || Ok(pool.expand_volume(&id, size)?))
         .await
 }
 
 /// Cut snapshot `name` of `source` (under `id` when given).
 pub async fn create_snapshot(
-    driver: &Driver,
+    node: &NodeStorage,
     name: String,
     source: VolumeId,
     id: Option<SnapshotId>,
 ) -> Result<(Snapshot, snapshot::Created), Error> {
-    let pool = driver.pool()?;
-    let store = driver.snapshots()?;
+    let pool = node.pool()?;
+    let store = node.snapshots()?;
     let keys = [format!("snapshot:{name}"), source.to_string()];
-    driver
-        .exclusive_all(&keys, move || {
-            Ok(store.create_as(&pool, &name, &source, id)?)
-        })
-        .await
+    node.exclusive_all(&keys, move || {
+        Ok(store.create_as(&pool, &name, &source, id)?)
+    })
+    .await
 }
 
-pub async fn delete_snapshot(driver: &Driver, id: SnapshotId) -> Result<(), Error> {
-    let store = driver.snapshots()?;
+pub async fn delete_snapshot(node: &NodeStorage, id: SnapshotId) -> Result<(), Error> {
+    let store = node.snapshots()?;
     let key = id.to_string();
-    driver.exclusive(&key, move || Ok(store.delete(&id)?)).await
+    node.exclusive(&key, move || Ok(store.delete(&id)?)).await
 }

@@ -8,6 +8,8 @@ pub mod freeze;
 pub mod grow;
 pub mod inflight;
 pub mod local;
+/// The process's handle on this node's pool, snapshot store, volume layer and claims.
+pub mod node;
 pub mod pool;
 pub mod report;
 pub mod restore;

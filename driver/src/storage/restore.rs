@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::state::Driver;
 use crate::storage::IoFailure;
 use crate::storage::crypt;
 use crate::storage::freeze;
+use crate::storage::node::NodeStorage;
 use crate::storage::pool::{
     self, CapacityRange, ContentSource, Pool, PoolError, VolumeAccess, VolumeId,
 };
@@ -35,11 +35,11 @@ pub struct Source {
 }
 
 /// Find `content` in this node's pool (a missing source is NOT_FOUND).
-pub fn resolve_content(driver: &Driver, content: &ContentSource) -> Result<Source, Error> {
+pub fn resolve_content(node: &NodeStorage, content: &ContentSource) -> Result<Source, Error> {
     match content {
         ContentSource::Snapshot { snapshot_id } => {
             let id = SnapshotId::parse(snapshot_id).map_err(SnapshotError::from)?;
-            let store = driver.snapshots()?;
+            let store = node.snapshots()?;
             let snapshot = store.get(&id)?;
             Ok(Source {
                 content: ContentSource::Snapshot {
@@ -55,7 +55,7 @@ pub fn resolve_content(driver: &Driver, content: &ContentSource) -> Result<Sourc
         }
         ContentSource::Volume { volume_id } => {
             let id = existing_id(volume_id)?;
-            let pool = driver.pool()?;
+            let pool = node.pool()?;
             let volume = pool.get(&id)?;
             Ok(Source {
                 content: ContentSource::Volume {

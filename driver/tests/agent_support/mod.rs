@@ -156,7 +156,8 @@ fn open(dir: &Path, client: kube::Client) -> (Arc<Driver>, Arc<Agent>) {
     driver.set_snapshots(SnapshotStore::open(&pool).expect("snapshot store opens"));
     driver.set_pool(pool);
     driver.set_cluster(cluster);
-    let agent = Agent::new(driver.clone()).expect("node mode has a cluster context");
+    let agent = Agent::new(driver.storage().clone(), driver.cluster())
+        .expect("node mode has a cluster context");
     (driver, agent)
 }
 

@@ -12,7 +12,7 @@ use kube::api::{Api, Patch, PatchParams};
 
 use super::{Agent, AgentError};
 use crate::error::{Error, chain};
-use crate::state::{Driver, blocking};
+use crate::storage::node::{NodeStorage, blocking};
 use plinth_api::cluster::crd::{self, PoolNode, PoolNodeSpec, PoolNodeStatus};
 
 /// Publishes until aborted.
@@ -41,8 +41,8 @@ impl Publisher {
     /// Reads the pool and writes the PoolNode when its numbers changed since the last
     /// successful publish. Returns whether it wrote.
     pub async fn publish(&mut self, agent: &Agent) -> Result<bool, AgentError> {
-        let driver = agent.driver.clone();
-        let status = blocking(move || measure(&driver))
+        let storage = agent.storage.clone();
+        let status = blocking(move || measure(&storage))
             .await
             .map_err(AgentError::Measure)?;
         if self.published.as_ref() == Some(&status) {
@@ -94,9 +94,9 @@ impl Publisher {
 }
 
 /// The pool's numbers now: blocking (statvfs, a stat per image).
-fn measure(driver: &Driver) -> Result<PoolNodeStatus, Error> {
-    let pool = driver.pool()?;
-    let snapshots = driver.snapshots()?;
+fn measure(storage: &NodeStorage) -> Result<PoolNodeStatus, Error> {
+    let pool = storage.pool()?;
+    let snapshots = storage.snapshots()?;
     Ok(PoolNodeStatus {
         available_bytes: pool.available()?,
         total_bytes: pool.total_bytes()?,

@@ -30,10 +30,11 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use crate::cluster::Cluster;
 use crate::cluster::watch::WatchBackoff;
 use crate::cluster::{parse_code, work_error};
 use crate::error::{Error, chain};
-use crate::state::Driver;
+use crate::storage::node::NodeStorage;
 use plinth_api::cluster::crd::{self, Operation, Record, WorkError};
 
 use self::retry::{Attempt, Retries};
@@ -74,11 +75,11 @@ pub trait Work: Record {
     /// Do the work (idempotent) and return the status that reports it.
     fn ensure(
         &self,
-        driver: &Arc<Driver>,
+        storage: &Arc<NodeStorage>,
     ) -> impl Future<Output = Result<Outcome<Self::Status>, Failure>> + Send;
 
     /// Remove what the work made from the pool (idempotent: gone is success).
-    fn remove(&self, driver: &Arc<Driver>) -> impl Future<Output = Result<(), Error>> + Send;
+    fn remove(&self, storage: &Arc<NodeStorage>) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// What successful work reports.
@@ -106,7 +107,7 @@ impl Failure {
 /// The node agent: its API client, identity, retry bookkeeping and the signal that the
 /// pool changed.
 pub struct Agent {
-    driver: Arc<Driver>,
+    storage: Arc<NodeStorage>,
     client: kube::Client,
     driver_name: String,
     node: String,
@@ -125,8 +126,8 @@ impl Debug for Agent {
 }
 
 /// Runs the node agent until the task is aborted.
-pub async fn run(driver: Arc<Driver>) {
-    match Agent::new(driver) {
+pub async fn run(storage: Arc<NodeStorage>, cluster: Option<&Cluster>) {
+    match Agent::new(storage, cluster) {
         Ok(agent) => agent.run().await,
         Err(error) => {
             // A configuration bug (node mode always has a client); the CSI node service
@@ -138,14 +139,19 @@ pub async fn run(driver: Arc<Driver>) {
 }
 
 impl Agent {
-    pub fn new(driver: Arc<Driver>) -> Result<Arc<Self>, AgentError> {
-        let cluster = driver.cluster().ok_or(AgentError::NoCluster)?.clone();
+    /// The agent of the node whose storage is `storage`; `cluster` is the node plugin's
+    /// API context (node mode always has one).
+    pub fn new(
+        storage: Arc<NodeStorage>,
+        cluster: Option<&Cluster>,
+    ) -> Result<Arc<Self>, AgentError> {
+        let cluster = cluster.ok_or(AgentError::NoCluster)?.clone();
         Ok(Arc::new(Self {
             client: cluster.client,
             driver_name: cluster.driver,
             node: cluster.node,
             capacity_interval: cluster.capacity_interval,
-            driver,
+            storage,
             pool_changed: Notify::new(),
             retries: Retries::default(),
         }))
@@ -220,7 +226,7 @@ impl Agent {
             self.retries.forget(&attempt);
             return Ok(Action::await_change());
         }
-        match object.ensure(&self.driver).await {
+        match object.ensure(&self.storage).await {
             Ok(outcome) => {
                 if outcome.changed_pool {
                     self.pool_changed.notify_one();
@@ -244,7 +250,7 @@ impl Agent {
             self.retries.forget(&attempt);
             return Ok(Action::await_change());
         }
-        if let Err(error) = object.remove(&self.driver).await {
+        if let Err(error) = object.remove(&self.storage).await {
             let failure = Failure {
                 operation: Operation::Delete,
                 error,

@@ -8,8 +8,8 @@ use tracing::Instrument;
 
 use super::{Failure, Outcome, Work, answered, generation, malformed};
 use crate::error::Error;
-use crate::state::Driver;
 use crate::storage::local;
+use crate::storage::node::NodeStorage;
 use crate::storage::pool::VolumeId;
 use crate::storage::snapshot::{self, SnapshotId};
 use plinth_api::cluster::crd::{
@@ -42,33 +42,36 @@ impl Work for PoolSnapshot {
         }
     }
 
-    async fn ensure(&self, driver: &Arc<Driver>) -> Result<Outcome<PoolSnapshotStatus>, Failure> {
+    async fn ensure(
+        &self,
+        storage: &Arc<NodeStorage>,
+    ) -> Result<Outcome<PoolSnapshotStatus>, Failure> {
         let span = tracing::info_span!("create_snapshot", snapshot_id = %self.name_any());
-        ensure(self, driver)
+        ensure(self, storage)
             .instrument(span)
             .await
             .map_err(Failure::during(Operation::Create))
     }
 
-    async fn remove(&self, driver: &Arc<Driver>) -> Result<(), Error> {
+    async fn remove(&self, storage: &Arc<NodeStorage>) -> Result<(), Error> {
         // A name that is no snapshot ID never named an image.
         let Ok(id) = SnapshotId::parse(&self.name_any()) else {
             return Ok(());
         };
         let span = tracing::info_span!("delete_snapshot", snapshot_id = %id);
-        local::delete_snapshot(driver, id).instrument(span).await
+        local::delete_snapshot(storage, id).instrument(span).await
     }
 }
 
 async fn ensure(
     object: &PoolSnapshot,
-    driver: &Arc<Driver>,
+    storage: &Arc<NodeStorage>,
 ) -> Result<Outcome<PoolSnapshotStatus>, Error> {
     let id = SnapshotId::parse(&object.name_any()).map_err(|e| malformed("metadata.name", &e))?;
     let source = VolumeId::parse(&object.spec.source_volume_id)
         .map_err(|e| malformed("spec.sourceVolumeId", &e))?;
     let (cut, how) =
-        local::create_snapshot(driver, object.spec.name.clone(), source, Some(id)).await?;
+        local::create_snapshot(storage, object.spec.name.clone(), source, Some(id)).await?;
     Ok(Outcome {
         status: PoolSnapshotStatus {
             observed_generation: generation(object),

@@ -10,8 +10,8 @@ use tracing::Instrument;
 use super::{Failure, Outcome, Work, answered, generation, malformed};
 use crate::cluster::convert::content_source;
 use crate::error::Error;
-use crate::state::{Driver, blocking};
 use crate::storage::local;
+use crate::storage::node::{NodeStorage, blocking};
 use crate::storage::pool::{self, CapacityRange, ContentSource, Created, VolumeId};
 use crate::storage::restore;
 use plinth_api::cluster::crd::{
@@ -45,34 +45,37 @@ impl Work for PoolVolume {
         }
     }
 
-    async fn ensure(&self, driver: &Arc<Driver>) -> Result<Outcome<PoolVolumeStatus>, Failure> {
-        ensure(self, driver).await
+    async fn ensure(
+        &self,
+        storage: &Arc<NodeStorage>,
+    ) -> Result<Outcome<PoolVolumeStatus>, Failure> {
+        ensure(self, storage).await
     }
 
-    async fn remove(&self, driver: &Arc<Driver>) -> Result<(), Error> {
+    async fn remove(&self, storage: &Arc<NodeStorage>) -> Result<(), Error> {
         let name = self.name_any();
         // A name that is no volume ID never named an image.
         let Ok(id) = VolumeId::parse(&name) else {
             return Ok(());
         };
         let span = tracing::info_span!("delete_volume", volume_id = %id);
-        local::delete_volume(driver, id).instrument(span).await
+        local::delete_volume(storage, id).instrument(span).await
     }
 }
 
 #[tracing::instrument(skip_all, fields(volume_id = %volume.name_any()))]
 async fn ensure(
     volume: &PoolVolume,
-    driver: &Arc<Driver>,
+    storage: &Arc<NodeStorage>,
 ) -> Result<Outcome<PoolVolumeStatus>, Failure> {
     let spec = &volume.spec;
     let id = VolumeId::parse(&volume.name_any())
         .map_err(|e| malformed("metadata.name", &e))
         .map_err(Failure::during(Operation::Create))?;
     let existing = {
-        let driver = driver.clone();
+        let storage = storage.clone();
         let id = id.clone();
-        blocking(move || Ok(driver.pool()?.get(&id).ok()))
+        blocking(move || Ok(storage.pool()?.get(&id).ok()))
             .await
             .map_err(Failure::during(Operation::Create))?
     };
@@ -80,14 +83,14 @@ async fn ensure(
     let (size, changed_pool) = match existing.filter(|v| v.name == spec.name) {
         Some(found) if found.size_bytes >= spec.size_bytes => (found.size_bytes, false),
         Some(found) => {
-            let size = local::expand_volume(driver, id, spec.size_bytes)
+            let size = local::expand_volume(storage, id, spec.size_bytes)
                 .await
                 .map_err(Failure::during(Operation::Expand))?;
             tracing::info!(from = found.size_bytes, to = size, "volume expanded");
             (size, true)
         }
         None => {
-            let (created, how) = create(driver, id, spec)
+            let (created, how) = create(storage, id, spec)
                 .await
                 .map_err(Failure::during(Operation::Create))?;
             (created.size_bytes, how == Created::New)
@@ -107,7 +110,7 @@ async fn ensure(
 /// Creates the image at exactly `spec.sizeBytes` (the controller already applied the
 /// capacity range and the filesystem's minimum).
 async fn create(
-    driver: &Arc<Driver>,
+    storage: &Arc<NodeStorage>,
     id: VolumeId,
     spec: &PoolVolumeSpec,
 ) -> Result<(pool::Volume, Created), Error> {
@@ -115,8 +118,8 @@ async fn create(
         None => None,
         Some(content) => {
             let content = content?;
-            let driver = driver.clone();
-            Some(blocking(move || restore::resolve_content(&driver, &content)).await?)
+            let storage = storage.clone();
+            Some(blocking(move || restore::resolve_content(&storage, &content)).await?)
         }
     };
     let request = pool::CreateVolumeRequest {
@@ -128,7 +131,7 @@ async fn create(
         content_source: source.as_ref().map(|s| s.content.clone()),
     };
     // The pool logs the creation itself.
-    local::create_volume(driver, request, source).await
+    local::create_volume(storage, request, source).await
 }
 
 fn content(spec: &ContentSourceSpec) -> Result<ContentSource, Error> {

@@ -435,18 +435,7 @@ impl Store {
     pub fn remove(&self, key: &ResourceKey, name: &str) -> Option<Arc<Value>> {
         let mut inner = self.lock();
         let current = inner.get(key, name).ok()?;
-        let rv = inner.next_rv();
-        let mut last = Value::clone(&current);
-        set_resource_version(&mut last, rv);
-        let last = Arc::new(last);
-        inner.commit(
-            key,
-            name,
-            EventType::Deleted,
-            Some(current),
-            last.clone(),
-            rv,
-        );
+        let last = inner.delete_now(key, name, current);
         self.latest.send_replace(inner.rv);
         Some(last)
     }
@@ -707,6 +696,12 @@ impl Inner {
             });
             return Ok(self.finish(key, name, current, next));
         }
+        Ok(self.delete_now(key, name, current))
+    }
+
+    /// Deletes the object now (no finalizers hold it): a Deleted event carrying the
+    /// object at a new resourceVersion, which is also what the delete answers.
+    fn delete_now(&mut self, key: &ResourceKey, name: &str, current: Arc<Value>) -> Arc<Value> {
         let rv = self.next_rv();
         let mut last = Value::clone(&current);
         set_resource_version(&mut last, rv);
@@ -719,7 +714,7 @@ impl Inner {
             last.clone(),
             rv,
         );
-        Ok(last)
+        last
     }
 
     fn commit(

@@ -76,12 +76,7 @@ pub async fn node_expand(
     validate::required("volume_path", &req.volume_path)?;
     let config = &driver.config;
     if !req.staging_target_path.is_empty() {
-        validate::path(
-            "staging_target_path",
-            &req.staging_target_path,
-            &config.pool,
-            &config.kubelet_dir,
-        )?;
+        validate::kubelet_path(config, "staging_target_path", &req.staging_target_path)?;
     }
     if let Some(cap) = &req.volume_capability {
         validate::required_capability("volume_capability", Some(cap))?;
@@ -90,15 +85,11 @@ pub async fn node_expand(
     let id = id.lookup()?;
     let volumes = driver.volumes()?;
     volumes.pool().get(&id)?;
-    let path = validate::path(
-        "volume_path",
-        &req.volume_path,
-        &config.pool,
-        &config.kubelet_dir,
-    )
-    .map_err(|_| Error::NotAtPath {
-        id: id.to_string(),
-        path: req.volume_path.clone(),
+    let path = validate::kubelet_path(config, "volume_path", &req.volume_path).map_err(|_| {
+        Error::NotAtPath {
+            id: id.to_string(),
+            path: req.volume_path.clone(),
+        }
     })?;
     let key = id.to_string();
     let grown = driver

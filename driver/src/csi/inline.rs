@@ -20,12 +20,7 @@ pub async fn node_publish(driver: &Driver, req: v1::NodePublishVolumeRequest) ->
         });
     }
     validate::volume_id("volume_id", &req.volume_id)?;
-    let target = validate::path(
-        "target_path",
-        &req.target_path,
-        &driver.config.pool,
-        &driver.config.kubelet_dir,
-    )?;
+    let target = validate::kubelet_path(&driver.config, "target_path", &req.target_path)?;
     let cap = validate::required_capability("volume_capability", req.volume_capability.as_ref())?;
     let Access::Mount { fs, flags } = cap.access else {
         return Err(Error::InvalidArgument {
@@ -75,12 +70,7 @@ pub async fn node_unpublish(
     req: &v1::NodeUnpublishVolumeRequest,
 ) -> Result<bool, Error> {
     validate::volume_id("volume_id", &req.volume_id)?;
-    let target = validate::path(
-        "target_path",
-        &req.target_path,
-        &driver.config.pool,
-        &driver.config.kubelet_dir,
-    )?;
+    let target = validate::kubelet_path(&driver.config, "target_path", &req.target_path)?;
     let volumes = driver.volumes()?;
     let inline =
         find(volumes.pool(), &req.volume_id).is_some() || is_kubelet_inline_id(&req.volume_id);

@@ -29,8 +29,7 @@ impl NodeService {
 
     /// A staging or target path: present, well-formed, below the kubelet directory.
     fn path(&self, field: &'static str, value: &str) -> Result<PathBuf, Error> {
-        let config = &self.driver.config;
-        validate::path(field, value, &config.pool, &config.kubelet_dir)
+        validate::kubelet_path(&self.driver.config, field, value)
     }
 
     // Every handler runs in the same order, in one place: arguments (presence, then

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use plinth_csi_proto::v1;
 use v1::volume_capability::{AccessType, access_mode::Mode as ProtoMode};
 
+use crate::config::Config;
 use crate::error::Error;
 use crate::mount::{FsType, MountOptions};
 use crate::storage::spec::{Access, AccessMode, Capability, Capacity, same_kind, too_long};
@@ -32,6 +33,12 @@ pub fn name<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
         });
     }
     Ok(value)
+}
+
+/// A staging, target or volume path a request names, checked against this driver's pool
+/// and kubelet directory ([`path`]).
+pub fn kubelet_path(config: &Config, field: &'static str, value: &str) -> Result<PathBuf, Error> {
+    path(field, value, &config.pool, &config.kubelet_dir)
 }
 
 /// A staging or target path from the CO: absolute, no `..`, no NUL, strictly below the
